@@ -1,0 +1,35 @@
+# finecot: `make test` and `make demo` build their environment from nothing (idempotent).
+# CPU installs pin torch through constraints-cpu.txt (an unpinned torch pulls a CUDA build).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.finecot-installed
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints-cpu.txt
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
+
+.PHONY: test demo lint venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints-cpu.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) --upgrade pip
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[test]'
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/pytest -n 2
+
+demo: $(STAMP)
+	$(BIN)/finecot demo
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

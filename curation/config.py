@@ -1,0 +1,176 @@
+"""Recipes: the typed description of a run, loaded from YAML, overridden with `--set`.
+
+Every section refuses unknown fields (a typo must not silently fall back to a default), and
+the error names the field and the allowed ones:
+
+    >>> try:
+    ...     parse_recipe({"split": {"seen_ration": 0.5}})
+    ... except RecipeError as err:
+    ...     print(err)
+    recipe error at split.seen_ration: unknown field; allowed: mode, seed, seen_ratio, k, strict, phash_distance
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+SourceKind = Literal[
+    "cub200",
+    "stanford_cars",
+    "fgvc_aircraft",
+    "stanford_dogs",
+    "oxford_flowers",
+    "oxford_pets",
+    "imagefolder",
+    "manifest",
+    "hf",
+]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SourceConfig(Section):
+    """One dataset to ingest."""
+
+    kind: SourceKind
+    root: str = Field(description="folder of the dataset (or manifest file / HF dataset path or id)")
+    dataset: str | None = Field(None, description="dataset name in the tables; default: the kind")
+    super_category: str | None = Field(None, description="e.g. bird; default: per kind, or 'object'")
+    synonyms: str | None = Field(None, description="YAML/JSON file {class: [synonym, ...]}")
+    image_column: str = "image"
+    label_column: str = "label"
+    split_column: str | None = None
+    hf_split: str | None = Field(None, description="HF dataset split to read (default: all)")
+    aircraft_level: Literal["variant", "family", "manufacturer"] = "variant"
+    max_pixels: int = Field(89_478_485, description="larger images are quarantined (bombs)")
+
+
+class SplitConfig(Section):
+    """Seen/unseen class split and the k-shot pool."""
+
+    mode: Literal["random", "fine-r1"] = "random"
+    seed: int = 0
+    seen_ratio: float = Field(0.6, gt=0, le=1)
+    k: int = Field(4, ge=1, description="shots per seen class (the paper: 4)")
+    strict: bool = Field(False, description="fail the stage on hygiene warnings")
+    phash_distance: int = Field(4, ge=0, description="near-duplicate threshold (bits of 64)")
+
+
+class Recipe(Section):
+    """A whole run: where it lives, which stages run, and each stage's settings."""
+
+    name: str = "run"
+    run_dir: str | None = Field(None, description="default: runs/NAME")
+    stages: list[str] = Field(default_factory=lambda: ["ingest", "split"])
+    sources: list[SourceConfig] = Field(default_factory=list)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+
+    @property
+    def directory(self) -> Path:
+        return Path(self.run_dir or f"runs/{self.name}")
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used, with a message that says which field and why."""
+
+
+def _allowed_fields(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names of the sub-model that `loc` (minus its last element) points into."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = current.model_fields.get(part) if hasattr(current, "model_fields") else None
+        if field is None:
+            return []
+        annotation = field.annotation
+        inner = getattr(annotation, "__args__", None)
+        if inner:  # list[Model], Model | None
+            annotation = next((a for a in inner if hasattr(a, "model_fields")), annotation)
+        current = annotation
+    return list(getattr(current, "model_fields", {}))
+
+
+def _format_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            allowed = ", ".join(_allowed_fields(Recipe, e["loc"]))
+            lines.append(f"recipe error at {where}: unknown field; allowed: {allowed}")
+        else:
+            lines.append(f"recipe error at {where}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def parse_recipe(data: dict[str, Any]) -> Recipe:
+    try:
+        return Recipe.model_validate(data or {})
+    except ValidationError as err:
+        raise RecipeError(_format_errors(err)) from None
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `key.sub=value` overrides; values are read as YAML scalars (numbers, bools, lists).
+
+    >>> apply_overrides({"split": {"k": 4}}, ["split.k=8", "sources.0.root=/data"])
+    {'split': {'k': 8}, 'sources': [{'root': '/data'}]}
+    """
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise RecipeError(f"--set expects key=value, got {item!r}")
+        value = yaml.safe_load(raw) if raw else ""
+        parts = key.split(".")
+        node: Any = data
+        for part, nxt in zip(parts, parts[1:]):
+            node = _child(node, part, list if nxt.isdigit() else dict)
+        _assign(node, parts[-1], value)
+    return data
+
+
+def _child(node: Any, part: str, kind: type) -> Any:
+    if isinstance(node, list):
+        index = int(part)
+        while len(node) <= index:
+            node.append(kind())
+        return node[index]
+    if node.get(part) is None:
+        node[part] = kind()
+    return node[part]
+
+
+def _assign(node: Any, part: str, value: Any) -> None:
+    if isinstance(node, list):
+        index = int(part)
+        while len(node) <= index:
+            node.append(None)
+        node[index] = value
+    else:
+        node[part] = value
+
+
+def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
+    """Read a recipe YAML file (or start from defaults), apply overrides, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise RecipeError(f"recipe file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            raise RecipeError(f"recipe {path} is not valid YAML: {err}") from None
+        if not isinstance(data, dict):
+            raise RecipeError(f"recipe {path} must be a mapping at the top level")
+    return parse_recipe(apply_overrides(data, overrides or []))
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)

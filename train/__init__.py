@@ -1,0 +1,1 @@
+"""finecot trainers: CoT SFT and TAPO on the curated Parquet shards (TRL)."""

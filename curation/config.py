@@ -129,7 +129,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         value = yaml.safe_load(raw) if raw else ""
         parts = key.split(".")
         node: Any = data
-        for part, nxt in zip(parts, parts[1:]):
+        for part, nxt in zip(parts, parts[1:], strict=False):
             node = _child(node, part, list if nxt.isdigit() else dict)
         _assign(node, parts[-1], value)
     return data

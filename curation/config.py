@@ -62,6 +62,27 @@ class SplitConfig(Section):
     phash_distance: int = Field(4, ge=0, description="near-duplicate threshold (bits of 64)")
 
 
+class ExportConfig(Section):
+    """The exported dataset (Hub folder, other formats), its triplets and closed-world options."""
+
+    formats: list[Literal["hf", "llamafactory", "easyr1"]] = Field(
+        default_factory=lambda: ["hf"], description="hf: Parquet shards + card (always written)"
+    )
+    shard_mb: int = Field(500, ge=1, description="upper bound of one Parquet shard, in MB")
+    rl_image_size: int = Field(448, ge=16, description="anchor/positive/negative resized to this square")
+    triplet_method: Literal["auto", "model", "confusions", "pixels", "super_category"] = Field(
+        "auto", description="auto: model if triplet_model, else confusions, else pixels"
+    )
+    triplet_model: str | None = Field(None, description="LOCAL path of a transformers image/CLIP model")
+    images_per_class: int = Field(8, ge=1, description="images per class for class-mean embeddings")
+    seed: int = Field(0, description="seed of option shuffles, positives and negatives")
+    fine_r1_eval: str | None = Field(
+        None, description="folder of Fine-R1's eval/*.jsonl: the paper's closed-world options"
+    )
+    system_prompt: str | None = Field(None, description="SFT system prompt (default: Fine-R1's)")
+    license: str | None = Field(None, description="card license id (default: from the sources)")
+
+
 class Recipe(Section):
     """A whole run: where it lives, which stages run, and each stage's settings."""
 
@@ -70,6 +91,7 @@ class Recipe(Section):
     stages: list[str] = Field(default_factory=lambda: ["ingest", "split"])
     sources: list[SourceConfig] = Field(default_factory=list)
     split: SplitConfig = Field(default_factory=SplitConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
 
     @property
     def directory(self) -> Path:

@@ -83,6 +83,35 @@ class ExportConfig(Section):
     license: str | None = Field(None, description="card license id (default: from the sources)")
 
 
+class ReviewConfig(Section):
+    """Human review in Label Studio (curation/review.py): what goes, how images travel."""
+
+    url: str | None = Field(None, description="Label Studio URL; default: env LABEL_STUDIO_URL")
+    api_key_env: str = Field("LABEL_STUDIO_API_KEY", description="env var holding the token")
+    project_title: str | None = Field(None, description="project to create/reuse; default: finecot NAME")
+    project_id: int | None = Field(None, description="reuse this project id instead of the title")
+    select: Literal["accepted", "rejected", "all"] = Field(
+        "accepted", description="accepted rows, filter-rejected rows (audit), or both"
+    )
+    reasons: list[str] = Field(default_factory=list, description="only rows with one of these reason codes")
+    sample_size: int | None = Field(None, ge=1, description="seeded random sample of this many rows")
+    sample_fraction: float | None = Field(None, gt=0, le=1, description="or of this fraction")
+    seed: int = 0
+    image_mode: Literal["upload", "local-files", "data-url"] = Field(
+        "upload", description="upload to the server, serve from a shared disk, or inline data URLs"
+    )
+    document_root: str | None = Field(
+        None, description="local-files: the server's LOCAL_FILES_DOCUMENT_ROOT (default: that env var)"
+    )
+    data_url_max_bytes: int = Field(256_000, ge=1, description="data-url: larger images are refused")
+    batch_size: int = Field(500, ge=1, description="tasks per import request")
+    overlap: int = Field(1, ge=1, description="annotations wanted per task (agreement needs 2+)")
+    rule: Literal["latest", "majority", "any_reject"] = Field(
+        "latest", description="how several annotations of one task combine"
+    )
+    timeout_s: float = Field(120, gt=0, description="HTTP timeout per request")
+
+
 class Recipe(Section):
     """A whole run: where it lives, which stages run, and each stage's settings."""
 
@@ -92,6 +121,7 @@ class Recipe(Section):
     sources: list[SourceConfig] = Field(default_factory=list)
     split: SplitConfig = Field(default_factory=SplitConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    review: ReviewConfig = Field(default_factory=ReviewConfig)
 
     @property
     def directory(self) -> Path:

@@ -112,6 +112,73 @@ class ReviewConfig(Section):
     timeout_s: float = Field(120, gt=0, description="HTTP timeout per request")
 
 
+class Price(Section):
+    """USD per million tokens of one model."""
+
+    input_per_m: float = Field(0.0, ge=0, description="USD per 1M prompt tokens")
+    output_per_m: float = Field(0.0, ge=0, description="USD per 1M completion tokens")
+
+
+class TeacherConfig(Section):
+    """The teacher endpoint(s) and how hard to drive them (curation/teacher.py)."""
+
+    model: str = Field("teacher", description="model name sent to the endpoint")
+    base_urls: list[str] = Field(
+        default_factory=lambda: ["http://127.0.0.1:8000/v1"],
+        description="OpenAI-compatible base URLs (…/v1); requests spread over all of them",
+    )
+    api_key_env: str = Field("OPENAI_API_KEY", description="env var holding the API key")
+    transport: Literal["aiohttp", "sdk"] = Field(
+        "aiohttp", description="aiohttp: pre-built bodies on the SDK's config (fast); sdk: client.post"
+    )
+    concurrency: int = Field(64, ge=1, description="requests in flight at most")
+    rpm: float | None = Field(None, gt=0, description="requests per minute (token bucket)")
+    tpm: float | None = Field(None, gt=0, description="tokens per minute (token bucket)")
+    timeout_s: float = Field(120.0, gt=0, description="per-attempt timeout")
+    max_attempts: int = Field(5, ge=1, description="attempts per request before it is failed")
+    backoff_s: float = Field(1.0, ge=0, description="first retry delay (doubles, with jitter)")
+    backoff_max_s: float = Field(60.0, ge=0, description="retry delay cap")
+    use_n: bool = Field(True, description="ask for several samples with `n` (detected per endpoint)")
+    temperature: float = Field(0.7, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(1024, ge=1)
+    seed: int | None = Field(0, description="sampling seed (sample i of an item sends seed+i)")
+    image_max_side: int = Field(768, ge=16, description="images are resized to fit this side")
+    image_max_pixels: int = Field(768 * 768, ge=256, description="and this many pixels")
+    jpeg_quality: int = Field(90, ge=1, le=100)
+    prices: dict[str, Price] = Field(
+        default_factory=dict, description="model -> {input_per_m, output_per_m} USD"
+    )
+
+
+class PromptConfig(Section):
+    """Drafting prompts (prompts/*.jinja) and the question bank."""
+
+    system: str = Field("draft_system.jinja", description="system prompt template")
+    user: str = Field("draft_user.jinja", description="user prompt template")
+    directory: str | None = Field(None, description="template folder (default: the project's prompts/)")
+    questions: str | None = Field(None, description="question bank YAML (default: prompts/questions.yaml)")
+    candidates: int = Field(0, ge=0, description="show N candidate classes (gold + N-1 others); 0: none")
+    describe: bool = Field(False, description="hinted: also show the class description/attributes")
+
+
+class DraftConfig(Section):
+    """The draft stage (curation/draft.py): strategy, samples, quota and budget."""
+
+    strategy: Literal["blind", "hinted", "blind-then-hinted"] = Field(
+        "blind", description="blind: label hidden; hinted: label given; blind-then-hinted: "
+        "hint only items whose blind drafts all failed"
+    )
+    samples: int = Field(1, ge=1, description="samples per item in the first round")
+    target_per_class: int | None = Field(
+        None, ge=1, description="keep drafting until each class has this many accepted"
+    )
+    max_per_class: int = Field(64, ge=1, description="quota loop: samples per class at most")
+    budget_usd: float | None = Field(None, ge=0, description="stop sending at this total cost")
+    budget_tokens: int | None = Field(None, ge=0, description="or at this many total tokens")
+    retry_failed: bool = Field(True, description="re-send requests the ledger holds as failed")
+
+
 class Recipe(Section):
     """A whole run: where it lives, which stages run, and each stage's settings."""
 
@@ -122,6 +189,9 @@ class Recipe(Section):
     split: SplitConfig = Field(default_factory=SplitConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     review: ReviewConfig = Field(default_factory=ReviewConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    prompts: PromptConfig = Field(default_factory=PromptConfig)
+    draft: DraftConfig = Field(default_factory=DraftConfig)
 
     @property
     def directory(self) -> Path:

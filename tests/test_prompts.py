@@ -1,0 +1,93 @@
+"""Prompt templates: header comments stripped, StrictUndefined, hint/candidate contract, shas.
+
+    .venv/bin/pytest -q -p no:cacheprovider tests/test_prompts.py
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from curation.prompts import (
+    load_prompts,
+    load_questions,
+    load_template,
+    pick_candidates,
+    pick_question,
+)
+
+BLIND = dict(question="What kind of bird is this?", super_category="bird", hint=None,
+             description=None, attributes=None, candidates=None)
+
+
+def test_header_comment_never_reaches_the_teacher():
+    prompts = load_prompts()
+    for template, variables in ((prompts.system, {"super_category": "bird"}),
+                                (prompts.user, BLIND)):
+        assert template.source.lstrip().startswith("{#")
+        text = template.render(**variables)
+        assert "Variables:" not in text and "{#" not in text
+        assert text == text.strip()
+
+
+def test_system_prompt_asks_for_four_parts_and_answer_tag():
+    text = load_prompts().system.render(super_category="aircraft")
+    for part in ("Visual analysis", "Candidates", "Comparison", "Prediction",
+                 "<think>", "<answer>"):
+        assert part in text
+    assert "aircraft" in text
+
+
+def test_blind_prompt_hides_the_label_and_hinted_states_it_in_the_contract_phrase():
+    user = load_prompts().user
+    blind = user.render(**BLIND)
+    assert "correct sub-category is" not in blind
+    hinted = user.render(**{**BLIND, "hint": "Laysan Albatross",
+                            "description": "a large seabird", "attributes": {"bill": "pink"}})
+    assert 'the correct sub-category is "Laysan Albatross"' in hinted
+    assert "a large seabird" in hinted and "bill: pink" in hinted
+
+
+def test_candidate_line_format():
+    text = load_prompts().user.render(**{**BLIND, "candidates": ["A b", "C", "D-e"]})
+    assert "Candidates: A b; C; D-e" in text.splitlines()
+
+
+def test_missing_variable_is_a_clear_error():
+    with pytest.raises(ValueError, match="is undefined; pass every variable"):
+        load_prompts().user.render(question="q", super_category="bird")
+
+
+def test_template_sha_follows_the_source(tmp_path):
+    (tmp_path / "s.jinja").write_text("{# header #}system {{ super_category }}")
+    (tmp_path / "u.jinja").write_text("{# header #}user {{ question }}")
+    first = load_prompts("s.jinja", "u.jinja", str(tmp_path))
+    assert first.user.render(question="Q?") == "user Q?"
+    load_template.cache_clear()
+    (tmp_path / "u.jinja").write_text("{# header #}user, edited {{ question }}")
+    second = load_prompts("s.jinja", "u.jinja", str(tmp_path))
+    assert second.system.sha == first.system.sha
+    assert second.user.sha != first.user.sha and second.sha != first.sha
+
+
+def test_unknown_template_names_the_available_ones():
+    with pytest.raises(FileNotFoundError, match="draft_user.jinja"):
+        load_template("nope.jinja")
+
+
+def test_question_bank_covers_domains_and_falls_back():
+    bank = load_questions()
+    for domain in ("bird", "aircraft", "car", "dog", "flower", "pet", "object", "generic"):
+        assert bank[domain], domain
+    assert "bird" in pick_question(bank, "bird", "cub/1").lower()
+    assert pick_question(bank, "bird", "cub/1") == pick_question(bank, "bird", "cub/1")
+    spread = {pick_question(bank, "bird", f"cub/{i}") for i in range(50)}
+    assert len(spread) > 1
+    assert "mushroom" in pick_question(bank, "mushroom", "m/1")
+
+
+def test_candidates_include_gold_and_are_stable():
+    others = [f"class {i}" for i in range(30)]
+    chosen = pick_candidates("gold", others, 5, "item-1")
+    assert len(chosen) == 5 and "gold" in chosen
+    assert chosen == pick_candidates("gold", list(reversed(others)), 5, "item-1")
+    assert pick_candidates("gold", others, 5, "item-2") != chosen

@@ -1,0 +1,360 @@
+"""Rationale parser: raw teacher text -> think, answer and the four sections. Never raises.
+
+The teacher is asked for a `<think>` block with four parts (visual analysis, candidate
+sub-categories, comparison, prediction) and the class alone in `<answer>`. Real teachers
+write those parts in many ways: "1. Visual analysis:", "### Visual Analysis", "**Candidate
+Subcategories**", "Analysis of the Bird's Visible Features", "Comparison Process:", "Final
+Prediction", "The prediction is: ...". This file finds them by their headings, tolerates
+sloppy tags (`< THINK >`, a missing closing tag when the text was cut at max_tokens) and
+records what it could not find as error codes; the filters decide what is fatal.
+
+    >>> r = parse('''<think>Visual analysis: a red crown and a streaked breast.
+    ... Candidates: Red Warbler, Blue Warbler
+    ... Comparison: only the Red Warbler has a red crown.
+    ... The prediction is: Red Warbler</think> <answer>Red Warbler</answer>''')
+    >>> r.candidates, r.prediction, r.answer, r.errors
+    (['Red Warbler', 'Blue Warbler'], 'Red Warbler', 'Red Warbler', ())
+    >>> parse("<think>Visual analysis: grey wings").truncated
+    True
+
+Run it over a corpus with `finecot audit FILE`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+SECTIONS = ("visual_analysis", "candidates", "comparison", "prediction")
+
+
+@dataclass(frozen=True)
+class Rationale:
+    """The parsed parts of one teacher response.
+
+    think/answer are None when their tag is absent; the sections are "" (candidates: [])
+    when not found. `errors` lists parse-error codes (see ERROR_CODES); `truncated` is True
+    when the text stops inside <think> or <answer> (the typical max_tokens cut).
+    """
+
+    think: str | None = None
+    answer: str | None = None
+    visual_analysis: str = ""
+    candidates: list[str] = field(default_factory=list)
+    comparison: str = ""
+    prediction: str = ""
+    truncated: bool = False
+    errors: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+ERROR_CODES = {
+    "empty_text": "the response is empty",
+    "no_think_tag": "no <think> tag",
+    "think_unclosed": "<think> is never closed (truncated, or </think> missing)",
+    "no_answer_tag": "no <answer> tag",
+    "answer_unclosed": "<answer> is never closed",
+    "multiple_answer_tags": "more than one <answer> block",
+    "answer_before_think": "<answer> comes before <think>",
+    "text_outside_tags": "text before <think> or after </answer>",
+    "empty_answer": "<answer></answer> holds nothing",
+    "missing_visual_analysis": "no visual-analysis section",
+    "missing_candidates": "no candidate sub-categories could be read",
+    "missing_comparison": "no comparison section",
+    "missing_prediction": "no prediction",
+}
+
+# -- tags ---------------------------------------------------------------------------------
+
+_TAG = re.compile(r"<\s*(/?)\s*(think|answer)\s*>", re.IGNORECASE)
+_BOXED = re.compile(r"^\\?boxed\{(.*)\}$", re.DOTALL)
+
+
+def _split_tags(text: str) -> tuple[str | None, str | None, str, bool, list[str]]:
+    """(think, answer, body to read sections from, truncated, errors)."""
+    errors: list[str] = []
+    tags = [(m.group(2).lower(), bool(m.group(1)), m.start(), m.end()) for m in _TAG.finditer(text)]
+    opens = {name: [t for t in tags if t[0] == name and not t[1]] for name in ("think", "answer")}
+    closes = {name: [t for t in tags if t[0] == name and t[1]] for name in ("think", "answer")}
+    truncated = False
+
+    think: str | None = None
+    think_end = 0
+    if opens["think"]:
+        start = opens["think"][0][3]
+        close = next((c for c in closes["think"] if c[2] >= start), None)
+        answer_open = next((a for a in opens["answer"] if a[2] >= start), None)
+        if close is not None:
+            think, think_end = text[start : close[2]], close[3]
+        elif answer_open is not None:
+            errors.append("think_unclosed")
+            think, think_end = text[start : answer_open[2]], answer_open[2]
+        else:
+            errors.append("think_unclosed")
+            think, think_end, truncated = text[start:], len(text), True
+        if text[: opens["think"][0][2]].strip():
+            errors.append("text_outside_tags")
+    else:
+        errors.append("no_think_tag")
+        # A close tag alone (template put <think> in the prompt): what precedes it is the think.
+        if closes["think"]:
+            think, think_end = text[: closes["think"][0][2]], closes["think"][0][3]
+
+    answer: str | None = None
+    if opens["answer"]:
+        if len(opens["answer"]) > 1:
+            errors.append("multiple_answer_tags")
+        first = opens["answer"][-1] if opens["answer"][-1][2] >= think_end else opens["answer"][0]
+        if opens["think"] and first[2] < opens["think"][0][2]:
+            errors.append("answer_before_think")
+        close = next((c for c in closes["answer"] if c[2] >= first[3]), None)
+        if close is None:
+            errors.append("answer_unclosed")
+            answer, truncated = text[first[3] :], True
+        else:
+            answer = text[first[3] : close[2]]
+            if text[close[3] :].strip():
+                errors.append("text_outside_tags")
+        answer = answer.strip()
+        boxed = _BOXED.match(answer)
+        if boxed:
+            answer = boxed.group(1).strip()
+        if not answer and not truncated:
+            errors.append("empty_answer")
+    else:
+        errors.append("no_answer_tag")
+
+    # No think tag at all: read the sections from the text before any answer tag.
+    body = think if think is not None else text[: opens["answer"][0][2]] if opens["answer"] else text
+    body = _TAG.sub("\n", body)
+    return think.strip() if think is not None else None, answer, body, truncated, errors
+
+
+# -- section headings -----------------------------------------------------------------------
+
+# Decoration in front of a heading: markdown '#', bold/italic, numbering ("1.", "Step 2:",
+# "II."), a bullet. Then the heading phrase, then a colon, a dash or the end of the line.
+_DECOR = r"[ \t]*(?:>[ \t]*)?(?:#{1,6}[ \t]*)?(?:[-*•][ \t]+)?(?:\*\*|__|\*)?[ \t]*" \
+    r"(?:(?:step|part|section|stage)[ \t]*\d+[ \t]*[:.)\-–—]?[ \t]*|\d{1,2}[ \t]*[.)][ \t]*|" \
+    r"[ivx]{1,4}[.)][ \t]+)?(?:\*\*|__|\*)?[ \t]*"
+
+_PHRASES = {
+    # order matters: "analysis of candidate subcategories" is a candidates heading
+    "candidates": r"(?:the[ \t]+)?(?:analysis[ \t]+of[ \t]+(?:the[ \t]+)?)?(?:potential[ \t]+|possible[ \t]+|"
+    r"plausible[ \t]+|likely[ \t]+|top[ \t]+|main[ \t]+|relevant[ \t]+|\d[ \t]+|(?:two|three|four|five|six)[ \t]+)?candidates?(?:[ \t]+(?:sub-?[ \t]?categor(?:y|ies)|"
+    r"classes|species|breeds|models|types|varieties|list|options))?(?:[ \t]+(?:considered|include|are))?"
+    r"|(?:possible|potential|plausible|likely)[ \t]+(?:sub-?[ \t]?categor(?:y|ies)|classes|species|breeds|models)",
+    "comparison": r"(?:detailed[ \t]+|the[ \t]+)?comparison(?:[ \t]+(?:process|of[ \t]+[^:\n]{0,60}|"
+    r"between[ \t]+[^:\n]{0,60}|with[ \t]+[^:\n]{0,60}|and[ \t]+[^:\n]{0,40}))?"
+    r"|comparing[ \t]+[^:\n]{0,60}|(?:now,?[ \t]+)?let[’']?s[ \t]+compare[^:\n]{0,80}"
+    r"|(?:key[ \t]+)?differences?(?:[ \t]+between[ \t]+[^:\n]{0,40})?|contrast(?:ing)?[^:\n]{0,40}"
+    r"|differential[ \t]+(?:analysis|diagnosis)|elimination(?:[ \t]+(?:process|of[ \t]+[^:\n]{0,40}))?"
+    r"|(?:candidate[ \t]+)?evaluation(?:[ \t]+of[ \t]+(?:the[ \t]+)?candidates)?",
+    "strong_prediction": r"(?:the[ \t]+)?(?:final[ \t]+)?prediction[ \t]+is|predicted[ \t]+"
+    r"(?:sub-?[ \t]?category|class|species|breed|model|variant|label)",
+    "prediction": r"(?:final[ \t]+)?prediction|conclusion|final[ \t]+(?:decision|identification|"
+    r"classification|verdict)|(?:final[ \t]+)?(?:identification|classification)[ \t]+result",
+    "summary": r"final[ \t]+answer|summary(?:[ \t]+of[ \t]+[^:\n]{0,40})?",
+    "visual_analysis": r"(?:the[ \t]+)?(?:visual|image|feature)[ \t]+(?:analysis|features?|traits|"
+    r"characteristics|observations?|evidence|description|inspection)(?:[ \t]+(?:process|observed))?"
+    r"|analy[sz](?:is|ing)[ \t]+(?:of[ \t]+)?[^:\n]{0,80}|(?:key[ \t]+|detailed[ \t]+)?observations?"
+    r"(?:[ \t]+from[ \t]+the[ \t]+image)?|observed[ \t]+(?:features|traits|characteristics)"
+    r"|(?:key[ \t]+|distinctive[ \t]+|discriminative[ \t]+)?(?:visual[ \t]+)?(?:features|traits)[ \t]+observed",
+}
+_KIND_ORDER = tuple(_PHRASES)
+
+# A heading: decoration, phrase, optional "(...)" or closing bold, then ':'/dash + inline text,
+# or end of line. Without a colon the line must be the heading alone.
+_HEADING = re.compile(
+    r"^" + _DECOR + r"(?:" + "|".join(f"(?P<{k}>{p})" for k, p in _PHRASES.items()) + r")"
+    r"[ \t]*(?:\([^)\n]{0,60}\))?[ \t]*(?:\*\*|__|\*|#+)?[ \t]*"
+    r"(?:(?:[:：]|[ \t]+[-–—][ \t]+|\*\*:|(?<=\bis)[ \t])[ \t]*(?:\*\*)?[ \t]*(?P<inline>[^\n]*)|(?<![.!?,;])(?P<eol>))[ \t]*$",
+    re.IGNORECASE | re.MULTILINE,
+)
+# One-paragraph rationales: "… red crown. Candidates: A, B. Comparison: …" gets line breaks.
+_INLINE_BREAK = re.compile(
+    r"(?<=[.!?)])[ \t]+(?=(?:\*\*)?(?:visual analysis|candidates?(?: sub-?categories)?|comparison|"
+    r"(?:the |final )?prediction(?: is)?|conclusion)(?:\*\*)?[ \t]*:)",
+    re.IGNORECASE,
+)
+_PARAGRAPH = re.compile(r"\n[ \t]*\n")
+_RULE = re.compile(r"^[ \t]*(?:[-*_=]{3,}|#+)[ \t]*$", re.MULTILINE)
+
+
+def _blocks(body: str) -> list[tuple[str, str, bool]]:
+    """(kind, text, heading_had_inline_text) for each section of `body`, in order.
+
+    Text before the first heading is a "preamble" block.
+    """
+    body = _INLINE_BREAK.sub("\n", body)
+    out: list[tuple[str, str, bool]] = []
+    kind, start, inline = "preamble", 0, ""
+    for m in _HEADING.finditer(body):
+        out.append((kind, (inline + "\n" + body[start : m.start()]).strip(), bool(inline)))
+        kind = next(k for k in _KIND_ORDER if m.group(k) is not None)
+        inline = (m.group("inline") or "").strip().strip("*_").strip()
+        start = m.end()
+    out.append((kind, (inline + "\n" + body[start:]).strip(), bool(inline)))
+    return [(k, _RULE.sub("", t).strip(), i) for k, t, i in out]
+
+
+# -- candidate lists ------------------------------------------------------------------------
+
+_ITEM = re.compile(
+    r"^(?P<indent>[ \t]*)(?P<marker>[-*•+▪◦]|\d{1,2}[.)]|\(\d{1,2}\)|[a-h][.)])[ \t]+(?P<text>\S[^\n]*)$",
+    re.MULTILINE,
+)
+_MARKUP = re.compile(r"\*\*|__|`|\*")
+_DESCRIPTION = re.compile(r"[ \t]*(?::[ \t]|:$|[ \t][-–—][ \t]|[–—]).*$")
+_LIST_SPLIT = re.compile(r"[ \t]*(?:[,;]|\band\b|\bor\b)[ \t]*(?:and\b|or\b)?[ \t]*", re.IGNORECASE)
+_LEAD = re.compile(r"^(?:the[ \t]+)?(?:candidates?|options?|possibilities)[^:\n]{0,60}:[ \t]*", re.I)
+_REMARK = re.compile(r"[ \t]*\((?:e\.g\.|[^()\s]+(?:\s+[^()\s]+){2,})[^()]*\)")  # "(3+ words)"
+_MAX_NAME_WORDS = 12
+_MIN_IMPLICIT_COMPARISON_WORDS = 12
+
+
+def _clean_name(raw: str) -> str:
+    name = _MARKUP.sub("", raw).strip()
+    name = _DESCRIPTION.sub("", name).strip()
+    name = _REMARK.sub("", name).strip()
+    return name.strip(" \t.,;:!?\"'“”").strip()
+
+
+def parse_candidates(text: str) -> list[str]:
+    """Candidate names from a section: a (numbered) bullet list, else an inline list.
+
+    Only the first list counts, and only its outermost level (nested bullets describe the
+    candidates). Trailing descriptions ("A: a delta-wing ...") are cut.
+
+    >>> parse_candidates("Here are four:\\n- Eurofighter Typhoon: a delta-wing fighter\\n"
+    ...                  "  - canards\\n- Dassault Rafale\\n\\nThe Typhoon fits best.\\n- delta wing")
+    ['Eurofighter Typhoon', 'Dassault Rafale']
+    >>> parse_candidates("Candidates: Basset Hound, Beagle and Bloodhound.")
+    ['Basset Hound', 'Beagle', 'Bloodhound']
+    """
+    return _candidate_list(text)[0]
+
+
+def _candidate_list(text: str) -> tuple[list[str], int]:
+    """(names, offset in `text` where the list ends)."""
+    names: list[str] = []
+    end = 0
+    first = _ITEM.search(text)
+    if first is not None:
+        top = len(first.group("indent").expandtabs(4))
+        numbered = first.group("marker")[0].isalnum() or first.group("marker")[0] == "("
+        pos = first.start()
+        for line in text[first.start() :].splitlines(keepends=True):
+            item = _ITEM.match(line.rstrip("\r\n"))
+            indent = len(line) - len(line.lstrip(" \t"))
+            if item is not None and names and numbered and item.group("marker").strip("().") == "1":
+                break  # numbering restarts: the comparison walks through the candidates
+            if item is not None and len(item.group("indent").expandtabs(4)) == top:
+                marker = item.group("marker")[0]
+                if (marker.isalnum() or marker == "(") != numbered:
+                    break  # another list starts (the comparison's bullets)
+                name = _clean_name(item.group("text"))
+                if name and len(name.split()) <= _MAX_NAME_WORDS:
+                    names.append(name)
+            elif line.strip() and indent <= top:
+                break  # a paragraph at the list's level ends the list
+            pos += len(line)
+            end = pos
+    if not names:
+        # An inline list: the first line that reads like one ("A, B and C", or after a colon).
+        pos = 0
+        for line in text.splitlines(keepends=True):
+            pos += len(line)
+            body = _LEAD.sub("", line.strip())
+            if ":" in body:
+                body = body.rsplit(":", 1)[1]
+            parts = [_clean_name(p) for p in _LIST_SPLIT.split(_REMARK.sub("", body).rstrip(". "))]
+            parts = [p for p in parts if p]
+            if len(parts) >= 2 and all(len(p.split()) <= 6 for p in parts):
+                names, end = parts, pos
+                break
+    seen: set[str] = set()
+    unique = []
+    for name in names:
+        key = name.casefold()
+        if key not in seen:
+            seen.add(key)
+            unique.append(name)
+    return unique, end
+
+
+# -- the parser -----------------------------------------------------------------------------
+
+
+def parse(text: str | None) -> Rationale:
+    """Parse one response; never raises (anything unreadable becomes an error code)."""
+    try:
+        return _parse(text if isinstance(text, str) else "")
+    except Exception:  # noqa: BLE001 - the contract is "never raises"; keep the row, flag it
+        return Rationale(errors=("unparseable",))
+
+
+def _parse(text: str) -> Rationale:
+    if not text.strip():
+        return Rationale(errors=("empty_text",), truncated=False)
+    think, answer, body, truncated, errors = _split_tags(text)
+    blocks = _blocks(body)
+
+    # Visual analysis: the preamble and visual blocks before the first other section.
+    visual_parts: list[str] = []
+    for kind, block, _ in blocks:
+        if kind in ("preamble", "visual_analysis"):
+            if block:
+                visual_parts.append(block)
+        else:
+            break
+    if not visual_parts:
+        visual_parts = [b for k, b, _ in blocks if k == "visual_analysis" and b][:1]
+    visual = "\n\n".join(visual_parts)
+
+    candidates: list[str] = []
+    after_list = ""  # text after the candidate list: an unheaded comparison, often
+    for kind, block, _ in blocks:
+        if kind == "candidates":
+            candidates, end = _candidate_list(block)
+            if candidates:
+                after_list = block[end:].strip()
+                break
+
+    comparison_parts: list[str] = []
+    for i, (kind, block, _) in enumerate(blocks):
+        if kind == "comparison" and block:
+            comparison_parts.append(block)
+            if i + 1 < len(blocks) and blocks[i + 1][0] != "comparison":
+                break  # the first run of comparison blocks; later ones are the summary's
+    comparison = "\n\n".join(comparison_parts)
+    if not comparison and len(after_list.split()) >= _MIN_IMPLICIT_COMPARISON_WORDS:
+        comparison = after_list
+
+    strong = [b for k, b, _ in blocks if k == "strong_prediction" and b]
+    weak = [b for k, b, _ in blocks if k == "prediction" and b]
+    summary = [b for k, b, inline in blocks if k == "summary" and inline and b]
+    prediction = strong[-1] if strong else weak[0] if weak else summary[-1] if summary else ""
+    prediction = _PARAGRAPH.split(prediction, 1)[0].strip()  # the statement, not what follows
+
+    if not visual:
+        errors.append("missing_visual_analysis")
+    if not candidates:
+        errors.append("missing_candidates")
+    if not comparison:
+        errors.append("missing_comparison")
+    if not prediction:
+        errors.append("missing_prediction")
+    return Rationale(
+        think=think,
+        answer=answer,
+        visual_analysis=visual,
+        candidates=candidates,
+        comparison=comparison,
+        prediction=prediction,
+        truncated=truncated,
+        errors=tuple(dict.fromkeys(errors)),
+    )

@@ -1,0 +1,199 @@
+"""A tiny random-init Qwen2.5-VL model with a tokenizer trained here, for CPU runs and tests.
+
+Same architecture family as the paper's Qwen2.5-VL-3B/7B (vision tower + merger + M-RoPE
+decoder), a few hundred thousand parameters instead of billions, and a byte-level BPE
+tokenizer trained in milliseconds on the dataset's own text. Nothing is downloaded.
+
+    finecot train tiny-model runs/tiny --dataset runs/demo/dataset
+
+    >>> import tempfile
+    >>> out = build_tiny_model(tempfile.mkdtemp(), ["a Scarlet Tanager has red plumage"])
+    >>> processor = load_processor(out)
+    >>> processor.tokenizer.decode(processor.tokenizer("red plumage")["input_ids"])
+    'red plumage'
+
+The Qwen2/2.5-VL processors insist on a video processor, whose loading needs torchvision
+(never installed here: the reachable builds are CUDA-linked). `FinecotQwenVLProcessor` is
+the same processor without the video part; it is registered with AutoProcessor and its
+class name is what the saved `processor_class` says, so AutoProcessor loads it once this
+module is imported (`load_processor` does that for you).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+from transformers import (
+    AutoProcessor,
+    PreTrainedTokenizerFast,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLProcessor,
+)
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+from trl.chat_template_utils import qwen2_5_vl_chat_template
+
+log = logging.getLogger(__name__)
+
+# Qwen2.5-VL's own special tokens, so the chat template and the processor work unchanged.
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+PATCH = 14  # Qwen2.5-VL patch size; one image token covers (2*14)^2 pixels after the merger
+
+
+class FinecotQwenVLProcessor(Qwen2_5_VLProcessor):
+    """Qwen2.5-VL processor without the video processor (no torchvision needed)."""
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        super().__init__(image_processor, tokenizer, chat_template=chat_template, **kwargs)
+
+
+AutoProcessor.register(Qwen2_5_VLConfig, FinecotQwenVLProcessor, exist_ok=True)
+
+
+def default_corpus() -> list[str]:
+    """Text the tokenizer always learns: the answer format and the paper's instruction."""
+    return [
+        "<think>visual analysis, candidate sub-categories, comparison, prediction</think>"
+        "<answer>class</answer>",
+        "You first think through the reasoning process as an internal monologue, enclosed "
+        "within <think> </think> tags. Then, provide your final answer enclosed within "
+        "<answer> </answer> tags.",
+        "What is the specific sub-category of the object in this image?",
+        "You are a helpful assistant.",
+    ]
+
+
+def build_tokenizer(texts: Iterable[str], vocab_size: int = 600) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on `texts` (+ the default corpus), Qwen special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator([*default_corpus(), *texts], trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=SPECIAL_TOKENS[1:],
+        chat_template=qwen2_5_vl_chat_template,
+    )
+
+
+def tiny_config(tokenizer: PreTrainedTokenizerFast, hidden: int = 64, layers: int = 2) -> Qwen2_5_VLConfig:
+    """Qwen2.5-VL config shrunk to CPU size; token ids taken from `tokenizer`."""
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    heads = 4
+    half_head = hidden // heads // 2
+    # M-RoPE splits each head's rotary half into (time, height, width) sections.
+    mrope = [half_head - 2 * (half_head // 3), half_head // 3, half_head // 3]
+    return Qwen2_5_VLConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": hidden,
+            "intermediate_size": hidden * 2,
+            "num_hidden_layers": layers,
+            "num_attention_heads": heads,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 4096,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope},
+            "bos_token_id": ids["<|endoftext|>"],
+            "eos_token_id": ids["<|im_end|>"],
+            "pad_token_id": ids["<|endoftext|>"],
+        },
+        vision_config={
+            "depth": 2,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 2,
+            "out_hidden_size": hidden,
+            "patch_size": PATCH,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "window_size": 56,
+            "fullatt_block_indexes": [1],
+        },
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=True,
+    )
+
+
+def build_tiny_model(
+    out: str | Path,
+    texts: Iterable[str] = (),
+    *,
+    hidden: int = 64,
+    layers: int = 2,
+    image_pixels: int = 56 * 56,
+    seed: int = 0,
+) -> Path:
+    """Build, save and return the folder of a tiny Qwen2.5-VL model + processor.
+
+    `image_pixels` caps the processor's image size (min = max): every image becomes
+    `image_pixels / 28**2` image tokens, so 56*56 gives 4 tokens per image.
+    """
+    import torch
+
+    if image_pixels < (2 * PATCH) ** 2:
+        raise ValueError(f"image_pixels must be at least {(2 * PATCH) ** 2} (one 28x28 merged patch)")
+    out = Path(out)
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer(texts)
+    config = tiny_config(tokenizer, hidden=hidden, layers=layers)
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    model.generation_config.eos_token_id = config.text_config.eos_token_id
+    model.generation_config.pad_token_id = config.text_config.pad_token_id
+    model.generation_config.do_sample = True
+    image_processor = Qwen2VLImageProcessorPil(
+        min_pixels=image_pixels, max_pixels=image_pixels, patch_size=PATCH, merge_size=2
+    )
+    processor = FinecotQwenVLProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, chat_template=qwen2_5_vl_chat_template
+    )
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("tiny Qwen2.5-VL (%d parameters, vocab %d) saved to %s", n_params, len(tokenizer), out)
+    return out
+
+
+def load_processor(path: str | Path, min_pixels: int | None = None, max_pixels: int | None = None):
+    """AutoProcessor for `path`; Qwen-VL models fall back to the video-free processor.
+
+    `min_pixels`/`max_pixels` override the image processor's limits (the paper's knobs for
+    how many visual tokens an image costs).
+    """
+    try:
+        processor = AutoProcessor.from_pretrained(str(path))
+    except (ImportError, ValueError, OSError, TypeError) as err:
+        if "video" not in str(err).lower() and "torchvision" not in str(err).lower():
+            raise
+        log.info("loading %s without its video processor (%s)", path, err)
+        processor = FinecotQwenVLProcessor.from_pretrained(str(path))
+    if min_pixels is not None or max_pixels is not None:
+        from transformers.image_utils import SizeDict
+
+        size = processor.image_processor.size
+        processor.image_processor.size = SizeDict(
+            shortest_edge=min_pixels or size.shortest_edge, longest_edge=max_pixels or size.longest_edge
+        )
+    return processor

@@ -179,6 +179,33 @@ class DraftConfig(Section):
     retry_failed: bool = Field(True, description="re-send requests the ledger holds as failed")
 
 
+class FilterConfig(Section):
+    """Rationale filters (curation/filters.py): which run and their thresholds."""
+
+    disabled: list[str] = Field(
+        default_factory=list, description="filters to skip, e.g. [language, duplicate]"
+    )
+    min_candidates: int = Field(2, ge=0, description="fewest candidate sub-categories")
+    max_candidates: int = Field(6, ge=1, description="most candidate sub-categories")
+    max_hallucinated: int = Field(0, ge=0, description="candidates that are not registry classes")
+    unseen_mention: Literal["flag", "reject"] = Field(
+        "reject", description="a rationale naming an unseen-split class: flag it or reject it"
+    )
+    off_domain_aliases: dict[str, str] = Field(
+        default_factory=dict,
+        description="super-category -> built-in domain (aircraft, car, bird, dog, cat, flower)",
+    )
+    min_words: int = Field(40, ge=0, description="fewest words in <think>")
+    max_words: int = Field(2000, ge=1, description="most words in <think>")
+    language: str = Field("en", description="expected language (en; 'any' skips the check)")
+    min_stopword_share: float = Field(0.12, ge=0, le=1, description="share of common words")
+    duplicate_threshold: float = Field(0.85, gt=0, le=1, description="MinHash Jaccard for near-duplicates")
+    duplicate_scope: Literal["image", "class"] = Field(
+        "image", description="near-duplicates of an accepted rationale of the same image or class"
+    )
+    judge: bool = Field(False, description="second teacher call checking the visual analysis")
+
+
 class Recipe(Section):
     """A whole run: where it lives, which stages run, and each stage's settings."""
 
@@ -192,6 +219,7 @@ class Recipe(Section):
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     prompts: PromptConfig = Field(default_factory=PromptConfig)
     draft: DraftConfig = Field(default_factory=DraftConfig)
+    filters: FilterConfig = Field(default_factory=FilterConfig)
 
     @property
     def directory(self) -> Path:

@@ -9,11 +9,15 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import Progress, TaskID
+from rich.table import Table
 
 from curation import pipeline
 from curation.config import RecipeError, load_recipe
@@ -115,7 +119,14 @@ def split(
     recipe: RecipeOption = None,
     overrides: SetOption = None,
 ) -> None:
-    """Split classes into seen/unseen and sample the k-shot pool of seen classes."""
+    """Split classes into seen/unseen and sample the k-shot pool of seen classes.
+
+    Reads items.parquet + registry.json of the run; writes split.json (lists, counts,
+    hygiene), pool.parquet (k shots per seen class) and test.parquet (official test items of
+    seen and unseen classes; datasets without a test split hold out their non-pool items).
+    Same seed, same files. Hygiene (a class name seen in one dataset and unseen in another,
+    near-duplicate images between pool and test) is reported; --strict makes it fatal.
+    """
     sets = list(overrides or [])
     for key, value in (("mode", mode), ("k", k), ("seed", seed), ("seen_ratio", seen_ratio)):
         if value is not None:
@@ -123,10 +134,53 @@ def split(
     if strict:
         sets.append("split.strict=true")
     spec = _recipe(recipe or _saved_recipe(run_dir), sets + [f"run_dir={run_dir}"])
+    from curation.rundir import RunDir
+    from curation.splits import split_stage
+
+    run = RunDir(spec.directory)
     try:
-        pipeline.run_recipe(spec, ["split"])
+        with _stage_progress() as progress:
+            manifest = split_stage(spec, run, progress)
     except (FileNotFoundError, ValueError) as err:
         raise _fail(str(err)) from None
+    run.save_recipe(spec)
+    _print_split_summary(manifest, run.root)
+
+
+@contextmanager
+def _stage_progress() -> Iterator[Callable[[str, int, int], None]]:
+    """A transient rich progress bar, driven by a stage's progress(task, done, total) calls."""
+    tasks: dict[str, TaskID] = {}
+    with Progress(console=console, transient=True) as bar:
+
+        def update(name: str, done: int, total: int) -> None:
+            if name not in tasks:
+                tasks[name] = bar.add_task(name, total=total)
+            bar.update(tasks[name], completed=done, total=total)
+
+        yield update
+
+
+def _print_split_summary(manifest: dict, root: Path) -> None:
+    """Seen/unseen counts per dataset, pool and test sizes, then hygiene warnings."""
+    title = f"split: mode {manifest['mode']}, seed {manifest['seed']}, k {manifest['k']}"
+    table = Table(title=title)
+    table.add_column("dataset")
+    for name in ("seen", "unseen", "pool", "test"):
+        table.add_column(name, justify="right")
+    table.add_column("test from")
+    for dataset, c in manifest["counts"]["datasets"].items():
+        table.add_row(dataset, *(str(c[k]) for k in ("seen", "unseen", "pool", "test")),
+                      manifest["test_source"][dataset])
+    total = manifest["counts"]
+    table.add_row("total", *(str(total[k]) for k in ("seen", "unseen", "pool", "test")), "")
+    console.print(table)
+    if manifest["short"]:
+        console.print(f"[yellow]{len(manifest['short'])} seen class(es) have fewer than "
+                      f"{manifest['k']} training images[/yellow] (see 'short' in split.json)")
+    for warning in manifest["hygiene"]["warnings"]:
+        console.print(f"[yellow]hygiene:[/yellow] {warning}")
+    console.print(f"[green]done[/green]: {root / 'split.json'}, pool.parquet, test.parquet")
 
 
 def _saved_recipe(run_dir: Path) -> Path | None:

@@ -30,14 +30,22 @@ with `strict`, and then nothing but split_hygiene.json is written.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from curation.labels import ClassInfo, Registry
+import pyarrow as pa
+
+from curation import hygiene
+from curation.config import Recipe, SplitConfig
+from curation.labels import ClassInfo, Registry, normalize
+from curation.rundir import RunDir
+from curation.tables import read_table, write_json_atomic, write_parquet_atomic
 
 log = logging.getLogger(__name__)
 
@@ -98,3 +106,354 @@ def fine_r1_registry() -> tuple[Registry, dict[str, dict[str, list[str]]]]:
         for label_id, name in enumerate(parts["seen"] + parts["unseen"])
     ]
     return Registry(classes), lists
+
+
+# -- seen/unseen ---------------------------------------------------------------------------
+
+Sides = dict[str, dict[str, str]]  # dataset -> canonical class name -> "seen" | "unseen"
+
+
+def _rank(*parts: object) -> bytes:
+    """A stable pseudo-random sort key: the same parts give the same key on every machine."""
+    return hashlib.blake2b("\x1f".join(str(p) for p in parts).encode(), digest_size=8).digest()
+
+
+def _classes_of(registry: Registry, dataset: str) -> list[ClassInfo]:
+    return [c for c in registry if c.dataset == dataset]
+
+
+def random_sides(registry: Registry, seed: int, seen_ratio: float) -> Sides:
+    """Per dataset, the floor(seen_ratio * n) classes (at least one) of lowest hash rank are seen.
+
+    >>> reg = Registry(ClassInfo(i, f"class {i}", "toy", "toy") for i in range(10))
+    >>> sides = random_sides(reg, seed=0, seen_ratio=0.6)["toy"]
+    >>> sorted(sides.values()).count("seen")
+    6
+    """
+    sides: Sides = {}
+    for dataset in registry.datasets:
+        classes = _classes_of(registry, dataset)
+        ranked = sorted(classes, key=lambda c: (_rank(seed, dataset, normalize(c.name)), c.label_id))
+        n_seen = min(len(ranked), max(1, math.floor(seen_ratio * len(ranked) + 1e-9)))
+        seen = {c.name for c in ranked[:n_seen]}
+        sides[dataset] = {c.name: "seen" if c.name in seen else "unseen" for c in classes}
+    return sides
+
+
+def fine_r1_sides(registry: Registry) -> tuple[Sides, dict[str, Any]]:
+    """The paper's split applied to the registry, and a report of what did not match.
+
+    Each paper name is looked up among the registry's names and aliases of the mapped
+    dataset (`Registry.lookup`, normalised). A registry class in neither list, or claimed by
+    both, is left out of the split; a paper class absent from the registry is listed.
+    """
+    uncovered = [d for d in registry.datasets if d not in FINE_R1_DATASETS]
+    if uncovered:
+        raise ValueError(
+            f"mode fine-r1 covers only the paper's datasets ({', '.join(FINE_R1_DATASETS)}); "
+            f"{', '.join(map(repr, uncovered))} is not one of them: use --mode random, or "
+            "give the source one of these dataset names"
+        )
+    lists = fine_r1_lists()
+    sides: Sides = {}
+    report: dict[str, Any] = {
+        "datasets": {}, "unmatched_registry": {}, "missing_from_registry": {}, "ambiguous": [],
+    }
+    for dataset in registry.datasets:
+        paper = FINE_R1_DATASETS[dataset]
+        report["datasets"][dataset] = paper
+        claims: dict[tuple[str, int], list[tuple[str, str]]] = {}
+        missing = []
+        for side in ("seen", "unseen"):
+            for name in lists[paper][side]:
+                found = registry.lookup(name, dataset)
+                if not found:
+                    missing.append(name)
+                for info in found:
+                    claims.setdefault((info.dataset, info.label_id), []).append((name, side))
+        classes = _classes_of(registry, dataset)
+        if not claims:
+            raise ValueError(
+                f"no class of dataset {dataset!r} matches the paper's {paper} list (registry has "
+                f"e.g. {classes[0].name!r}, the paper e.g. {lists[paper]['seen'][0]!r}): ingest it "
+                "at the paper's label level (aircraft: variant) or add aliases with a synonyms file"
+            )
+        sides[dataset] = {}
+        unmatched = []
+        for info in classes:
+            got = claims.get((info.dataset, info.label_id), [])
+            found_sides = {side for _, side in got}
+            if len(found_sides) == 1:
+                sides[dataset][info.name] = found_sides.pop()
+            elif not got:
+                unmatched.append(info.name)
+            else:
+                report["ambiguous"].append(
+                    {"dataset": dataset, "class": info.name, "paper_names": [n for n, _ in got]}
+                )
+        if unmatched:
+            report["unmatched_registry"][dataset] = unmatched
+        if missing:
+            report["missing_from_registry"][dataset] = missing
+    return sides, report
+
+
+# -- pool and test -------------------------------------------------------------------------
+
+ITEM_COLUMNS = ("item_id", "dataset", "image_path", "image_sha256", "label", "official_split")
+
+
+def _rows_by_class(
+    cols: dict[str, list], registry: Registry, sides: Sides
+) -> tuple[dict[tuple[str, str], list[int]], int]:
+    """Item rows grouped by (dataset, canonical class name); count of rows of unknown labels."""
+    known = {(c.dataset, c.name) for c in registry}
+    canonical: dict[tuple[str, str], tuple[str, str] | None] = {}
+    groups: dict[tuple[str, str], list[int]] = {}
+    unknown = 0
+    for row, key in enumerate(zip(cols["dataset"], cols["label"], strict=True)):
+        if key not in canonical:  # an alias or other spelling: resolve it once
+            info = None if key in known else registry.resolve(key[1], key[0])
+            canonical[key] = (info.dataset, info.name) if info else key if key in known else None
+        target = canonical[key]
+        if target is None:
+            unknown += 1
+        elif target[1] in sides.get(target[0], {}):
+            groups.setdefault(target, []).append(row)
+    return groups, unknown
+
+
+def sample_pool(
+    cols: dict[str, list], groups: dict[tuple[str, str], list[int]], sides: Sides,
+    k: int, seed: int,
+) -> tuple[list[int], list[int], list[dict]]:
+    """Rows of the k-shot pool, their shot numbers, and the seen classes short of k.
+
+    A class's picks depend only on (seed, dataset, class name) and its own images' sha256,
+    so adding classes (or reordering the item table) never changes another class's shots.
+    Exact duplicate images (same sha256) count once.
+    """
+    rows: list[int] = []
+    shots: list[int] = []
+    short: list[dict] = []
+    for dataset in sorted(sides):
+        for name, side in sides[dataset].items():
+            if side != "seen":
+                continue
+            train = [r for r in groups.get((dataset, name), []) if cols["official_split"][r] in TRAIN_SPLITS]
+            key = normalize(name)
+            train.sort(key=lambda r: (_rank(seed, dataset, key, cols["image_sha256"][r]), cols["item_id"][r]))
+            picked: list[int] = []
+            shas: set[str] = set()
+            for r in train:
+                if len(picked) == k:
+                    break
+                if cols["image_sha256"][r] not in shas:
+                    shas.add(cols["image_sha256"][r])
+                    picked.append(r)
+            if len(picked) < k:
+                short.append({"dataset": dataset, "class": name, "available": len(picked), "k": k})
+            rows += picked
+            shots += range(len(picked))
+    return rows, shots, short
+
+
+def hold_out_test(
+    cols: dict[str, list], groups: dict[tuple[str, str], list[int]], sides: Sides,
+    pool_rows: Sequence[int],
+) -> tuple[list[int], list[str], dict[str, str]]:
+    """Rows of the test set (item table order), their class_split, and each dataset's source.
+
+    A dataset with official test items uses exactly those; one without (an ImageFolder with
+    no split) holds out every training item that is not in the k-shot pool.
+    """
+    in_pool = set(pool_rows)
+    chosen: list[tuple[int, str]] = []
+    source: dict[str, str] = {}
+    for dataset in sorted(sides):
+        rows = [(r, side) for name, side in sides[dataset].items() for r in groups.get((dataset, name), [])]
+        official = [(r, side) for r, side in rows if cols["official_split"][r] == "test"]
+        source[dataset] = "official_test" if official else "held_out_train"
+        chosen += official if official else [(r, s) for r, s in rows if r not in in_pool]
+    chosen.sort()
+    return [r for r, _ in chosen], [s for _, s in chosen], source
+
+
+# -- hygiene -------------------------------------------------------------------------------
+
+MAX_LISTED = 1000  # the manifest lists at most this many near-duplicate pairs (all are counted)
+
+
+def _image_duplicates(
+    cols: dict[str, list], pool_rows: Sequence[int], test_rows: Sequence[int],
+    max_distance: int, progress: Progress | None,
+) -> tuple[list[dict], int, list[str]]:
+    """Near-duplicate (pool, test) pairs by pHash, their total, and unreadable image paths."""
+    paths: dict[str, str] = {}  # sha256 -> one path: identical files are hashed once
+    for r in (*pool_rows, *test_rows):
+        paths.setdefault(cols["image_sha256"][r], cols["image_path"][r])
+    tick = (lambda done, total: progress("hashing images", done, total)) if progress else None
+    hashes = dict(zip(paths, hygiene.phash_many(list(paths.values()), tick), strict=True))
+    unreadable = sorted(paths[sha] for sha, h in hashes.items() if h is None)
+
+    def hashed(rows: Sequence[int]) -> tuple[list[int], list[int]]:
+        kept = [r for r in rows if hashes[cols["image_sha256"][r]] is not None]
+        return kept, [hashes[cols["image_sha256"][r]] for r in kept]
+
+    pool_kept, pool_hashes = hashed(pool_rows)
+    test_kept, test_hashes = hashed(test_rows)
+    pairs = hygiene.near_duplicates(pool_hashes, test_hashes, max_distance)
+
+    def item(r: int) -> dict:
+        return {"item_id": cols["item_id"][r], "dataset": cols["dataset"][r], "label": cols["label"][r]}
+
+    listed = [
+        {"pool": item(pool_kept[i]), "test": item(test_kept[j]), "distance": d}
+        for i, j, d in pairs[:MAX_LISTED]
+    ]
+    return listed, len(pairs), unreadable
+
+
+def _warnings(hyg: dict[str, Any], distance: int) -> list[str]:
+    """One readable line per kind of problem found (what --strict fails on)."""
+    out = []
+    if hyg["name_conflicts"]:
+        c = hyg["name_conflicts"][0]
+        out.append(
+            f"{len(hyg['name_conflicts'])} class name(s) seen in one dataset and unseen in another, "
+            f"e.g. {c['seen']['dataset']}:{c['seen']['class']!r} (seen) vs "
+            f"{c['unseen']['dataset']}:{c['unseen']['class']!r} (unseen)"
+        )
+    if hyg["near_duplicates_total"]:
+        p = hyg["near_duplicates"][0]
+        out.append(
+            f"{hyg['near_duplicates_total']} near-duplicate image pair(s) between the k-shot pool "
+            f"and the test set (pHash distance <= {distance}), e.g. {p['pool']['item_id']} ~ "
+            f"{p['test']['item_id']}"
+        )
+    if hyg["unreadable_images"]:
+        out.append(f"{len(hyg['unreadable_images'])} image(s) could not be read for hashing, "
+                   f"e.g. {hyg['unreadable_images'][0]}")
+    if hyg["unknown_label_items"]:
+        out.append(f"{hyg['unknown_label_items']} item(s) have labels the registry does not know "
+                   "and were left out")
+    fine = hyg.get("fine_r1")
+    if fine:
+        for dataset, names in fine["unmatched_registry"].items():
+            out.append(f"{len(names)} class(es) of {dataset} are in neither Fine-R1 list and were "
+                       f"left out, e.g. {names[0]!r}")
+        for dataset, names in fine["missing_from_registry"].items():
+            out.append(f"{len(names)} Fine-R1 class(es) of {fine['datasets'][dataset]} are not in "
+                       f"the registry of {dataset}, e.g. {names[0]!r}")
+        for amb in fine["ambiguous"]:
+            out.append(f"{amb['dataset']}:{amb['class']!r} matches Fine-R1 classes on both "
+                       f"sides ({', '.join(amb['paper_names'])}) and was left out")
+    return out
+
+
+# -- the stage -----------------------------------------------------------------------------
+
+
+def make_split(
+    items: pa.Table, registry: Registry, cfg: SplitConfig, progress: Progress | None = None
+) -> tuple[dict[str, Any], pa.Table, pa.Table]:
+    """The split manifest, the pool table and the test table (nothing is written)."""
+    missing = [c for c in ITEM_COLUMNS if c not in items.column_names]
+    if missing:
+        raise ValueError(f"items table lacks column(s) {missing}: rerun `finecot ingest`")
+    if cfg.mode == "fine-r1":
+        sides, fine = fine_r1_sides(registry)
+    else:
+        sides, fine = random_sides(registry, cfg.seed, cfg.seen_ratio), None
+
+    cols = items.select(list(ITEM_COLUMNS)).to_pydict()
+    groups, unknown = _rows_by_class(cols, registry, sides)
+    pool_rows, shots, short = sample_pool(cols, groups, sides, cfg.k, cfg.seed)
+    test_rows, test_sides, test_source = hold_out_test(cols, groups, sides, pool_rows)
+
+    pool = items.take(pa.array(pool_rows, pa.int64()))
+    pool = pool.append_column("class_split", pa.array(["seen"] * len(pool_rows), pa.string()))
+    pool = pool.append_column("shot", pa.array(shots, pa.int64()))
+    test = items.take(pa.array(test_rows, pa.int64()))
+    test = test.append_column("class_split", pa.array(test_sides, pa.string()))
+
+    entries = [
+        (c.dataset, c.name, c.all_names, sides[c.dataset][c.name])
+        for c in registry if c.name in sides.get(c.dataset, {})
+    ]
+    near, near_total, unreadable = _image_duplicates(
+        cols, pool_rows, test_rows, cfg.phash_distance, progress
+    )
+    hyg: dict[str, Any] = {
+        "name_conflicts": hygiene.name_conflicts(entries),
+        "near_duplicates": near,
+        "near_duplicates_total": near_total,
+        "unreadable_images": unreadable,
+        "unknown_label_items": unknown,
+    }
+    if fine:
+        hyg["fine_r1"] = fine
+    hyg["warnings"] = _warnings(hyg, cfg.phash_distance)
+
+    def per_dataset(dataset: str) -> dict[str, int]:
+        in_dataset = lambda rows: sum(cols["dataset"][r] == dataset for r in rows)  # noqa: E731
+        parts = list(sides[dataset].values())
+        return {
+            "classes": len(_classes_of(registry, dataset)),
+            "seen": parts.count("seen"),
+            "unseen": parts.count("unseen"),
+            "pool": in_dataset(pool_rows),
+            "test": in_dataset(test_rows),
+        }
+
+    counts = {d: per_dataset(d) for d in sorted(sides)}
+    manifest: dict[str, Any] = {
+        "mode": cfg.mode,
+        "seed": cfg.seed,
+        "seen_ratio": cfg.seen_ratio if cfg.mode == "random" else None,  # fine-r1: the lists
+        "k": cfg.k,
+        "phash_distance": cfg.phash_distance,
+        "datasets": {
+            d: {part: [n for n, s in sides[d].items() if s == part] for part in ("seen", "unseen")}
+            for d in sorted(sides)
+        },
+        "counts": {
+            **{key: sum(c[key] for c in counts.values()) for key in ("seen", "unseen", "pool", "test")},
+            "datasets": counts,
+        },
+        "test_source": test_source,
+        "short": short,
+        "hygiene": hyg,
+    }
+    if fine:
+        manifest["fine_r1"] = {"attribution": fine_r1_attribution(), "datasets": fine["datasets"]}
+    return manifest, pool, test
+
+
+def split_stage(recipe: Recipe, run: RunDir, progress: Progress | None = None) -> dict[str, Any]:
+    """Read items + registry of `run`, write split.json, pool.parquet and test.parquet.
+
+    With recipe.split.strict and any hygiene warning, only split_hygiene.json is written
+    (earlier split files stay as they were) and SplitHygieneError says why.
+    """
+    cfg = recipe.split
+    registry = Registry.load(run.require(run.registry, "ingest"))
+    items = read_table(run.require(run.items, "ingest"))
+    manifest, pool, test = make_split(items, registry, cfg, progress)
+    report = run.path("split_hygiene.json")
+    warnings = manifest["hygiene"]["warnings"]
+    if cfg.strict and warnings:
+        write_json_atomic(report, manifest["hygiene"])
+        raise SplitHygieneError(
+            "split hygiene failed (strict):\n  - " + "\n  - ".join(warnings)
+            + f"\nfull report: {report}; no split files were written (drop --strict to accept)"
+        )
+    write_parquet_atomic(run.pool, pool)
+    write_parquet_atomic(run.test, test)
+    write_json_atomic(run.split, manifest)
+    report.unlink(missing_ok=True)  # a stale strict report would contradict split.json
+    for warning in warnings:
+        log.warning("split hygiene: %s", warning)
+    log.info("split: %d seen / %d unseen classes, pool %d, test %d", manifest["counts"]["seen"],
+             manifest["counts"]["unseen"], manifest["counts"]["pool"], manifest["counts"]["test"])
+    return manifest

@@ -1,0 +1,164 @@
+"""Split hygiene: class names that leak across the seen/unseen line, near-duplicate images.
+
+Used by the split stage (curation/splits.py); both checks only report, the stage decides.
+
+- `name_conflicts`: a class seen in one dataset whose name (or alias) equals, or contains as
+  whole words, the name of a class unseen in another dataset. The paper's own lists have one:
+  pet "Basset Hound" is seen while dog "Basset" is unseen, so a model trained on the first is
+  not really zero-shot on the second.
+- `phash` / `phash_many` / `near_duplicates`: a 64-bit DCT perceptual hash per image and the
+  pairs within a Hamming distance, to catch test images that are (near) copies of the k-shot
+  pool's. JPEGs are decoded at reduced scale (`Image.draft`), so hashing costs about a
+  millisecond per image; large lists are hashed by a pool of 2 processes.
+
+    >>> conflicts = name_conflicts([("pet", "Basset Hound", ("Basset Hound",), "seen"),
+    ...                             ("dog", "Basset", ("Basset",), "unseen")])
+    >>> conflicts[0]["relation"], conflicts[0]["unseen"]["class"]
+    ('contains', 'Basset')
+    >>> hamming(0b1011, 0b0001)
+    2
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy.fft import dctn
+
+from curation.labels import normalize
+
+log = logging.getLogger(__name__)
+
+HASH_SIDE = 32  # the DCT runs on a 32x32 grayscale thumbnail; its 8x8 lowest frequencies vote
+WORKERS = 2
+IN_PROCESS_BELOW = 256  # fewer images than this: a process pool costs more than it saves
+CHUNK = 64
+
+# (dataset, canonical name, all names incl. aliases, "seen" | "unseen")
+ClassEntry = tuple[str, str, Sequence[str], str]
+
+
+# -- names ---------------------------------------------------------------------------------
+
+
+def name_conflicts(classes: Iterable[ClassEntry]) -> list[dict]:
+    """Pairs (seen class, unseen class) of different datasets whose names collide.
+
+    Two names collide when they are equal after `normalize` ("same") or when one is a run of
+    whole words inside the other ("contains": "basset" in "basset hound", not "ram" in
+    "ramble"). Each name's word n-grams are looked up among all full names, so the cost
+    grows with the number of classes, not its square.
+    """
+    entries = list(classes)
+    by_phrase: dict[str, list[int]] = {}
+    for index, (_, _, names, _) in enumerate(entries):
+        for name in names:
+            phrase = normalize(name)
+            if phrase and index not in by_phrase.setdefault(phrase, []):
+                by_phrase[phrase].append(index)
+
+    found: dict[tuple[int, int], dict] = {}
+    for index, (dataset, _, names, side) in enumerate(entries):
+        for name in names:
+            words = normalize(name).split()
+            for start in range(len(words)):
+                for stop in range(start + 1, len(words) + 1):
+                    for other in by_phrase.get(" ".join(words[start:stop]), ()):
+                        o_dataset, _, o_names, o_side = entries[other]
+                        if o_dataset == dataset or o_side == side:
+                            continue
+                        inner = next(n for n in o_names if normalize(n) == " ".join(words[start:stop]))
+                        relation = "same" if stop - start == len(words) else "contains"
+                        pair = (index, other) if side == "seen" else (other, index)
+                        names_pair = (name, inner) if side == "seen" else (inner, name)
+                        if pair not in found or relation == "same":
+                            found[pair] = _conflict(entries, pair, names_pair, relation)
+    return [found[pair] for pair in sorted(found)]
+
+
+def _conflict(entries: list[ClassEntry], pair: tuple[int, int], names: tuple[str, str],
+              relation: str) -> dict:
+    seen, unseen = (entries[i] for i in pair)
+    return {
+        "seen": {"dataset": seen[0], "class": seen[1], "name": names[0]},
+        "unseen": {"dataset": unseen[0], "class": unseen[1], "name": names[1]},
+        "relation": relation,
+    }
+
+
+# -- images --------------------------------------------------------------------------------
+
+
+def phash(path: str | os.PathLike) -> int | None:
+    """64-bit DCT perceptual hash of an image file, or None when it cannot be read.
+
+    Grayscale 32x32 thumbnail -> 2-D DCT -> the 8x8 lowest frequencies -> one bit each,
+    set when the coefficient is above their median (the DC term is left out of the median).
+    """
+    try:
+        with Image.open(path) as image:
+            image.draft("L", (HASH_SIDE, HASH_SIDE))  # JPEG: decode at 1/2..1/8 scale
+            thumb = image.convert("L").resize((HASH_SIDE, HASH_SIDE), Image.Resampling.BILINEAR)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        log.debug("cannot hash %s: %s", path, err)
+        return None
+    pixels = np.asarray(thumb, dtype=np.float64)
+    low = dctn(pixels, norm="ortho")[:8, :8].ravel()
+    bits = low > np.median(low[1:])
+    return int.from_bytes(np.packbits(bits).tobytes(), "big")
+
+
+def phash_many(
+    paths: Sequence[str | os.PathLike],
+    progress: Callable[[int, int], None] | None = None,
+    workers: int = WORKERS,
+) -> list[int | None]:
+    """`phash` of each path, in order; a process pool of `workers` for long lists."""
+    total = len(paths)
+    hashes: list[int | None] = []
+    if total < IN_PROCESS_BELOW or workers <= 1:
+        for path in paths:
+            hashes.append(phash(path))
+            if progress and (len(hashes) % CHUNK == 0 or len(hashes) == total):
+                progress(len(hashes), total)
+        return hashes
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for value in pool.map(phash, [str(Path(p)) for p in paths], chunksize=CHUNK):
+            hashes.append(value)
+            if progress and (len(hashes) % CHUNK == 0 or len(hashes) == total):
+                progress(len(hashes), total)
+    return hashes
+
+
+def hamming(a: int, b: int) -> int:
+    return (a ^ b).bit_count()
+
+
+def near_duplicates(
+    left: Sequence[int], right: Sequence[int], max_distance: int, block: int = 2_000_000
+) -> list[tuple[int, int, int]]:
+    """(i, j, distance) for every pair left[i], right[j] within `max_distance` bits.
+
+    Vectorised XOR + popcount over blocks of rows, so a pool of thousands against a test set
+    of tens of thousands takes well under a second and bounded memory.
+
+    >>> near_duplicates([0b1111, 0], [0b0111, 0b111111], max_distance=1)
+    [(0, 0, 1)]
+    """
+    if not left or not right:
+        return []
+    a = np.array(left, dtype=np.uint64)
+    b = np.array(right, dtype=np.uint64)
+    rows = max(1, block // len(b))
+    pairs: list[tuple[int, int, int]] = []
+    for start in range(0, len(a), rows):
+        dist = np.bitwise_count(a[start : start + rows, None] ^ b[None, :])
+        for i, j in zip(*np.nonzero(dist <= max_distance), strict=True):
+            pairs.append((start + int(i), int(j), int(dist[i, j])))
+    return pairs

@@ -10,6 +10,8 @@ Used by the split stage (curation/splits.py); both checks only report, the stage
   pairs within a Hamming distance, to catch test images that are (near) copies of the k-shot
   pool's. JPEGs are decoded at reduced scale (`Image.draft`), so hashing costs about a
   millisecond per image; large lists are hashed by a pool of 2 processes.
+- `pool_test_duplicates` / `warning_lines`: the split stage's use of the above (which pairs
+  of its pool and test rows collide) and the one-line warnings --strict fails on.
 
     >>> conflicts = name_conflicts([("pet", "Basset Hound", ("Basset Hound",), "seen"),
     ...                             ("dog", "Basset", ("Basset",), "unseen")])
@@ -26,6 +28,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -162,3 +165,78 @@ def near_duplicates(
         for i, j in zip(*np.nonzero(dist <= max_distance), strict=True):
             pairs.append((start + int(i), int(j), int(dist[i, j])))
     return pairs
+
+
+# -- the split stage's report -------------------------------------------------------------------------------
+
+MAX_LISTED = 1000  # the manifest lists at most this many near-duplicate pairs (all are counted)
+
+
+def pool_test_duplicates(
+    cols: dict[str, list], pool_rows: Sequence[int], test_rows: Sequence[int],
+    max_distance: int, progress: Callable[[str, int, int], None] | None,
+) -> tuple[list[dict], int, list[str]]:
+    """Near-duplicate (pool, test) pairs by pHash, their total, and unreadable image paths.
+
+    `cols` holds the item table's columns as lists; rows index into them.
+    """
+    paths: dict[str, str] = {}  # sha256 -> one path: identical files are hashed once
+    for r in (*pool_rows, *test_rows):
+        paths.setdefault(cols["image_sha256"][r], cols["image_path"][r])
+    tick = (lambda done, total: progress("hashing images", done, total)) if progress else None
+    hashes = dict(zip(paths, phash_many(list(paths.values()), tick), strict=True))
+    unreadable = sorted(paths[sha] for sha, h in hashes.items() if h is None)
+
+    def hashed(rows: Sequence[int]) -> tuple[list[int], list[int]]:
+        kept = [r for r in rows if hashes[cols["image_sha256"][r]] is not None]
+        return kept, [hashes[cols["image_sha256"][r]] for r in kept]
+
+    pool_kept, pool_hashes = hashed(pool_rows)
+    test_kept, test_hashes = hashed(test_rows)
+    pairs = near_duplicates(pool_hashes, test_hashes, max_distance)
+
+    def item(r: int) -> dict:
+        return {"item_id": cols["item_id"][r], "dataset": cols["dataset"][r], "label": cols["label"][r]}
+
+    listed = [
+        {"pool": item(pool_kept[i]), "test": item(test_kept[j]), "distance": d}
+        for i, j, d in pairs[:MAX_LISTED]
+    ]
+    return listed, len(pairs), unreadable
+
+
+def warning_lines(hyg: dict[str, Any], distance: int) -> list[str]:
+    """One readable line per kind of problem found (what --strict fails on)."""
+    out = []
+    if hyg["name_conflicts"]:
+        c = hyg["name_conflicts"][0]
+        out.append(
+            f"{len(hyg['name_conflicts'])} class name(s) seen in one dataset and unseen in another, "
+            f"e.g. {c['seen']['dataset']}:{c['seen']['class']!r} (seen) vs "
+            f"{c['unseen']['dataset']}:{c['unseen']['class']!r} (unseen)"
+        )
+    if hyg["near_duplicates_total"]:
+        p = hyg["near_duplicates"][0]
+        out.append(
+            f"{hyg['near_duplicates_total']} near-duplicate image pair(s) between the k-shot pool "
+            f"and the test set (pHash distance <= {distance}), e.g. {p['pool']['item_id']} ~ "
+            f"{p['test']['item_id']}"
+        )
+    if hyg["unreadable_images"]:
+        out.append(f"{len(hyg['unreadable_images'])} image(s) could not be read for hashing, "
+                   f"e.g. {hyg['unreadable_images'][0]}")
+    if hyg["unknown_label_items"]:
+        out.append(f"{hyg['unknown_label_items']} item(s) have labels the registry does not know "
+                   "and were left out")
+    fine = hyg.get("fine_r1")
+    if fine:
+        for dataset, names in fine["unmatched_registry"].items():
+            out.append(f"{len(names)} class(es) of {dataset} are in neither Fine-R1 list and were "
+                       f"left out, e.g. {names[0]!r}")
+        for dataset, names in fine["missing_from_registry"].items():
+            out.append(f"{len(names)} Fine-R1 class(es) of {fine['datasets'][dataset]} are not in "
+                       f"the registry of {dataset}, e.g. {names[0]!r}")
+        for amb in fine["ambiguous"]:
+            out.append(f"{amb['dataset']}:{amb['class']!r} matches Fine-R1 classes on both "
+                       f"sides ({', '.join(amb['paper_names'])}) and was left out")
+    return out

@@ -279,78 +279,6 @@ def hold_out_test(
     return [r for r, _ in chosen], [s for _, s in chosen], source
 
 
-# -- hygiene -------------------------------------------------------------------------------
-
-MAX_LISTED = 1000  # the manifest lists at most this many near-duplicate pairs (all are counted)
-
-
-def _image_duplicates(
-    cols: dict[str, list], pool_rows: Sequence[int], test_rows: Sequence[int],
-    max_distance: int, progress: Progress | None,
-) -> tuple[list[dict], int, list[str]]:
-    """Near-duplicate (pool, test) pairs by pHash, their total, and unreadable image paths."""
-    paths: dict[str, str] = {}  # sha256 -> one path: identical files are hashed once
-    for r in (*pool_rows, *test_rows):
-        paths.setdefault(cols["image_sha256"][r], cols["image_path"][r])
-    tick = (lambda done, total: progress("hashing images", done, total)) if progress else None
-    hashes = dict(zip(paths, hygiene.phash_many(list(paths.values()), tick), strict=True))
-    unreadable = sorted(paths[sha] for sha, h in hashes.items() if h is None)
-
-    def hashed(rows: Sequence[int]) -> tuple[list[int], list[int]]:
-        kept = [r for r in rows if hashes[cols["image_sha256"][r]] is not None]
-        return kept, [hashes[cols["image_sha256"][r]] for r in kept]
-
-    pool_kept, pool_hashes = hashed(pool_rows)
-    test_kept, test_hashes = hashed(test_rows)
-    pairs = hygiene.near_duplicates(pool_hashes, test_hashes, max_distance)
-
-    def item(r: int) -> dict:
-        return {"item_id": cols["item_id"][r], "dataset": cols["dataset"][r], "label": cols["label"][r]}
-
-    listed = [
-        {"pool": item(pool_kept[i]), "test": item(test_kept[j]), "distance": d}
-        for i, j, d in pairs[:MAX_LISTED]
-    ]
-    return listed, len(pairs), unreadable
-
-
-def _warnings(hyg: dict[str, Any], distance: int) -> list[str]:
-    """One readable line per kind of problem found (what --strict fails on)."""
-    out = []
-    if hyg["name_conflicts"]:
-        c = hyg["name_conflicts"][0]
-        out.append(
-            f"{len(hyg['name_conflicts'])} class name(s) seen in one dataset and unseen in another, "
-            f"e.g. {c['seen']['dataset']}:{c['seen']['class']!r} (seen) vs "
-            f"{c['unseen']['dataset']}:{c['unseen']['class']!r} (unseen)"
-        )
-    if hyg["near_duplicates_total"]:
-        p = hyg["near_duplicates"][0]
-        out.append(
-            f"{hyg['near_duplicates_total']} near-duplicate image pair(s) between the k-shot pool "
-            f"and the test set (pHash distance <= {distance}), e.g. {p['pool']['item_id']} ~ "
-            f"{p['test']['item_id']}"
-        )
-    if hyg["unreadable_images"]:
-        out.append(f"{len(hyg['unreadable_images'])} image(s) could not be read for hashing, "
-                   f"e.g. {hyg['unreadable_images'][0]}")
-    if hyg["unknown_label_items"]:
-        out.append(f"{hyg['unknown_label_items']} item(s) have labels the registry does not know "
-                   "and were left out")
-    fine = hyg.get("fine_r1")
-    if fine:
-        for dataset, names in fine["unmatched_registry"].items():
-            out.append(f"{len(names)} class(es) of {dataset} are in neither Fine-R1 list and were "
-                       f"left out, e.g. {names[0]!r}")
-        for dataset, names in fine["missing_from_registry"].items():
-            out.append(f"{len(names)} Fine-R1 class(es) of {fine['datasets'][dataset]} are not in "
-                       f"the registry of {dataset}, e.g. {names[0]!r}")
-        for amb in fine["ambiguous"]:
-            out.append(f"{amb['dataset']}:{amb['class']!r} matches Fine-R1 classes on both "
-                       f"sides ({', '.join(amb['paper_names'])}) and was left out")
-    return out
-
-
 # -- the stage -----------------------------------------------------------------------------
 
 
@@ -381,7 +309,7 @@ def make_split(
         (c.dataset, c.name, c.all_names, sides[c.dataset][c.name])
         for c in registry if c.name in sides.get(c.dataset, {})
     ]
-    near, near_total, unreadable = _image_duplicates(
+    near, near_total, unreadable = hygiene.pool_test_duplicates(
         cols, pool_rows, test_rows, cfg.phash_distance, progress
     )
     hyg: dict[str, Any] = {
@@ -393,7 +321,7 @@ def make_split(
     }
     if fine:
         hyg["fine_r1"] = fine
-    hyg["warnings"] = _warnings(hyg, cfg.phash_distance)
+    hyg["warnings"] = hygiene.warning_lines(hyg, cfg.phash_distance)
 
     def per_dataset(dataset: str) -> dict[str, int]:
         in_dataset = lambda rows: sum(cols["dataset"][r] == dataset for r in rows)  # noqa: E731

@@ -140,12 +140,20 @@ def random_sides(registry: Registry, seed: int, seen_ratio: float) -> Sides:
     return sides
 
 
+def _paper_phrases(info: ClassInfo) -> set[str]:
+    """Normalised names a class may carry in the paper: its names and aliases, and for
+    aircraft also each prefixed with the manufacturer ('737-200' -> 'Boeing 737-200')."""
+    maker = info.levels.get("manufacturer", "")
+    names = [*info.all_names, *(f"{maker} {n}" for n in info.all_names if maker)]
+    return {normalize(n) for n in names}
+
+
 def fine_r1_sides(registry: Registry) -> tuple[Sides, dict[str, Any]]:
     """The paper's split applied to the registry, and a report of what did not match.
 
-    Each paper name is looked up among the registry's names and aliases of the mapped
-    dataset (`Registry.lookup`, normalised). A registry class in neither list, or claimed by
-    both, is left out of the split; a paper class absent from the registry is listed.
+    A registry class takes the side of the paper class whose name equals one of its names or
+    aliases after `normalize`. A registry class in neither list, or matching both, is left
+    out of the split; a paper class that no registry class matches is listed as missing.
     """
     uncovered = [d for d in registry.datasets if d not in FINE_R1_DATASETS]
     if uncovered:
@@ -162,26 +170,19 @@ def fine_r1_sides(registry: Registry) -> tuple[Sides, dict[str, Any]]:
     for dataset in registry.datasets:
         paper = FINE_R1_DATASETS[dataset]
         report["datasets"][dataset] = paper
-        claims: dict[tuple[str, int], list[tuple[str, str]]] = {}
-        missing = []
-        for side in ("seen", "unseen"):
-            for name in lists[paper][side]:
-                found = registry.lookup(name, dataset)
-                if not found:
-                    missing.append(name)
-                for info in found:
-                    claims.setdefault((info.dataset, info.label_id), []).append((name, side))
         classes = _classes_of(registry, dataset)
-        if not claims:
+        coarse = [c.name for c in classes if c.levels and "variant" not in c.levels]
+        if paper == "aircraft" and coarse:
             raise ValueError(
-                f"no class of dataset {dataset!r} matches the paper's {paper} list (registry has "
-                f"e.g. {classes[0].name!r}, the paper e.g. {lists[paper]['seen'][0]!r}): ingest it "
-                "at the paper's label level (aircraft: variant) or add aliases with a synonyms file"
+                f"the paper's aircraft lists are variants, but {dataset!r} has classes at a "
+                f"coarser level (e.g. {coarse[0]!r}): ingest it with aircraft_level=variant"
             )
+        index = {normalize(n): (n, side) for side in ("seen", "unseen") for n in lists[paper][side]}
         sides[dataset] = {}
-        unmatched = []
+        unmatched, claimed = [], set()
         for info in classes:
-            got = claims.get((info.dataset, info.label_id), [])
+            got = sorted({index[p] for p in _paper_phrases(info) if p in index})
+            claimed.update(name for name, _ in got)
             found_sides = {side for _, side in got}
             if len(found_sides) == 1:
                 sides[dataset][info.name] = found_sides.pop()
@@ -191,6 +192,13 @@ def fine_r1_sides(registry: Registry) -> tuple[Sides, dict[str, Any]]:
                 report["ambiguous"].append(
                     {"dataset": dataset, "class": info.name, "paper_names": [n for n, _ in got]}
                 )
+        if not claimed:
+            raise ValueError(
+                f"no class of dataset {dataset!r} matches the paper's {paper} list (registry has "
+                f"e.g. {classes[0].name!r}, the paper e.g. {lists[paper]['seen'][0]!r}): ingest it "
+                "at the paper's label level or add aliases with a synonyms file"
+            )
+        missing = [n for side in ("seen", "unseen") for n in lists[paper][side] if n not in claimed]
         if unmatched:
             report["unmatched_registry"][dataset] = unmatched
         if missing:

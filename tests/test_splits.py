@@ -341,9 +341,39 @@ def test_fine_r1_mode_refuses_datasets_the_paper_does_not_cover(tmp_path):
     run = make_run(tmp_path, {"my_parts": {"bolt": {"train": 1}}})
     with pytest.raises(ValueError, match="my_parts.*--mode random"):
         split_stage(recipe(mode="fine-r1"), run)
-    run = make_run(tmp_path / "b", {"fgvc_aircraft": {"Boeing": {"train": 1}}})  # family level
+    run = make_run(tmp_path / "b", {"fgvc_aircraft": {"Boeing": {"train": 1}}})
     with pytest.raises(ValueError, match="no class of dataset 'fgvc_aircraft'"):
         split_stage(recipe(mode="fine-r1"), run)
+
+
+def _aircraft_run(tmp_path, classes: list[ClassInfo]) -> RunDir:
+    run = RunDir(tmp_path / "air")
+    Registry(classes).save(run.registry)
+    write_parquet_atomic(run.items, pa.Table.from_pylist([], schema=pa.schema(
+        [(c, pa.string()) for c in ("item_id", "dataset", "image_path", "image_sha256", "label",
+                                    "official_split")])))
+    return run
+
+
+def test_fine_r1_aircraft_matches_variants_with_or_without_the_maker(tmp_path):
+    boeing = {"manufacturer": "Boeing", "family": "Boeing 737", "variant": "737-200"}
+    run = _aircraft_run(tmp_path, [
+        ClassInfo(0, "737-200", "fgvc_aircraft", "aircraft", levels=boeing),  # paper: Boeing 737-200
+        ClassInfo(1, "Boeing 737-300", "fgvc_aircraft", "aircraft"),
+        ClassInfo(2, "MD-80", "fgvc_aircraft", "aircraft",
+                  levels={"manufacturer": "McDonnell Douglas", "variant": "MD-80"}),
+    ])
+    manifest = split_stage(recipe(mode="fine-r1"), run)
+    assert manifest["datasets"]["fgvc_aircraft"] == {
+        "seen": ["737-200", "MD-80"], "unseen": ["Boeing 737-300"]}
+    assert len(manifest["hygiene"]["fine_r1"]["missing_from_registry"]["fgvc_aircraft"]) == 97
+    assert manifest["counts"]["pool"] == manifest["counts"]["test"] == 0
+
+    family = _aircraft_run(tmp_path / "f", [ClassInfo(
+        0, "Boeing 737", "fgvc_aircraft", "aircraft",
+        levels={"manufacturer": "Boeing", "family": "Boeing 737"})])
+    with pytest.raises(ValueError, match="aircraft_level=variant"):
+        split_stage(recipe(mode="fine-r1"), family)
 
 
 # -- errors and CLI ------------------------------------------------------------------------

@@ -92,20 +92,57 @@ def ingest(
         "oxford_flowers, oxford_pets, imagefolder, manifest, hf")
     ] = None,
     root: Annotated[str | None, typer.Option(help="dataset folder, manifest file or HF dataset")] = None,
+    dataset: Annotated[str | None, typer.Option(help="dataset name in the tables (default: the layout)")] = None,
     recipe: RecipeOption = None,
     overrides: SetOption = None,
 ) -> None:
-    """Read datasets into the item table, the class registry and the quarantine table."""
+    """Read datasets into the item table, the class registry and the quarantine table.
+
+    Every image is hashed (sha256), measured and fully decoded by worker processes; rows
+    stream into RUN/items.parquet. Images that cannot be used (missing, empty, unreadable,
+    truncated, CMYK/16-bit/transparent, over max_pixels, unknown label, the same image under
+    two labels) go to RUN/quarantine.parquet with a reason code, and the run goes on.
+    RUN/registry.json holds the classes (readable names, aliases, super-category, levels).
+    A rerun on the same inputs writes identical files. Several sources: use a recipe.
+    """
     sets = list(overrides or [])
     if source:
         sets += [f"sources.0.kind={source}", f"sources.0.root={root or '.'}"]
+        if dataset:
+            sets.append(f"sources.0.dataset={dataset}")
     spec = _recipe(recipe, sets + [f"run_dir={run_dir}"])
     if not spec.sources:
         raise _fail("nothing to ingest: give --source and --root, or a recipe with sources")
+    from curation.ingest import ingest_stage
+    from curation.rundir import RunDir
+
+    run = RunDir(spec.directory)
     try:
-        pipeline.run_recipe(spec, ["ingest"])
-    except (FileNotFoundError, ValueError) as err:
+        with _stage_progress() as progress:
+            report = ingest_stage(spec, run, progress)
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, ValueError) as err:
         raise _fail(str(err)) from None
+    run.save_recipe(spec)
+    _print_ingest_summary(report, run.root)
+
+
+def _print_ingest_summary(report, root: Path) -> None:
+    """Items and quarantine counts per dataset, then notes about the layouts."""
+    reasons = sorted(report.reasons)
+    table = Table(title=f"ingest: {report.items} items, {report.classes} classes, "
+                  f"{report.quarantined} quarantined ({report.seconds:.1f} s)")
+    table.add_column("dataset")
+    table.add_column("items", justify="right")
+    for reason in reasons:
+        table.add_column(reason, justify="right")
+    for name, counts in report.datasets.items():
+        table.add_row(name, str(counts.get("items", 0)), *(str(counts.get(r, 0)) for r in reasons))
+    console.print(table)
+    for note in report.notes:
+        console.print(f"[yellow]note:[/yellow] {note}")
+    if report.quarantined:
+        console.print(f"quarantined images and reasons: {root / 'quarantine.parquet'}")
+    console.print(f"[green]done[/green]: {root / 'items.parquet'}, registry.json")
 
 
 @app.command()

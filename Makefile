@@ -12,6 +12,20 @@ export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
 .PHONY: test demo lint venv clean
 
+# The Label Studio server for the review tests lives in its own venv: its pins (openai<2,
+# pyarrow<25) conflict with ours. Bump LS_VERSION to reinstall (the stamp names the version).
+LS_VERSION := 1.23.2
+LS_VENV := .venv-labelstudio
+LS_STAMP := $(LS_VENV)/.installed-$(LS_VERSION)
+
+.PHONY: labelstudio
+labelstudio: $(LS_STAMP)
+
+$(LS_STAMP):
+	test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check label-studio==$(LS_VERSION)
+	touch $(LS_STAMP)
+
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml constraints-cpu.txt
@@ -24,7 +38,7 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-test: $(STAMP)
+test: $(STAMP) $(LS_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/pytest -n 2
 
@@ -32,4 +46,4 @@ demo: $(STAMP)
 	$(BIN)/finecot demo
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(LS_VENV) runs .pytest_cache

@@ -21,6 +21,7 @@ from rich.table import Table
 
 from curation import pipeline
 from curation.config import RecipeError, load_recipe
+from curation.review_cli import review_app
 
 app = typer.Typer(
     name="finecot",
@@ -31,6 +32,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
+app.add_typer(review_app, name="review")
 
 RunOption = Annotated[
     Path, typer.Option("--run", "-r", help="run directory (all files of the run live there)")

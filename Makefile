@@ -40,6 +40,7 @@ lint: $(STAMP)
 
 test: $(STAMP) $(LS_STAMP)
 	$(BIN)/ruff check .
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) || echo 'chromium not installed: the report render test will be skipped'
 	$(BIN)/pytest -n 2
 
 demo: $(STAMP)

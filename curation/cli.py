@@ -222,6 +222,104 @@ def _print_split_summary(manifest: dict, root: Path) -> None:
     console.print(f"[green]done[/green]: {root / 'split.json'}, pool.parquet, test.parquet")
 
 
+@app.command()
+def export(
+    run_dir: RunOption,
+    fmt: Annotated[
+        list[str] | None,
+        typer.Option("--format", help="also write llamafactory and/or easyr1 (repeatable)"),
+    ] = None,
+    fine_r1_eval: Annotated[
+        Path | None,
+        typer.Option(help="Fine-R1 release eval/ folder: use the paper's closed-world options"),
+    ] = None,
+    triplet_model: Annotated[
+        Path | None, typer.Option(help="local transformers image/CLIP model for hard negatives")
+    ] = None,
+    recipe: RecipeOption = None,
+    overrides: SetOption = None,
+) -> None:
+    """Write RUN/dataset: Parquet shards of the sft, rl, eval_open and eval_closed configs
+    (images embedded) + the dataset card; with --format, LLaMA-Factory / EasyR1 copies too."""
+    from curation.export import export_stage
+    from curation.rundir import RunDir
+
+    sets = list(overrides or [])
+    if fmt:
+        sets.append(f"export.formats={['hf', *fmt]}")
+    if fine_r1_eval:
+        sets.append(f"export.fine_r1_eval={fine_r1_eval}")
+    if triplet_model:
+        sets.append(f"export.triplet_model={triplet_model}")
+    spec = _recipe(recipe or _saved_recipe(run_dir), sets + [f"run_dir={run_dir}"])
+    run = RunDir(spec.directory)
+    try:
+        with _stage_progress() as progress:
+            summary = export_stage(spec, run, progress)
+    except (FileNotFoundError, ValueError) as err:
+        raise _fail(str(err)) from None
+    table = Table(title=f"export: {run.root / 'dataset'}")
+    for name in ("config", "split", "rows", "shards", "MB"):
+        table.add_column(name, justify="left" if name in ("config", "split") else "right")
+    for name, c in summary["configs"].items():
+        table.add_row(name, c["split"], str(c["rows"]), str(c["shards"]), f"{c['bytes'] / 1e6:.1f}")
+    console.print(table)
+    if summary["skipped"]:
+        console.print(f"[yellow]{len(summary['skipped'])} rows skipped[/yellow] "
+                      "(unreadable images: see export_skipped.parquet)")
+    for extra in ("llamafactory", "easyr1"):
+        if extra in summary:
+            console.print(f"{extra}: {summary[extra]}")
+    console.print(f"[green]done[/green]: dataset {run.root / 'dataset'}, card "
+                  f"{run.root / 'dataset' / 'README.md'}")
+
+
+@app.command()
+def publish(
+    repo_id: Annotated[str, typer.Argument(help="Hub dataset repo, OWNER/NAME")],
+    run_dir: Annotated[Path | None, typer.Option("--run", "-r", help="run directory")] = None,
+    folder: Annotated[
+        Path | None, typer.Option("--dir", help="export folder (default: RUN/dataset)")
+    ] = None,
+    public: Annotated[bool, typer.Option(help="make the repo public (default: private)")] = False,
+    dry_run: Annotated[bool, typer.Option(help="check and list, upload nothing")] = False,
+) -> None:
+    """Push an exported dataset folder to the Hugging Face Hub (token from HF_TOKEN).
+
+    One commit for ordinary sizes; above 5 GB a resumable upload (re-run to continue)."""
+    from curation.publish import hf_token, plan_publish, upload
+
+    target = folder or (run_dir / "dataset" if run_dir else None)
+    if target is None:
+        raise _fail("give --run RUN (publishes RUN/dataset) or --dir FOLDER")
+    try:
+        plan = plan_publish(target, repo_id, private=not public)
+        console.print(f"{len(plan.files)} files, {plan.total_bytes / 1e6:.1f} MB -> {repo_id} "
+                      f"({'private' if plan.private else 'public'}"
+                      f"{', resumable' if plan.resumable else ', one commit'})")
+        if dry_run:
+            return
+        url = upload(plan, hf_token())
+    except (FileNotFoundError, ValueError) as err:
+        raise _fail(str(err)) from None
+    console.print(f"[green]published[/green]: {url}")
+
+
+@app.command()
+def report(run_dir: RunOption, recipe: RecipeOption = None, overrides: SetOption = None) -> None:
+    """Write RUN/report/index.html (self-contained) + PNG plots: funnel, rejection reasons,
+    per-class coverage, rationale length, teacher accuracy, cost over time."""
+    from curation.report import write_report
+    from curation.rundir import RunDir
+
+    spec = _recipe(recipe or _saved_recipe(run_dir), list(overrides or []) + [f"run_dir={run_dir}"])
+    try:
+        index = write_report(spec, RunDir(spec.directory))
+    except (FileNotFoundError, ValueError) as err:
+        raise _fail(str(err)) from None
+    console.print(f"[green]done[/green]: report {index}")
+
+
 def _saved_recipe(run_dir: Path) -> Path | None:
     """A run directory remembers its recipe: later stages start from it."""
     saved = run_dir / "recipe.yaml"

@@ -28,10 +28,24 @@ def _split(recipe: Recipe, run: RunDir) -> None:
     split_stage(recipe, run)
 
 
+def _export(recipe: Recipe, run: RunDir) -> None:
+    from curation.export import export_stage
+
+    export_stage(recipe, run)
+
+
+def _report(recipe: Recipe, run: RunDir) -> None:
+    from curation.report import write_report
+
+    write_report(recipe, run)
+
+
 # A dict is the registry: stage name -> function(recipe, run_dir).
 STAGES: dict[str, Callable[[Recipe, RunDir], None]] = {
     "ingest": _ingest,
     "split": _split,
+    "export": _export,
+    "report": _report,
 }
 
 

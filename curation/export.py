@@ -1,0 +1,523 @@
+"""Export: the curated run as a Hugging Face dataset repo folder (Parquet shards + card).
+
+    finecot export --run runs/birds [--format llamafactory --format easyr1]
+
+writes `runs/birds/dataset/`:
+
+    data/sft/train-00000-of-00001.parquet          TRL conversational SFT rows + provenance
+    data/rl/train-00000-of-00001.parquet           TAPO triplets (prompt, answer, 3 images)
+    data/eval_open/test-00000-of-00001.parquet     held-out seen + unseen test images
+    data/eval_closed/test-00000-of-00001.parquet   the same with 4 shuffled options
+    README.md                                      the dataset card (YAML header + numbers)
+    assets/*.png                                   key plots shown by the card
+
+Shards are size-bounded (`export.shard_mb`) and written streaming, row group by row group,
+so memory stays flat whatever the row count. Images are embedded as bytes under the
+`datasets` Image feature (the schema carries the features metadata), so both
+`load_dataset(folder, "sft")` and `load_dataset("parquet", data_files=one_shard)` decode them.
+The folder is built beside the old one and swapped in at the end: an interrupted export
+leaves the previous dataset untouched. Rows whose image cannot be read are left out and
+listed in `export_skipped.parquet` with a reason code.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import datasets
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from curation import triplets as tri
+from curation.config import Recipe
+from curation.labels import Registry
+from curation.rundir import RunDir
+from curation.tables import write_parquet_atomic, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]  # (config, rows done, rows total)
+
+# Fine-R1's SFT system prompt and rollout format instruction (public release, MIT license).
+FINE_R1_SYSTEM = (
+    "A conversation between User and Assistant. The user asks a question, and the Assistant "
+    "solves it. The assistant first thinks about the reasoning process in the mind and then "
+    "provides the user with the answer. The reasoning process and answer are enclosed within "
+    "<think> </think> and <answer> </answer> tags, respectively, i.e., <think> reasoning "
+    "process here </think><answer> answer here </answer>"
+)
+FORMAT_INSTRUCTION = (
+    "You first think through the reasoning process as an internal monologue, enclosed within "
+    "<think> </think> tags. Then, provide your final answer enclosed within <answer> </answer> "
+    "tags."
+)
+CONFIG_SPLITS = {"sft": "train", "rl": "train", "eval_open": "test", "eval_closed": "test"}
+DROPPED = {"image_path"}  # absolute local paths say nothing to users and leak their disks
+
+TEXT = datasets.Value("string")
+IMAGES = datasets.List(datasets.Image())
+PART = {"type": TEXT, "text": TEXT}  # one content part: {"type": "image"} or text
+MESSAGES = datasets.List({"role": TEXT, "content": datasets.List(PART)})
+
+
+# -- images ----------------------------------------------------------------------------------
+
+
+def image_cell(path: str) -> dict[str, Any]:
+    """The file's own bytes as a datasets Image cell (no re-encoding, no quality loss)."""
+    return {"bytes": Path(path).read_bytes(), "path": Path(path).name}
+
+
+def resized_cell(path: str, size: int) -> dict[str, Any]:
+    """The image resized to size x size (TAPO needs one size for anchor/positive/negative)."""
+    with Image.open(path) as image:
+        fmt = "PNG" if image.format == "PNG" else "JPEG"
+        image = image.convert("RGBA" if fmt == "PNG" and "A" in image.mode else "RGB")
+        image = image.resize((size, size), Image.Resampling.BICUBIC)
+        buffer = io.BytesIO()
+        image.save(buffer, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    name = Path(path).stem + (".png" if fmt == "PNG" else ".jpg")
+    return {"bytes": buffer.getvalue(), "path": name}
+
+
+# -- size-bounded, streaming shards ----------------------------------------------------------
+
+
+class ShardWriter:
+    """Rows -> `<split>-NNNNN-of-MMMMM.parquet` shards of at most ~max_bytes each.
+
+    Rows are buffered into row groups (`group_rows` rows, or fewer when their images are
+    large) and each group is written at once, so memory holds one row group. Shards are
+    written under temporary names and renamed on `close()`, when their count is known.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        split: str,
+        features: datasets.Features,
+        max_bytes: int,
+        group_rows: int = 100,
+        group_bytes: int = 64 << 20,
+    ):
+        self.folder, self.split, self.features = Path(folder), split, features
+        self.schema = features.arrow_schema
+        self.max_bytes, self.group_rows, self.group_bytes = max_bytes, group_rows, group_bytes
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._rows: list[dict] = []
+        self._buffered = 0
+        self._writer: pq.ParquetWriter | None = None
+        self._shard_bytes = 0
+        self._parts: list[Path] = []
+        self.rows = 0
+        self.bytes = 0
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._rows.append(row)
+        self._buffered += _row_bytes(row)
+        self.rows += 1
+        if len(self._rows) >= self.group_rows or self._buffered >= self.group_bytes:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._rows:
+            return
+        table = pa.Table.from_pylist(self._rows, schema=self.schema)
+        size = table.nbytes
+        if self._writer is not None and self._shard_bytes + size > self.max_bytes:
+            self._writer.close()
+            self._writer = None
+        if self._writer is None:
+            part = self.folder / f".{self.split}-{len(self._parts):05d}.partial"
+            self._parts.append(part)
+            self._writer = pq.ParquetWriter(part, self.schema)
+            self._shard_bytes = 0
+        self._writer.write_table(table, row_group_size=len(self._rows))
+        self._shard_bytes += size
+        self.bytes += size
+        self._rows, self._buffered = [], 0
+
+    def close(self) -> list[Path]:
+        """Write what is buffered, close, and give the shards their final names."""
+        self._flush()
+        if self._writer is not None:
+            self._writer.close()
+        if not self._parts:  # an empty split still gets one (empty) shard with the schema
+            part = self.folder / f".{self.split}-00000.partial"
+            pq.write_table(self.schema.empty_table(), part)
+            self._parts.append(part)
+        total = len(self._parts)
+        final = []
+        for index, part in enumerate(self._parts):
+            target = self.folder / f"{self.split}-{index:05d}-of-{total:05d}.parquet"
+            os.replace(part, target)
+            final.append(target)
+        return final
+
+
+def _row_bytes(row: dict[str, Any]) -> int:
+    """A cheap size estimate of a row: its bytes and strings, recursively."""
+    total = 0
+    stack: list[Any] = [row]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, bytes | str):
+            total += len(value)
+        elif isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list | tuple):
+            stack.extend(value)
+        else:
+            total += 8
+    return total
+
+
+# -- reading the stage tables ----------------------------------------------------------------
+
+
+def curated_table(run: RunDir) -> Path:
+    """The table SFT rows come from: reviewed.parquet once review ran, else accepted.parquet."""
+    reviewed = run.path("reviewed.parquet")
+    if reviewed.exists():
+        return reviewed
+    return run.require(run.path("accepted.parquet"), "filter")
+
+
+def check_columns(path: Path, columns: set[str], stage: str) -> None:
+    """A clear error when a stage table lacks columns of the data contract."""
+    missing = sorted(columns - set(pq.read_schema(path).names))
+    if missing:
+        raise ValueError(
+            f"{path} lacks columns {missing} of the data contract: rerun `finecot {stage}`"
+        )
+
+
+POOL_COLUMNS = {
+    "item_id",
+    "dataset",
+    "image_path",
+    "image_sha256",
+    "label",
+    "label_id",
+    "super_category",
+}
+
+
+def _iter_records(path: Path, batch_rows: int = 256) -> Iterator[dict[str, Any]]:
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
+        yield from batch.to_pylist()
+
+
+def _provenance_features(schema: pa.Schema, exclude: set[str]) -> datasets.Features:
+    fields = []
+    for field in schema:
+        if field.name in exclude or field.name in DROPPED:
+            continue
+        kind = pa.string() if pa.types.is_null(field.type) else field.type
+        fields.append(pa.field(field.name, kind))
+    return datasets.Features.from_arrow_schema(pa.schema(fields))
+
+
+def _kept(record: dict[str, Any]) -> bool:
+    """Reviewed tables may carry rows a reviewer rejected: they do not ship."""
+    status = record.get("review_status")
+    return status is None or str(status).lower() not in {"rejected", "reject"}
+
+
+# -- the four configs ------------------------------------------------------------------------
+
+
+def sft_features(source: pa.Schema) -> datasets.Features:
+    provenance = _provenance_features(source, {"id", "messages", "images"})
+    return datasets.Features({"id": TEXT, "messages": MESSAGES, "images": IMAGES, **provenance})
+
+
+def sft_row(record: dict[str, Any], system_prompt: str) -> dict[str, Any]:
+    """One TRL conversational row: system, user (image + question), assistant (think+answer)."""
+    think = (record.get("think") or "").strip()
+    assistant = f"<think>\n{think}\n</think>\n<answer>{record['label']}</answer>"
+    row = {k: v for k, v in record.items() if k not in DROPPED}
+    row["id"] = record.get("draft_id") or record["item_id"]
+    row["messages"] = [
+        {"role": "system", "content": [{"type": "text", "text": system_prompt}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "image", "text": None},
+                {"type": "text", "text": record["question"]},
+            ],
+        },
+        {"role": "assistant", "content": [{"type": "text", "text": assistant}]},
+    ]
+    row["images"] = [image_cell(record["image_path"])]
+    return row
+
+
+RL_FEATURES = datasets.Features(
+    {
+        "id": TEXT,
+        "prompt": datasets.List({"role": TEXT, "content": datasets.List(PART)}),
+        "answer": TEXT,
+        "images": IMAGES,
+        "positive_images": IMAGES,
+        "negative_images": IMAGES,
+        "negative_label": TEXT,
+        "negative_label_id": datasets.Value("int64"),
+        "triplet_method": TEXT,
+        "positive_item_id": TEXT,
+        "negative_item_id": TEXT,
+        "question": TEXT,
+        "dataset": TEXT,
+        "label": TEXT,
+        "label_id": datasets.Value("int64"),
+        "super_category": TEXT,
+        "image_sha256": TEXT,
+    }
+)
+
+EVAL_COLUMNS = {
+    "id": TEXT,
+    "question": TEXT,
+    "answer": TEXT,
+    "images": IMAGES,
+    "class_split": TEXT,
+    "dataset": TEXT,
+    "label": TEXT,
+    "label_id": datasets.Value("int64"),
+    "super_category": TEXT,
+    "image_sha256": TEXT,
+}
+EVAL_OPEN_FEATURES = datasets.Features(EVAL_COLUMNS)
+EVAL_CLOSED_FEATURES = datasets.Features(
+    {
+        **EVAL_COLUMNS,
+        "options": datasets.List(TEXT),
+        "answer_index": datasets.Value("int64"),
+        "options_method": TEXT,
+        "options_seed": datasets.Value("int64"),
+    }
+)
+
+
+def _question(record: dict[str, Any]) -> str:
+    from curation.prompts import load_questions, pick_question
+
+    # the same phrasing the drafting stage would pick for this item (stable by item_id)
+    return pick_question(load_questions(), record["super_category"], record["item_id"])
+
+
+# -- the stage -------------------------------------------------------------------------------
+
+
+def export_stage(recipe: Recipe, run: RunDir, progress: Progress | None = None) -> dict[str, Any]:
+    """Write run/dataset (four configs + card) and the other formats; return the summary."""
+    cfg = recipe.export
+    registry = Registry.load(run.require(run.registry, "ingest"))
+    check_columns(run.require(run.pool, "split"), POOL_COLUMNS, "split")
+    check_columns(run.require(run.test, "split"), POOL_COLUMNS | {"class_split"}, "split")
+    check_columns(curated_table(run), POOL_COLUMNS | {"draft_id", "question", "think"}, "filter")
+    items = pd.read_parquet(
+        run.require(run.items, "ingest"),
+        columns=["item_id", "dataset", "image_path", "label", "super_category", "official_split"],
+    )
+    triplet_rank, option_rank = tri.class_rankings(recipe, run, items, registry)
+    pool = pd.read_parquet(run.pool)
+    triplets = tri.build_triplets(pool, triplet_rank, cfg.seed)
+    write_parquet_atomic(
+        run.path("triplets.parquet"), pa.Table.from_pandas(triplets, preserve_index=False)
+    )
+
+    paper = None
+    if cfg.fine_r1_eval:
+        paper = tri.load_fine_r1_options(cfg.fine_r1_eval)
+    elif recipe.split.mode == "fine-r1":
+        log.warning(
+            "split mode fine-r1 without export.fine_r1_eval: closed-world options are mined"
+        )
+
+    staging = run.path(".dataset.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    skipped: list[dict[str, str]] = []
+    max_bytes = cfg.shard_mb * 1_000_000
+    summary: dict[str, Any] = {"configs": {}, "skipped": skipped}
+
+    def write_config(name: str, features, rows: Iterator[dict], total: int) -> None:
+        writer = ShardWriter(staging / "data" / name, CONFIG_SPLITS[name], features, max_bytes)
+        for done, row in enumerate(rows, 1):
+            writer.write(row)
+            if progress:
+                progress(name, done, total)
+        shards = writer.close()
+        summary["configs"][name] = {
+            "split": CONFIG_SPLITS[name],
+            "rows": writer.rows,
+            "bytes": writer.bytes,
+            "shards": len(shards),
+        }
+
+    def guarded(config: str, records, make):
+        for record in records:
+            try:
+                yield make(record)
+            except OSError as err:  # missing or unreadable image: skip the row, say why
+                reason = (
+                    "image_missing" if isinstance(err, FileNotFoundError) else "image_unreadable"
+                )
+                skipped.append(
+                    {
+                        "config": config,
+                        "id": str(record.get("draft_id") or record["item_id"]),
+                        "image_path": str(record.get("image_path")),
+                        "reason": reason,
+                        "detail": str(err)[:200],
+                    }
+                )
+
+    # sft
+    source = curated_table(run)
+    system_prompt = cfg.system_prompt or FINE_R1_SYSTEM
+    sft_total = pq.ParquetFile(source).metadata.num_rows
+    records = (r for r in _iter_records(source) if _kept(r))
+    write_config(
+        "sft",
+        sft_features(pq.read_schema(source)),
+        guarded("sft", records, lambda r: sft_row(r, system_prompt)),
+        sft_total,
+    )
+
+    # rl
+    by_id = pool.set_index("item_id")
+    size = cfg.rl_image_size
+
+    def rl_row(t: dict[str, Any]) -> dict[str, Any]:
+        anchor = by_id.loc[t["item_id"]]
+        record = {"item_id": t["item_id"], "super_category": anchor["super_category"]}
+        question = _question(record)
+        return {
+            "id": t["item_id"],
+            "prompt": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image", "text": None},
+                        {"type": "text", "text": f"{question} {FORMAT_INSTRUCTION}"},
+                    ],
+                }
+            ],
+            "answer": anchor["label"],
+            "images": [resized_cell(anchor["image_path"], size)],
+            "positive_images": [resized_cell(by_id.loc[t["positive_item_id"], "image_path"], size)],
+            "negative_images": [resized_cell(by_id.loc[t["negative_item_id"], "image_path"], size)],
+            **{
+                k: t[k]
+                for k in (
+                    "negative_label",
+                    "negative_label_id",
+                    "triplet_method",
+                    "positive_item_id",
+                    "negative_item_id",
+                )
+            },
+            "question": question,
+            "dataset": anchor["dataset"],
+            "label": anchor["label"],
+            "label_id": int(anchor["label_id"]),
+            "super_category": anchor["super_category"],
+            "image_sha256": anchor["image_sha256"],
+        }
+
+    rl_records = (
+        {**t, "image_path": by_id.loc[t["item_id"], "image_path"]}
+        for t in triplets.to_dict("records")
+    )
+    write_config("rl", RL_FEATURES, guarded("rl", rl_records, rl_row), len(triplets))
+
+    # eval_open / eval_closed
+    test_total = pq.ParquetFile(run.test).metadata.num_rows
+
+    def eval_row(record: dict[str, Any]) -> dict[str, Any]:
+        row = {k: record[k] for k in EVAL_COLUMNS if k in record and k != "images"}
+        row.update(
+            id=record["item_id"],
+            question=_question(record),
+            answer=record["label"],
+            label_id=int(record["label_id"]),
+            images=[image_cell(record["image_path"])],
+        )
+        return row
+
+    def closed_row(record: dict[str, Any]) -> dict[str, Any]:
+        row = eval_row(record)
+        options = tri.paper_options(record, paper, registry) if paper else None
+        if options is not None:
+            shuffled, index = tri.shuffled_options(
+                options, record["label"], cfg.seed, record["item_id"]
+            )
+            method = "fine-r1"
+        else:
+            ranking = option_rank[(record["dataset"], record["label"])]
+            shuffled, index = tri.closed_options(
+                record["label"], ranking, cfg.seed, record["item_id"]
+            )
+            method = ranking.method
+        row.update(
+            options=shuffled, answer_index=index, options_method=method, options_seed=cfg.seed
+        )
+        return row
+
+    write_config(
+        "eval_open",
+        EVAL_OPEN_FEATURES,
+        guarded("eval_open", _iter_records(run.test), eval_row),
+        test_total,
+    )
+    write_config(
+        "eval_closed",
+        EVAL_CLOSED_FEATURES,
+        guarded("eval_closed", _iter_records(run.test), closed_row),
+        test_total,
+    )
+
+    from curation.card import write_card
+
+    write_card(recipe, run, staging, summary, triplets)
+    _swap_in(staging, run.path("dataset"))
+    skipped_table = pd.DataFrame(
+        skipped, columns=["config", "id", "image_path", "reason", "detail"]
+    )
+    write_parquet_atomic(run.path("export_skipped.parquet"), pa.Table.from_pandas(skipped_table))
+    write_text_atomic(
+        run.path("export.json"),
+        json.dumps(
+            {k: v for k, v in summary.items() if k != "skipped"} | {"skipped": len(skipped)},
+            indent=1,
+        ),
+    )
+    if skipped:
+        log.warning("export: %d rows skipped (see export_skipped.parquet)", len(skipped))
+
+    from curation import formats
+
+    for fmt in cfg.formats:
+        if fmt != "hf":
+            summary[fmt] = str(formats.FORMATS[fmt](run.path("dataset"), run.path(fmt)))
+    return summary
+
+
+def _swap_in(staging: Path, target: Path) -> None:
+    """Replace `target` by `staging` with renames only (the old folder goes last)."""
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(staging, target)
+    shutil.rmtree(old, ignore_errors=True)

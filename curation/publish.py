@@ -1,0 +1,95 @@
+"""Publish: push an exported dataset folder to the Hugging Face Hub.
+
+    HF_TOKEN=hf_... finecot publish USER/NAME --run runs/birds        # private by default
+    HF_TOKEN=hf_... finecot publish USER/NAME --dir path/to/dataset --public
+
+`plan_publish` checks everything that can be checked before any network call: the folder is
+a finecot export (README.md whose header parses with `huggingface_hub.DatasetCard`, and
+names shards that exist), the token is in the environment (never on the command line, never
+logged), and what will be sent. `upload` is the one thin call to the Hub: `upload_folder`
+(one commit) for ordinary sizes, `upload_large_folder` (resumable, re-run to continue, in
+several commits) above `large_bytes`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from huggingface_hub import DatasetCard, HfApi
+
+log = logging.getLogger(__name__)
+
+LARGE_BYTES = 5 * 1024**3  # above this, a resumable upload beats one big commit
+
+
+@dataclass
+class PublishPlan:
+    """What `upload` will send, where, and how."""
+
+    folder: Path
+    repo_id: str
+    private: bool
+    files: list[Path] = field(default_factory=list)
+    total_bytes: int = 0
+    resumable: bool = False
+
+
+def hf_token() -> str:
+    """The Hub token from the environment (HF_TOKEN, or HUGGING_FACE_HUB_TOKEN)."""
+    token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+    if not token:
+        raise ValueError(
+            "no Hugging Face token: set HF_TOKEN in the environment (a write token from "
+            "https://huggingface.co/settings/tokens); it is never read from the command line"
+        )
+    return token
+
+
+def plan_publish(
+    folder: str | Path, repo_id: str, private: bool = True, large_bytes: int = LARGE_BYTES
+) -> PublishPlan:
+    """Validate the export folder and list what would be uploaded (no network)."""
+    folder = Path(folder)
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise ValueError(f"repo id {repo_id!r} must look like OWNER/NAME")
+    readme = folder / "README.md"
+    if not readme.is_file():
+        raise FileNotFoundError(f"{readme} is missing: run `finecot export` first")
+    card = DatasetCard(readme.read_text(encoding="utf-8"))
+    configs = card.data.to_dict().get("configs") or []
+    if not configs:
+        raise ValueError(f"{readme} declares no configs: it is not a finecot export")
+    for config in configs:
+        for entry in config["data_files"]:
+            if not list(folder.glob(entry["path"])):
+                raise FileNotFoundError(
+                    f"config {config['config_name']} names {entry['path']} but no file matches "
+                    f"in {folder}: re-run `finecot export`"
+                )
+    files = sorted(
+        p for p in folder.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+    total = sum(p.stat().st_size for p in files)
+    return PublishPlan(folder, repo_id, private, files, total, resumable=total > large_bytes)
+
+
+def upload(plan: PublishPlan, token: str) -> str:
+    """Create the (private) dataset repo if needed and push the folder; return its URL."""
+    api = HfApi(token=token)
+    api.create_repo(plan.repo_id, repo_type="dataset", private=plan.private, exist_ok=True)
+    ignore = [".*", "**/.*"]  # partial files of an interrupted export never ship
+    if plan.resumable:
+        api.upload_large_folder(
+            repo_id=plan.repo_id, folder_path=plan.folder, repo_type="dataset",
+            private=plan.private, ignore_patterns=ignore,
+        )
+    else:
+        api.upload_folder(
+            repo_id=plan.repo_id, folder_path=plan.folder, repo_type="dataset",
+            commit_message="finecot export", ignore_patterns=ignore,
+        )
+    return f"https://huggingface.co/datasets/{plan.repo_id}"

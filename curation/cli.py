@@ -21,6 +21,7 @@ from rich.table import Table
 
 from curation import pipeline
 from curation.config import RecipeError, load_recipe
+from curation.draft_cli import draft_command, ledger_app
 from curation.review_cli import review_app
 
 app = typer.Typer(
@@ -33,6 +34,8 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 app.add_typer(review_app, name="review")
+app.command("draft")(draft_command)
+app.add_typer(ledger_app, name="ledger")
 
 RunOption = Annotated[
     Path, typer.Option("--run", "-r", help="run directory (all files of the run live there)")
@@ -81,6 +84,9 @@ def run(
     chosen = stages.split(",") if stages else None
     try:
         pipeline.run_recipe(spec, chosen)
+    except pipeline.StageStopped as err:
+        console.print(f"[yellow]stopped:[/yellow] {err}")
+        raise typer.Exit(3) from None
     except (RecipeError, FileNotFoundError, ValueError) as err:
         raise _fail(str(err)) from None
     console.print(f"[green]done[/green]: {spec.directory}")

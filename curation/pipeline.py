@@ -16,6 +16,11 @@ from curation.rundir import RunDir
 log = logging.getLogger(__name__)
 
 
+class StageStopped(RuntimeError):
+    """A stage stopped early on purpose (a budget, an interrupt): its message says what to
+    do; rerunning the same command resumes. `finecot run` prints it and exits with code 3."""
+
+
 def _ingest(recipe: Recipe, run: RunDir) -> None:
     from curation.ingest import ingest_stage
 
@@ -40,10 +45,18 @@ def _report(recipe: Recipe, run: RunDir) -> None:
     write_report(recipe, run)
 
 
+def _draft(recipe: Recipe, run: RunDir) -> None:
+    from curation.draft import draft_stage
+    from curation.draft_cli import RichDraftProgress
+
+    draft_stage(recipe, run, RichDraftProgress())
+
+
 # A dict is the registry: stage name -> function(recipe, run_dir).
 STAGES: dict[str, Callable[[Recipe, RunDir], None]] = {
     "ingest": _ingest,
     "split": _split,
+    "draft": _draft,
     "export": _export,
     "report": _report,
 }

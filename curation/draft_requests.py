@@ -1,0 +1,163 @@
+"""What the draft stage asks the teacher: messages, request keys, images, and acceptance.
+
+    requests = Requests(recipe, registry, pool_rows)
+    requests.keys(row, "blind", [0, 1])      # request keys, without reading any image
+    requests.messages(pool_rows[row], "blind", ImageCache(recipe).get(path))
+
+A request key is the sha256 of the canonical JSON of the model, the messages (the image as
+its file sha256 plus the resize settings), the sampling params, the sample index and the
+prompt templates' sha: everything that shapes the answer, nothing that does not.
+
+    >>> reg = Registry([ClassInfo(0, "Laysan Albatross", "cub", "bird")])
+    >>> accept = fallback_accept(reg)
+    >>> accept({"status": "ok", "label": "Laysan Albatross", "dataset": "cub",
+    ...         "response": "<think>...</think><answer>laysan albatross</answer>"})
+    True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from curation.config import Recipe
+from curation.labels import ClassInfo, Registry, match
+from curation.prompts import load_prompts, load_questions, pick_candidates, pick_question
+from curation.rundir import RunDir
+from curation.teacher import image_data_url
+
+log = logging.getLogger(__name__)
+
+# -- acceptance ------------------------------------------------------------------------------
+
+_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S | re.I)
+
+
+def fallback_accept(registry: Registry) -> Callable[[Mapping[str, Any]], bool]:
+    """FALLBACK acceptance, used only while curation.filters is missing: the last <answer>
+    of a finished draft names the gold class (curation.labels.match)."""
+
+    def accept(draft: Mapping[str, Any]) -> bool:
+        if draft.get("status") != "ok":
+            return False
+        answers = _ANSWER.findall(draft.get("response") or "")
+        if not answers:
+            return False
+        return match(answers[-1], draft["label"], registry, draft.get("dataset")).correct
+
+    return accept
+
+
+def make_accept(recipe: Recipe, run: RunDir, registry: Registry) -> Callable[[Mapping], bool]:
+    """The filter's verdict when curation.filters offers make_context/judge, else the fallback."""
+    try:
+        from curation.filters import judge, make_context
+    except ImportError:
+        log.info("curation.filters not available: accepting drafts whose <answer> matches the gold")
+        return fallback_accept(registry)
+    if not run.registry.exists():
+        log.info("%s missing: the filters need it; accepting drafts whose <answer> matches the "
+                 "gold", run.registry)
+        return fallback_accept(registry)
+    context = make_context(recipe, run)
+    return lambda draft: judge(draft, context).accepted
+
+
+def pool_registry(run: RunDir, pool: list[dict]) -> Registry:
+    """The run's registry, or (no ingest here) one built from the pool's own labels."""
+    if run.registry.exists():
+        return Registry.load(run.registry)
+    seen: dict[tuple[str, str], ClassInfo] = {}
+    for row in pool:
+        key = (row["dataset"], row["label"])
+        if key not in seen:
+            seen[key] = ClassInfo(int(row["label_id"]), row["label"], row["dataset"],
+                                  row.get("super_category") or "object")
+    return Registry(seen.values())
+
+
+# -- requests: what is asked, and its key ------------------------------------------------------
+
+
+class Requests:
+    """Renders each item's messages and computes request keys (no image is read for a key)."""
+
+    def __init__(self, recipe: Recipe, registry: Registry, pool: list[dict]):
+        self.recipe, self.registry, self.pool = recipe, registry, pool
+        cfg, teacher = recipe.prompts, recipe.teacher
+        self.prompts = load_prompts(cfg.system, cfg.user, cfg.directory)
+        self.bank = load_questions(cfg.questions)
+        self.sampling = {"temperature": teacher.temperature, "top_p": teacher.top_p,
+                         "max_tokens": teacher.max_tokens, "seed": teacher.seed}
+        self.sampling_json = json.dumps(self.sampling, sort_keys=True)
+        self.image_spec = f"fit={teacher.image_max_side}x{teacher.image_max_pixels};q={teacher.jpeg_quality}"
+        self._systems: dict[str, str] = {}
+        self._names: dict[str, list[str]] = defaultdict(list)
+        for info in registry:
+            self._names[info.dataset].append(info.name)
+
+    def question(self, row: dict) -> str:
+        return pick_question(self.bank, row.get("super_category") or "object", str(row["item_id"]))
+
+    def messages(self, row: dict, strategy: str, image_url: str) -> list[dict]:
+        domain = row.get("super_category") or "object"
+        system = self._systems.get(domain)
+        if system is None:
+            system = self._systems[domain] = self.prompts.system.render(super_category=domain)
+        hinted = strategy == "hinted"
+        info = self.registry.resolve(row["label"], row["dataset"]) if hinted else None
+        describe = hinted and self.recipe.prompts.describe and info is not None
+        user = self.prompts.user.render(
+            question=self.question(row),
+            super_category=domain,
+            hint=row["label"] if hinted else None,
+            description=(info.description or None) if describe else None,
+            attributes=(info.attributes or None) if describe else None,
+            candidates=pick_candidates(row["label"], self._names[row["dataset"]],
+                                       self.recipe.prompts.candidates, str(row["item_id"])),
+        )
+        return [
+            {"role": "system", "content": system},
+            {"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": image_url}},
+                {"type": "text", "text": user},
+            ]},
+        ]
+
+    def image_ref(self, row: dict) -> str:
+        return f"sha256:{row['image_sha256']};{self.image_spec}"
+
+    def keys(self, row: int, strategy: str, indices: Iterable[int]) -> list[str]:
+        """Request keys: sha256 of the canonical JSON of everything that shapes the answer."""
+        messages = self.messages(self.pool[row], strategy, self.image_ref(self.pool[row]))
+        head = json.dumps({"model": self.recipe.teacher.model, "messages": messages,
+                           "sampling": self.sampling, "template_sha": self.prompts.sha},
+                          sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        return [hashlib.sha256(f'{head[:-1]},"sample_index":{i}}}'.encode()).hexdigest()
+                for i in indices]
+
+
+class ImageCache:
+    """Encoded data URLs, least recently used out first, bounded in bytes."""
+
+    def __init__(self, recipe: Recipe, max_bytes: int = 64 << 20):
+        self.teacher, self.max_bytes, self.size = recipe.teacher, max_bytes, 0
+        self._urls: OrderedDict[str, str] = OrderedDict()
+
+    def get(self, path: str) -> str:
+        url = self._urls.get(path)
+        if url is not None:
+            self._urls.move_to_end(path)
+            return url
+        t = self.teacher
+        url = image_data_url(path, t.image_max_side, t.image_max_pixels, t.jpeg_quality)
+        self._urls[path] = url
+        self.size += len(url)
+        while self.size > self.max_bytes and len(self._urls) > 1:
+            self.size -= len(self._urls.popitem(last=False)[1])
+        return url

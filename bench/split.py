@@ -1,8 +1,8 @@
-"""Benchmark of the split stage: pHash throughput and a whole `split_stage` on a fake dataset.
+"""Benchmark of the split stage: image signatures (pHash + colour) and a whole split_stage.
 
 Generates N JPEGs (500x375, like CUB photos) under a cache folder once, builds an
 items.parquet + registry.json by hand (CLASSES classes, 1/3 official test), then times:
-pHash in one process, pHash with the stage's pool of 2, the pool x test Hamming search, and
+signatures in one process, then with the stage's pool of 2, the pool x test search, and
 the whole stage (split + hashing + writes). Prints figures; asserts nothing.
 
     .venv/bin/python bench/split.py --images 5000
@@ -71,10 +71,10 @@ def main() -> None:
 
     paths = make_images(Path(args.cache) / "images", args.images)
     sample = paths[: min(len(paths), 2000)]
-    timed("pHash, 1 process", len(sample), lambda: hygiene.phash_many(sample, workers=1))
-    hashes = timed("pHash, pool of 2", len(paths), lambda: hygiene.phash_many(paths))
-    pool, test = hashes[:2000], hashes[:] * max(1, 30000 // len(hashes))
-    timed(f"Hamming search {len(pool)} x {len(test)}", len(pool) * len(test),
+    timed("signatures, 1 process", len(sample), lambda: hygiene.signatures(sample, workers=1))
+    sigs = timed("signatures, pool of 2", len(paths), lambda: hygiene.signatures(paths))
+    pool, test = sigs[:2000], sigs[:] * max(1, 30000 // len(sigs))
+    timed(f"near-duplicate search {len(pool)} x {len(test)}", len(pool) * len(test),
           lambda: hygiene.near_duplicates(pool, test, 4))
 
     run = make_run(Path(args.cache) / f"run-{args.images}-{args.classes}", paths, args.classes)

@@ -6,10 +6,11 @@ Used by the split stage (curation/splits.py); both checks only report, the stage
   whole words, the name of a class unseen in another dataset. The paper's own lists have one:
   pet "Basset Hound" is seen while dog "Basset" is unseen, so a model trained on the first is
   not really zero-shot on the second.
-- `phash` / `phash_many` / `near_duplicates`: a 64-bit DCT perceptual hash per image and the
-  pairs within a Hamming distance, to catch test images that are (near) copies of the k-shot
-  pool's. JPEGs are decoded at reduced scale (`Image.draft`), so hashing costs about a
-  millisecond per image; large lists are hashed by a pool of 2 processes.
+- `signature` / `signatures` / `near_duplicates`: a 64-bit DCT perceptual hash plus a 4x4
+  colour thumbnail per image, and the pairs within a Hamming distance whose colours also
+  agree, to catch test images that are (near) copies of the k-shot pool's. JPEGs are
+  decoded at reduced scale (`Image.draft`), so hashing costs well under a millisecond per
+  image; large lists are hashed by a pool of 2 processes.
 - `pool_test_duplicates` / `warning_lines`: the split stage's use of the above (which pairs
   of its pool and test rows collide) and the one-line warnings --strict fails on.
 
@@ -39,12 +40,19 @@ from curation.labels import normalize
 log = logging.getLogger(__name__)
 
 HASH_SIDE = 32  # the DCT runs on a 32x32 grayscale thumbnail; its 8x8 lowest frequencies vote
+COLOUR_SIDE = 4  # plus a 4x4 RGB thumbnail: pHash alone is blind to colour
+# Near-duplicates must also agree in colour within this (0..255, per thumbnail cell). pHash
+# alone pairs flat images of any two colours, and same-pose renders of classes that differ
+# only in colour (measured on the synthetic world: such pairs differ by 26+, while
+# re-encoded/resized copies differ by 4 or less).
+COLOUR_TOLERANCE = 16
 WORKERS = 2
 IN_PROCESS_BELOW = 256  # fewer images than this: a process pool costs more than it saves
 CHUNK = 64
 
 # (dataset, canonical name, all names incl. aliases, "seen" | "unseen")
 ClassEntry = tuple[str, str, Sequence[str], str]
+Signature = tuple[int, bytes]  # (64-bit pHash of the luminance, 4x4 RGB thumbnail)
 
 
 # -- names ---------------------------------------------------------------------------------
@@ -98,45 +106,56 @@ def _conflict(entries: list[ClassEntry], pair: tuple[int, int], names: tuple[str
 # -- images --------------------------------------------------------------------------------
 
 
-def phash(path: str | os.PathLike) -> int | None:
-    """64-bit DCT perceptual hash of an image file, or None when it cannot be read.
+def signature(path: str | os.PathLike) -> Signature | None:
+    """(pHash, colour) of an image file, or None when it cannot be read.
 
-    Grayscale 32x32 thumbnail -> 2-D DCT -> the 8x8 lowest frequencies -> one bit each,
-    set when the coefficient is above their median (the DC term is left out of the median).
+    pHash: 32x32 grayscale thumbnail -> 2-D DCT -> the 8x8 lowest frequencies -> one bit
+    each, set when the coefficient is above their median (the DC term left out of it).
+    Colour: a 4x4 RGB thumbnail (48 bytes).
     """
     try:
         with Image.open(path) as image:
-            image.draft("L", (HASH_SIDE, HASH_SIDE))  # JPEG: decode at 1/2..1/8 scale
-            thumb = image.convert("L").resize((HASH_SIDE, HASH_SIDE), Image.Resampling.BILINEAR)
+            image.draft("RGB", (HASH_SIDE, HASH_SIDE))  # JPEG: decode at 1/2..1/8 scale
+            small = image.convert("RGB").resize((HASH_SIDE, HASH_SIDE), Image.Resampling.BILINEAR)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         log.debug("cannot hash %s: %s", path, err)
         return None
-    pixels = np.asarray(thumb, dtype=np.float64)
+    pixels = np.asarray(small.convert("L"), dtype=np.float64)
     low = dctn(pixels, norm="ortho")[:8, :8].ravel()
     bits = low > np.median(low[1:])
-    return int.from_bytes(np.packbits(bits).tobytes(), "big")
+    colour = small.resize((COLOUR_SIDE, COLOUR_SIDE), Image.Resampling.BOX).tobytes()
+    return int.from_bytes(np.packbits(bits).tobytes(), "big"), colour
 
 
-def phash_many(
+def phash(path: str | os.PathLike) -> int | None:
+    """The 64-bit DCT perceptual hash of an image file (see `signature`), or None."""
+    sig = signature(path)
+    return sig[0] if sig else None
+
+
+def signatures(
     paths: Sequence[str | os.PathLike],
     progress: Callable[[int, int], None] | None = None,
     workers: int = WORKERS,
-) -> list[int | None]:
-    """`phash` of each path, in order; a process pool of `workers` for long lists."""
+) -> list[Signature | None]:
+    """`signature` of each path, in order; a process pool of `workers` for long lists."""
     total = len(paths)
-    hashes: list[int | None] = []
+    out: list[Signature | None] = []
     if total < IN_PROCESS_BELOW or workers <= 1:
-        for path in paths:
-            hashes.append(phash(path))
-            if progress and (len(hashes) % CHUNK == 0 or len(hashes) == total):
-                progress(len(hashes), total)
-        return hashes
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        for value in pool.map(phash, [str(Path(p)) for p in paths], chunksize=CHUNK):
-            hashes.append(value)
-            if progress and (len(hashes) % CHUNK == 0 or len(hashes) == total):
-                progress(len(hashes), total)
-    return hashes
+        results: Iterable[Signature | None] = map(signature, paths)
+        pool = None
+    else:
+        pool = ProcessPoolExecutor(max_workers=workers)
+        results = pool.map(signature, [str(Path(p)) for p in paths], chunksize=CHUNK)
+    try:
+        for value in results:
+            out.append(value)
+            if progress and (len(out) % CHUNK == 0 or len(out) == total):
+                progress(len(out), total)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    return out
 
 
 def hamming(a: int, b: int) -> int:
@@ -144,27 +163,38 @@ def hamming(a: int, b: int) -> int:
 
 
 def near_duplicates(
-    left: Sequence[int], right: Sequence[int], max_distance: int, block: int = 2_000_000
-) -> list[tuple[int, int, int]]:
-    """(i, j, distance) for every pair left[i], right[j] within `max_distance` bits.
+    left: Sequence[Signature], right: Sequence[Signature], max_distance: int,
+    tolerance: int = COLOUR_TOLERANCE, limit: int | None = None, block: int = 262_144,
+) -> tuple[list[tuple[int, int, int, int]], int]:
+    """Pairs left[i], right[j] within `max_distance` pHash bits and `tolerance` of colour.
 
-    Vectorised XOR + popcount over blocks of rows, so a pool of thousands against a test set
-    of tens of thousands takes well under a second and bounded memory.
+    Returns ([(i, j, bits, colour difference), ...] up to `limit`, number of pairs). XOR +
+    popcount run vectorised over blocks of rows, so a pool of thousands against a test set of
+    tens of thousands takes about a second in bounded memory, however many pairs match.
 
-    >>> near_duplicates([0b1111, 0], [0b0111, 0b111111], max_distance=1)
-    [(0, 0, 1)]
+    >>> grey, red = bytes([128] * 48), bytes([200, 0, 0] * 16)
+    >>> near_duplicates([(0b1111, grey), (0, red)], [(0b0111, grey), (0, grey)], max_distance=1)
+    ([(0, 0, 1, 0)], 1)
     """
     if not left or not right:
-        return []
-    a = np.array(left, dtype=np.uint64)
-    b = np.array(right, dtype=np.uint64)
+        return [], 0
+    a = np.array([h for h, _ in left], dtype=np.uint64)
+    b = np.array([h for h, _ in right], dtype=np.uint64)
+    a_colour = np.frombuffer(b"".join(c for _, c in left), np.uint8).reshape(len(left), -1)
+    b_colour = np.frombuffer(b"".join(c for _, c in right), np.uint8).reshape(len(right), -1)
     rows = max(1, block // len(b))
-    pairs: list[tuple[int, int, int]] = []
+    pairs: list[tuple[int, int, int, int]] = []
+    total = 0
     for start in range(0, len(a), rows):
         dist = np.bitwise_count(a[start : start + rows, None] ^ b[None, :])
-        for i, j in zip(*np.nonzero(dist <= max_distance), strict=True):
-            pairs.append((start + int(i), int(j), int(dist[i, j])))
-    return pairs
+        i, j = np.nonzero(dist <= max_distance)
+        colour = np.abs(a_colour[start + i].astype(np.int16) - b_colour[j]).max(axis=1, initial=0)
+        keep = colour <= tolerance
+        total += int(keep.sum())
+        room = len(i) if limit is None else max(0, limit - len(pairs))
+        for ii, jj, cc in list(zip(i[keep], j[keep], colour[keep], strict=True))[:room]:
+            pairs.append((start + int(ii), int(jj), int(dist[ii, jj]), int(cc)))
+    return pairs, total
 
 
 # -- the split stage's report -------------------------------------------------------------------------------
@@ -176,7 +206,8 @@ def pool_test_duplicates(
     cols: dict[str, list], pool_rows: Sequence[int], test_rows: Sequence[int],
     max_distance: int, progress: Callable[[str, int, int], None] | None,
 ) -> tuple[list[dict], int, list[str]]:
-    """Near-duplicate (pool, test) pairs by pHash, their total, and unreadable image paths.
+    """Near-duplicate (pool, test) pairs (pHash within `max_distance` bits and colours within
+    COLOUR_TOLERANCE), their total, and the paths of images that could not be read.
 
     `cols` holds the item table's columns as lists; rows index into them.
     """
@@ -184,25 +215,26 @@ def pool_test_duplicates(
     for r in (*pool_rows, *test_rows):
         paths.setdefault(cols["image_sha256"][r], cols["image_path"][r])
     tick = (lambda done, total: progress("hashing images", done, total)) if progress else None
-    hashes = dict(zip(paths, phash_many(list(paths.values()), tick), strict=True))
-    unreadable = sorted(paths[sha] for sha, h in hashes.items() if h is None)
+    sigs = dict(zip(paths, signatures(list(paths.values()), tick), strict=True))
+    unreadable = sorted(paths[sha] for sha, sig in sigs.items() if sig is None)
 
-    def hashed(rows: Sequence[int]) -> tuple[list[int], list[int]]:
-        kept = [r for r in rows if hashes[cols["image_sha256"][r]] is not None]
-        return kept, [hashes[cols["image_sha256"][r]] for r in kept]
+    def hashed(rows: Sequence[int]) -> list[tuple[int, Signature]]:
+        found = ((r, sigs[cols["image_sha256"][r]]) for r in rows)
+        return [(r, sig) for r, sig in found if sig is not None]
 
-    pool_kept, pool_hashes = hashed(pool_rows)
-    test_kept, test_hashes = hashed(test_rows)
-    pairs = near_duplicates(pool_hashes, test_hashes, max_distance)
+    pool, test = hashed(pool_rows), hashed(test_rows)
+    pairs, total = near_duplicates(
+        [sig for _, sig in pool], [sig for _, sig in test], max_distance, limit=MAX_LISTED
+    )
 
     def item(r: int) -> dict:
         return {"item_id": cols["item_id"][r], "dataset": cols["dataset"][r], "label": cols["label"][r]}
 
     listed = [
-        {"pool": item(pool_kept[i]), "test": item(test_kept[j]), "distance": d}
-        for i, j, d in pairs[:MAX_LISTED]
+        {"pool": item(pool[i][0]), "test": item(test[j][0]), "distance": d, "colour_difference": c}
+        for i, j, d, c in pairs
     ]
-    return listed, len(pairs), unreadable
+    return listed, total, unreadable
 
 
 def warning_lines(hyg: dict[str, Any], distance: int) -> list[str]:

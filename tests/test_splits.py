@@ -264,16 +264,26 @@ def test_unreadable_image_is_reported_not_fatal(tmp_path):
     assert read_table(run.test).num_rows == 2
 
 
-def test_phash_is_robust_to_reencoding_and_separates_different_images(tmp_path):
+def test_signatures_pair_reencoded_copies_not_other_images_or_colours(tmp_path):
     _noise_jpeg(tmp_path / "a.jpg", 1, size=256)
     _noise_jpeg(tmp_path / "b.jpg", 2, size=256)
     with Image.open(tmp_path / "a.jpg") as im:
-        im.resize((120, 120)).convert("L").save(tmp_path / "a_small.png")
-    a, b, a2 = (hygiene.phash(tmp_path / n) for n in ("a.jpg", "b.jpg", "a_small.png"))
-    assert hygiene.hamming(a, a2) <= 4 < hygiene.hamming(a, b)
+        im.resize((120, 120)).save(tmp_path / "a_copy.jpg", quality=60)
+    for name, colour, side in (("red", (200, 30, 30), 64), ("red_small", (203, 30, 28), 40),
+                               ("blue", (30, 30, 200), 64)):
+        Image.new("RGB", (side, side), colour).save(tmp_path / f"{name}.png")
+    names = ["a.jpg", "red.png", "b.jpg", "a_copy.jpg", "blue.png", "red_small.png"]
+    sigs = hygiene.signatures([tmp_path / n for n in names])
+    pairs, total = hygiene.near_duplicates(sigs[:2], sigs[2:], max_distance=4)
+    assert [(names[i], names[2 + j]) for i, j, _, _ in pairs] == [
+        ("a.jpg", "a_copy.jpg"), ("red.png", "red_small.png")]
+    assert total == 2
+    # flat images share a pHash whatever their colour: the colour thumbnail tells them apart
+    assert sigs[1][0] == sigs[4][0] and hygiene.hamming(sigs[0][0], sigs[2][0]) > 4
     assert hygiene.phash(tmp_path / "missing.jpg") is None
-    paths = [tmp_path / n for n in ("a.jpg", "b.jpg", "a_small.png")] * 100  # pool of 2 kicks in
-    assert hygiene.phash_many(paths) == [a, b, a2] * 100
+    assert hygiene.near_duplicates(sigs[:2], sigs[2:], 4, limit=1) == (pairs[:1], 2)
+    many = [tmp_path / n for n in names] * 50  # long enough for the pool of 2 processes
+    assert hygiene.signatures(many) == sigs * 50
 
 
 def test_name_conflicts_use_whole_words_across_datasets_and_sides():

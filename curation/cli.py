@@ -156,7 +156,7 @@ def _print_ingest_summary(report, root: Path) -> None:
 @app.command()
 def split(
     run_dir: RunOption,
-    mode: Annotated[str | None, typer.Option(help="random (seeded ratio) or fine-r1 (the paper's lists)")] = None,
+    mode: Annotated[str | None, typer.Option(help="random (seeded ratio), fine-r1 (the paper's lists) or compositional (attribute classes, e.g. the synthetic world)")] = None,
     k: Annotated[int | None, typer.Option(help="shots per seen class")] = None,
     seed: Annotated[int | None, typer.Option(help="random seed")] = None,
     seen_ratio: Annotated[float | None, typer.Option(help="fraction of classes seen")] = None,

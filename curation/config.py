@@ -54,7 +54,7 @@ class SourceConfig(Section):
 class SplitConfig(Section):
     """Seen/unseen class split and the k-shot pool."""
 
-    mode: Literal["random", "fine-r1"] = "random"
+    mode: Literal["random", "fine-r1", "compositional"] = "random"
     seed: int = 0
     seen_ratio: float = Field(0.6, gt=0, le=1)
     k: int = Field(4, ge=1, description="shots per seen class (the paper: 4)")

@@ -4,13 +4,15 @@ Reads the run's items.parquet + registry.json and writes split.json (the manifes
 pool.parquet (k shots per seen class, what the teacher drafts on) and test.parquet (held-out
 items of seen and unseen classes). Run it with `finecot split --run DIR [--mode fine-r1]`.
 
-Two ways to split classes:
+Three ways to split classes:
 - "random": per dataset, classes ranked by a hash of (seed, dataset, class name); the first
   floor(seen_ratio * n) are seen (at least one). A class's rank never depends on the other
   classes, so adding a class moves at most one other class across the seen/unseen boundary.
   With the default 0.6 this floor reproduces the paper's per-dataset counts.
 - "fine-r1": the paper's own lists, shipped in curation/data/fine_r1_split.json (derived from
   the Fine-R1 release, MIT License, Copyright the Fine-R1 authors; see the file's attribution).
+- "compositional": for classes described by attributes (the synthetic world): every unseen
+  class is a new combination of attribute values that seen classes show.
 
     >>> registry, lists = fine_r1_registry()
     >>> {name: len(parts["seen"]) for name, parts in lists.items()}["pet"]
@@ -137,6 +139,32 @@ def random_sides(registry: Registry, seed: int, seen_ratio: float) -> Sides:
         n_seen = min(len(ranked), max(1, math.floor(seen_ratio * len(ranked) + 1e-9)))
         seen = {c.name for c in ranked[:n_seen]}
         sides[dataset] = {c.name: "seen" if c.name in seen else "unseen" for c in classes}
+    return sides
+
+
+def compositional_sides(registry: Registry, seed: int, seen_ratio: float) -> Sides:
+    """Per dataset, unseen classes are new combinations of attribute values that seen classes
+    of the same super-category all show (curation/synthetic/world.py's compositional_split).
+    Needs each class's `attributes` (the synthetic world's classes.json carries them)."""
+    from curation.synthetic.world import compositional_split
+
+    sides: Sides = {}
+    for dataset in registry.datasets:
+        classes = _classes_of(registry, dataset)
+        bare = [c.name for c in classes if not c.attributes]
+        if bare:
+            raise ValueError(
+                f"mode compositional needs class attributes, but {len(bare)} class(es) of "
+                f"{dataset!r} have none (e.g. {bare[0]!r}): use --mode random, or give the "
+                "classes attributes (an ImageFolder's classes.json)"
+            )
+        seen, _ = compositional_split(
+            [{"name": c.name, "super_category": c.super_category, "attributes": c.attributes}
+             for c in classes],
+            seen_ratio, seed,
+        )
+        seen_names = set(seen)
+        sides[dataset] = {c.name: "seen" if c.name in seen_names else "unseen" for c in classes}
     return sides
 
 
@@ -297,10 +325,13 @@ def make_split(
     missing = [c for c in ITEM_COLUMNS if c not in items.column_names]
     if missing:
         raise ValueError(f"items table lacks column(s) {missing}: rerun `finecot ingest`")
+    fine = None
     if cfg.mode == "fine-r1":
         sides, fine = fine_r1_sides(registry)
+    elif cfg.mode == "compositional":
+        sides = compositional_sides(registry, cfg.seed, cfg.seen_ratio)
     else:
-        sides, fine = random_sides(registry, cfg.seed, cfg.seen_ratio), None
+        sides = random_sides(registry, cfg.seed, cfg.seen_ratio)
 
     cols = items.select(list(ITEM_COLUMNS)).to_pydict()
     groups, unknown = _rows_by_class(cols, registry, sides)
@@ -346,7 +377,7 @@ def make_split(
     manifest: dict[str, Any] = {
         "mode": cfg.mode,
         "seed": cfg.seed,
-        "seen_ratio": cfg.seen_ratio if cfg.mode == "random" else None,  # fine-r1: the lists
+        "seen_ratio": None if cfg.mode == "fine-r1" else cfg.seen_ratio,  # fine-r1: the lists
         "k": cfg.k,
         "phash_distance": cfg.phash_distance,
         "datasets": {

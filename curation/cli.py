@@ -160,7 +160,8 @@ def split(
     k: Annotated[int | None, typer.Option(help="shots per seen class")] = None,
     seed: Annotated[int | None, typer.Option(help="random seed")] = None,
     seen_ratio: Annotated[float | None, typer.Option(help="fraction of classes seen")] = None,
-    strict: Annotated[bool, typer.Option(help="fail on hygiene warnings")] = False,
+    strict: Annotated[bool | None, typer.Option(
+        "--strict/--no-strict", help="fail on hygiene warnings (default: the recipe's, else no)")] = None,
     recipe: RecipeOption = None,
     overrides: SetOption = None,
 ) -> None:
@@ -176,8 +177,8 @@ def split(
     for key, value in (("mode", mode), ("k", k), ("seed", seed), ("seen_ratio", seen_ratio)):
         if value is not None:
             sets.append(f"split.{key}={value}")
-    if strict:
-        sets.append("split.strict=true")
+    if strict is not None:
+        sets.append(f"split.strict={str(strict).lower()}")
     spec = _recipe(recipe or _saved_recipe(run_dir), sets + [f"run_dir={run_dir}"])
     from curation.rundir import RunDir
     from curation.splits import split_stage

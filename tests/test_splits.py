@@ -411,5 +411,11 @@ def test_cli_split_prints_a_summary_and_fails_cleanly_when_strict(tmp_path):
     assert "split_hygiene.json" in result.output.replace("\n", "")  # rich wraps long lines
     assert not run2.split.exists()
 
+    run2.save_recipe(recipe(mode="fine-r1", strict=True))  # --no-strict overrides the recipe's
+    result = runner.invoke(app, ["split", "--run", str(run2.root), "--no-strict"])
+    assert result.exit_code == 0, result.output
+    assert "hygiene:" in result.output and run2.split.exists()
+    assert "basset" in result.output.lower()
+
     result = runner.invoke(app, ["split", "--help"])
     assert result.exit_code == 0 and "--strict" in result.output and "pool.parquet" in result.output

@@ -52,11 +52,18 @@ def _draft(recipe: Recipe, run: RunDir) -> None:
     draft_stage(recipe, run, RichDraftProgress())
 
 
+def _filter(recipe: Recipe, run: RunDir) -> None:
+    from curation.filters import filter_stage
+
+    filter_stage(recipe, run)
+
+
 # A dict is the registry: stage name -> function(recipe, run_dir).
 STAGES: dict[str, Callable[[Recipe, RunDir], None]] = {
     "ingest": _ingest,
     "split": _split,
     "draft": _draft,
+    "filter": _filter,
     "export": _export,
     "report": _report,
 }

@@ -169,12 +169,16 @@ _KIND_ORDER = tuple(_PHRASES)
 # A heading: decoration, phrase, optional "(...)" or closing bold, then ':'/dash + inline text,
 # or end of line. Without a colon the line must be the heading alone.
 _HEADING = re.compile(
-    r"^" + _DECOR + r"(?:" + "|".join(f"(?P<{k}>{p})" for k, p in _PHRASES.items()) + r")"
+    _DECOR + r"(?:" + "|".join(f"(?P<{k}>{p})" for k, p in _PHRASES.items()) + r")"
     r"[ \t]*(?:\([^)\n]{0,60}\))?[ \t]*(?:\*\*|__|\*|#+)?[ \t]*"
     r"(?:(?:[:：]|[ \t]+[-–—][ \t]+|\*\*:|(?<=\bis)[ \t])[ \t]*(?:\*\*)?[ \t]*(?P<inline>[^\n]*)|(?<![.!?,;])(?P<eol>))[ \t]*$",
-    re.IGNORECASE | re.MULTILINE,
+    re.IGNORECASE,
 )
 # One-paragraph rationales: "… red crown. Candidates: A, B. Comparison: …" gets line breaks.
+_INLINE_HINT = re.compile(
+    r"[.!?)][ \t]+(?:\*\*)?(?:visual|candidate|comparison|the prediction|final prediction|prediction|"
+    r"conclusion)", re.IGNORECASE,
+)
 _INLINE_BREAK = re.compile(
     r"(?<=[.!?)])[ \t]+(?=(?:\*\*)?(?:visual analysis|candidates?(?: sub-?categories)?|comparison|"
     r"(?:the |final )?prediction(?: is)?|conclusion)(?:\*\*)?[ \t]*:)",
@@ -184,21 +188,44 @@ _PARAGRAPH = re.compile(r"\n[ \t]*\n")
 _RULE = re.compile(r"^[ \t]*(?:[-*_=]{3,}|#+)[ \t]*$", re.MULTILINE)
 
 
+# Cheap gate before the heading regex: after decoration, a heading starts with one of these.
+_DECOR_CHARS = " \t>#*_-•0123456789.)("
+_HEADING_STARTS = (
+    "the analy", "the candid", "the predic", "the final", "the compar", "the visual",
+    "the image analy", "the image featu", "the possib", "the poten", "the likely", "the key",
+    "the detailed", "the observ", "the main", "the top", "the relevant", "the feature", "analy", "candidat", "potential", "possible", "plausible", "likely", "top", "main",
+    "relevant", "two", "three", "four", "five", "six", "compar", "detailed", "now", "let",
+    "key", "differen", "contrast", "elimination", "evaluation", "final", "predict", "conclusion",
+    "identification", "classification", "summary", "visual", "image", "feature", "observ",
+    "distinctive", "discriminative", "traits", "step", "part", "section", "stage", "i.", "ii",
+    "iii", "iv", "v.", "i)", "v)",
+)
+
+
 def _blocks(body: str) -> list[tuple[str, str, bool]]:
     """(kind, text, heading_had_inline_text) for each section of `body`, in order.
 
     Text before the first heading is a "preamble" block.
     """
-    body = _INLINE_BREAK.sub("\n", body)
+    if _INLINE_HINT.search(body):
+        body = _INLINE_BREAK.sub("\n", body)
     out: list[tuple[str, str, bool]] = []
-    kind, start, inline = "preamble", 0, ""
-    for m in _HEADING.finditer(body):
-        out.append((kind, (inline + "\n" + body[start : m.start()]).strip(), bool(inline)))
+    kind, inline = "preamble", ""
+    lines: list[str] = []
+    for line in body.split("\n"):
+        m = None
+        if line.lstrip(_DECOR_CHARS)[:14].lower().startswith(_HEADING_STARTS):
+            m = _HEADING.match(line)
+        if m is None:
+            lines.append(line)
+            continue
+        out.append((kind, (inline + "\n" + "\n".join(lines)).strip(), bool(inline)))
         kind = next(k for k in _KIND_ORDER if m.group(k) is not None)
         inline = (m.group("inline") or "").strip().strip("*_").strip()
-        start = m.end()
-    out.append((kind, (inline + "\n" + body[start:]).strip(), bool(inline)))
-    return [(k, _RULE.sub("", t).strip(), i) for k, t, i in out]
+        lines = []
+    out.append((kind, (inline + "\n" + "\n".join(lines)).strip(), bool(inline)))
+    return [(k, _RULE.sub("", t).strip() if "--" in t or "#" in t or "**" in t or "__" in t
+             or "==" in t else t, i) for k, t, i in out]
 
 
 # -- candidate lists ------------------------------------------------------------------------

@@ -1,0 +1,640 @@
+"""Label-grounded filters: a parsed draft -> accepted or rejected, with every reason.
+
+Each filter is a small function `f(draft, parsed, ctx, evidence) -> None | code | [codes]`
+(None: pass). All filters run on every draft, so a rejected row keeps all its reasons; the
+order of FILTERS is the order of the funnel. Settings (on/off, thresholds) come from the
+recipe's `filters:` section (curation/config.py FilterConfig).
+
+    format                   tags well formed, four sections, not truncated (parse codes)
+    answer_correct           <answer> vs the gold with THE matcher (curation/labels.match):
+                             wrong_answer | ambiguous_answer | unknown_answer | empty_answer
+    prediction_consistent    the prose prediction names the class of <answer>
+    gold_in_candidates       the gold class is among the candidates
+    candidates_count         between min_candidates and max_candidates candidates
+    hallucinated_candidates  candidates that are not classes of the registry (counted)
+    label_leak               the gold (or an alias) named in the visual analysis; references
+                             to side information ("as described", "the label says", ...)
+    unseen_mention           names a class of the unseen split (flag or reject)
+    off_domain               calls the object something outside its super-category
+                             (curation/domains.py)
+    length, language         word bounds; expected language (stopword share)
+    duplicate                near-duplicate of an accepted rationale of the same image/class
+                             (curation/dedup.py)
+
+The public API for the draft quota loop and review: `ctx = make_context(recipe, run)`, then
+`judge(draft, ctx) -> Verdict` per draft (draft keys: response, finish_reason, label,
+dataset, super_category, item_id; optional status, draft_id, image_sha256). The stage
+`finecot filter --run DIR` (filter_stage) writes accepted.parquet, rejected.parquet and
+funnel.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from curation.config import FilterConfig, Recipe, RecipeError
+from curation.dedup import NearDuplicates
+from curation.domains import excluded_nouns, off_domain_phrase
+from curation.labels import ClassInfo, Registry, match, normalize
+from curation.rationale import Rationale, parse
+from curation.rundir import RunDir
+from curation.tables import ParquetStreamWriter, read_table, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]  # progress(task, done, total); the CLI draws a bar
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome for one draft. `flags` are findings that do not reject (flag mode);
+    `evidence` says what each filter found (names, phrases), for humans and the audit."""
+
+    accepted: bool
+    reasons: tuple[str, ...]
+    parsed: Rationale
+    flags: tuple[str, ...] = ()
+    evidence: dict[str, list[str]] = field(default_factory=dict)
+
+
+# -- fast mention scanning ------------------------------------------------------------------
+
+# ASCII fast path of labels.normalize: lower case, apostrophes dropped, every other
+# non-alphanumeric byte a space (bytes.translate runs in C, a regex sub does not keep up).
+_ASCII_TABLE = bytes(
+    c if chr(c).isascii() and chr(c).isalnum() else ord(" ") for c in range(256)
+)
+
+
+def normalized_words(text: str) -> list[str]:
+    """The words of labels.normalize(text), fast for ASCII text (the hot path).
+
+    >>> normalized_words("Brewer's_Blackbird & Co") == normalize("Brewer's_Blackbird & Co").split()
+    True
+    """
+    if not text.isascii():
+        return normalize(text).split()
+    if "&" in text:
+        text = text.replace("&", " and ")
+    return text.encode().lower().translate(_ASCII_TABLE, b"'`").decode().split()
+
+
+def fast_normalize(text: str) -> str:
+    """labels.normalize(text), with the ASCII fast path of normalized_words."""
+    return " ".join(normalized_words(text))
+
+
+class MentionIndex:
+    """Class names of one dataset, found in free text like Registry.find_mentions.
+
+    Same rule (longest phrase first, left to right, a name inside a longer one does not
+    count), but a word that starts no class name costs one dict lookup, so scanning a whole
+    rationale stays cheap. `loose=True` also accepts a unique leading part of a class name
+    of at least two words ("Hyundai Veracruz" for "Hyundai Veracruz SUV 2012", not "Boeing
+    747" which starts several classes): teachers shorten names in candidate lists and prose.
+    It is used for candidates and the prose prediction; <answer> is judged by the strict
+    matcher of curation/labels.py.
+    """
+
+    def __init__(self, registry: Registry, dataset: str):
+        self.phrases: dict[str, list[ClassInfo]] = {}
+        for info in registry:
+            if info.dataset != dataset:
+                continue
+            for name in info.all_names:
+                phrase = normalize(name)
+                if phrase:
+                    bucket = self.phrases.setdefault(phrase, [])
+                    if info not in bucket:
+                        bucket.append(info)
+        prefixes: dict[str, set[ClassInfo]] = {}
+        for phrase, infos in self.phrases.items():
+            words = phrase.split()
+            for width in range(2, len(words)):
+                prefixes.setdefault(" ".join(words[:width]), set()).update(infos)
+        self.loose = {**{p: list(c) for p, c in prefixes.items() if len(c) == 1}, **self.phrases}
+        self.starts = _starts(self.phrases)
+        self.loose_starts = _starts(self.loose)
+        self.excluded_nouns = excluded_nouns(self.phrases)  # for the off_domain filter
+
+    def find(self, text: str, loose: bool = False) -> list[ClassInfo]:
+        words = normalized_words(text)
+        starts, phrases = (self.loose_starts, self.loose) if loose else (self.starts, self.phrases)
+        hits = starts.keys() & set(words)
+        if not hits:
+            return []
+        found: list[ClassInfo] = []
+        n = len(words)
+        resume = 0  # words before this index are part of a name already found
+        for i in [i for i, w in enumerate(words) if w in hits]:
+            if i < resume:
+                continue
+            for width in starts[words[i]]:
+                if i + width <= n:
+                    hit = phrases.get(" ".join(words[i : i + width]))
+                    if hit is not None:
+                        found.extend(c for c in hit if c not in found)
+                        resume = i + width
+                        break
+        return found
+
+    def find_name(self, name: str) -> list[ClassInfo]:
+        return self.find(name, loose=True)
+
+
+def _starts(phrases: Mapping[str, object]) -> dict[str, list[int]]:
+    """First word -> widths (in words) of the phrases it starts, longest first."""
+    widths: dict[str, set[int]] = {}
+    for phrase in phrases:
+        words = phrase.split()
+        widths.setdefault(words[0], set()).add(len(words))
+    return {w: sorted(ws, reverse=True) for w, ws in widths.items()}
+
+
+# -- context --------------------------------------------------------------------------------
+
+
+@dataclass
+class FilterContext:
+    """Everything the filters need, built once per run (or audit)."""
+
+    registry: Registry
+    settings: FilterConfig
+    unseen: dict[str, set[ClassInfo]]  # dataset -> classes of the unseen split
+    duplicates: NearDuplicates
+    enabled: tuple[str, ...]
+    _mentions: dict[str, MentionIndex] = field(default_factory=dict)
+    _gold: dict[tuple[str, str], ClassInfo | None] = field(default_factory=dict)
+    _names: dict[tuple[str, str], list[ClassInfo]] = field(default_factory=dict)
+
+    def mentions(self, dataset: str) -> MentionIndex:
+        index = self._mentions.get(dataset)
+        if index is None:
+            index = self._mentions[dataset] = MentionIndex(self.registry, dataset)
+        return index
+
+    def name_classes(self, dataset: str, name: str) -> list[ClassInfo]:
+        """Classes a short name (a candidate) refers to; memoised, names repeat a lot."""
+        key = (dataset, name)
+        found = self._names.get(key)
+        if found is None:
+            if len(self._names) > 200_000:
+                self._names.clear()
+            found = self._names[key] = self.mentions(dataset).find_name(name)
+        return found
+
+    def gold(self, label: str, dataset: str) -> ClassInfo | None:
+        key = (label, dataset)
+        if key not in self._gold:
+            self._gold[key] = self.registry.resolve(label, dataset or None)
+        return self._gold[key]
+
+
+def build_context(
+    registry: Registry,
+    settings: FilterConfig | None = None,
+    splits: Mapping[str, Mapping[str, Sequence[str]]] | None = None,
+) -> FilterContext:
+    """A context from a registry, filter settings and {dataset: {"unseen": [names]}}."""
+    settings = settings or FilterConfig()
+    unknown = [name for name in settings.disabled if name not in FILTERS]
+    if unknown:
+        raise RecipeError(
+            f"filters.disabled names unknown filter(s) {unknown}; known: {', '.join(FILTERS)}"
+        )
+    if settings.judge:
+        raise RecipeError(
+            "filters.judge=true needs a second teacher call, which this version does not "
+            "implement yet; set filters.judge=false"
+        )
+    if settings.min_candidates > settings.max_candidates:
+        raise RecipeError("filters.min_candidates must not exceed filters.max_candidates")
+    if settings.language not in STOPWORDS and settings.language != "any":
+        raise RecipeError(
+            f"filters.language={settings.language!r}: no heuristic for it; use one of "
+            f"{', '.join(STOPWORDS)} or 'any' (or disable the language filter)"
+        )
+    unseen: dict[str, set[ClassInfo]] = {}
+    for dataset, parts in (splits or {}).items():
+        for name in parts.get("unseen", ()):
+            info = registry.resolve(name, dataset)
+            if info is not None:
+                unseen.setdefault(dataset, set()).add(info)
+    return FilterContext(
+        registry=registry,
+        settings=settings,
+        unseen=unseen,
+        duplicates=NearDuplicates(settings.duplicate_threshold),
+        enabled=tuple(name for name in FILTERS if name not in settings.disabled),
+    )
+
+
+def make_context(recipe: Recipe, run: RunDir) -> FilterContext:
+    """The filter context of a run: its registry, its split manifest, the recipe's settings."""
+    registry = Registry.load(run.require(run.registry, "ingest"))
+    splits = None
+    if run.split.exists():
+        splits = json.loads(run.split.read_text(encoding="utf-8")).get("datasets", {})
+    else:
+        log.warning("%s missing: unseen_mention cannot check anything", run.split)
+    return build_context(registry, recipe.filters, splits)
+
+
+# -- the filters ----------------------------------------------------------------------------
+
+Evidence = dict[str, list[str]]
+Outcome = str | list[str] | None
+
+
+def check_format(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evidence) -> Outcome:
+    codes: list[str] = []
+    status = draft.get("status")
+    if status not in (None, "ok", "length"):
+        codes.append(f"draft_{status}")
+    if r.truncated or draft.get("finish_reason") == "length":
+        codes.append("truncated")
+    codes += [c for c in r.errors if c != "think_unclosed" or not r.truncated]
+    return codes or None
+
+
+def check_answer(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evidence) -> Outcome:
+    label, dataset = str(draft.get("label") or ""), str(draft.get("dataset") or "")
+    gold = ctx.gold(label, dataset)
+    result = match(r.answer, gold or label, ctx.registry, dataset or None)
+    if result.status == "correct":
+        return None
+    if result.named:
+        ev["answer_names"] = list(result.named)
+    return f"{result.status}_answer"
+
+
+def check_prediction(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evidence) -> Outcome:
+    if not r.prediction or not r.answer:
+        return None  # format reports the missing part
+    index = ctx.mentions(str(draft.get("dataset") or ""))
+    answered = index.find(r.answer)
+    if len(answered) == 1:
+        ok = answered[0] in index.find(r.prediction, loose=True)
+    else:  # the answer names no single class: compare the words themselves
+        ok = f" {fast_normalize(r.answer)} " in f" {fast_normalize(r.prediction)} "
+    return None if ok else "prediction_inconsistent"
+
+
+def _candidate_classes(draft: Mapping, r: Rationale, ctx: FilterContext) -> list[list[ClassInfo]]:
+    dataset = str(draft.get("dataset") or "")
+    return [ctx.name_classes(dataset, name) for name in r.candidates]
+
+
+def check_gold_in_candidates(
+    draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evidence
+) -> Outcome:
+    if not r.candidates:
+        return None  # format and candidates_count report it
+    label = str(draft.get("label") or "")
+    gold = ctx.gold(label, str(draft.get("dataset") or ""))
+    if gold is not None:
+        ok = any(gold in found for found in _candidate_classes(draft, r, ctx))
+    else:
+        phrase = f" {fast_normalize(label)} "
+        ok = any(phrase in f" {fast_normalize(name)} " for name in r.candidates)
+    return None if ok else "gold_not_in_candidates"
+
+
+def check_candidates_count(
+    draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evidence
+) -> Outcome:
+    n = len(r.candidates)
+    if n < ctx.settings.min_candidates:
+        return "too_few_candidates"
+    if n > ctx.settings.max_candidates:
+        return "too_many_candidates"
+    return None
+
+
+def check_hallucinated(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evidence) -> Outcome:
+    unknown = [
+        name for name, found in zip(r.candidates, _candidate_classes(draft, r, ctx), strict=True)
+        if not found
+    ]
+    if unknown:
+        ev["hallucinated"] = unknown
+    return "hallucinated_candidates" if len(unknown) > ctx.settings.max_hallucinated else None
+
+
+# References to text the teacher was given beside the image. The phrasing must point at a
+# source ("the description provided", "the label says"); "as described above" is the
+# rationale citing itself and does not count.
+SIDE_INFORMATION = re.compile(
+    r"\bas (?:described|stated|mentioned|specified|given)\b"
+    r"(?! (?:above|below|earlier|previously|before|in (?:the )?(?:visual|analysis|image|step|section)))"
+    r"|\b(?:the|this) (?:provided |given |accompanying |attached |initial )?(?:description|caption|"
+    r"label|prompt|hint|text|annotation|metadata)(?: provided| given)? (?:says|states|mentions|"
+    r"indicates|notes|specifies|describes|identifies|suggests|confirms|names)\b"
+    r"|\b(?:provided|given|accompanying) (?:description|caption|label|hint|text|details|information|annotation)\b"
+    r"|\b(?:description|caption|label|hint|details|information) (?:provided|given)\b"
+    r"|\baccording to the (?:description|caption|label|prompt|hint|text|annotation)\b"
+    r"|\b(?:in|from) the (?:description|caption|prompt|hint|initial text|label)\b"
+    r"|\b(?:described|mentioned|stated) in the (?:prompt|description|question|text|caption)\b"
+    r"|\bthe (?:ground[- ]truth|correct) (?:label|answer) (?:is|was)\b",
+    re.IGNORECASE,
+)
+
+
+# Cheap triggers: the regex only runs on a window around each (most texts have a few).
+_SIDE_TRIGGERS = ("descri", "stated", "mention", "specified", "given", "caption", "label",
+                  "prompt", "hint", "annotation", "metadata", "provided", "accompanying",
+                  "ground", "correct ")
+_SIDE_WINDOW = 80
+
+
+def _side_information(text: str) -> re.Match | None:
+    lowered = text.lower()
+    starts = []
+    for trigger in _SIDE_TRIGGERS:
+        at = lowered.find(trigger)
+        while at != -1:
+            starts.append(at)
+            at = lowered.find(trigger, at + _SIDE_WINDOW)
+    last = -_SIDE_WINDOW
+    for at in sorted(starts):
+        if at < last + _SIDE_WINDOW // 2:
+            continue  # inside the window searched last time
+        last = at
+        hit = SIDE_INFORMATION.search(text, max(0, at - _SIDE_WINDOW), at + _SIDE_WINDOW)
+        if hit:
+            return hit
+    return None
+
+
+def check_label_leak(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evidence) -> Outcome:
+    codes: list[str] = []
+    label, dataset = str(draft.get("label") or ""), str(draft.get("dataset") or "")
+    gold = ctx.gold(label, dataset)
+    if r.visual_analysis:
+        if gold is not None:
+            leaked = gold in ctx.mentions(dataset).find(r.visual_analysis)
+        else:
+            leaked = f" {fast_normalize(label)} " in f" {fast_normalize(r.visual_analysis)} "
+        if leaked:
+            codes.append("label_leak")
+            ev["label_leak"] = [gold.name if gold else label]
+    side = _side_information(r.think or "")
+    if side:
+        codes.append("side_information")
+        ev["side_information"] = [side.group(0)]
+    return codes or None
+
+
+def check_unseen(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evidence) -> Outcome:
+    dataset = str(draft.get("dataset") or "")
+    unseen = ctx.unseen.get(dataset)
+    if not unseen:
+        return None
+    text = f"{r.think or ''}\n{r.answer or ''}"
+    named = [c.name for c in ctx.mentions(dataset).find(text) if c in unseen]
+    if not named:
+        return None
+    ev["unseen_mention"] = named
+    return "unseen_mention"
+
+
+def check_off_domain(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evidence) -> Outcome:
+    super_category = str(draft.get("super_category") or "")
+    domain = ctx.settings.off_domain_aliases.get(super_category, super_category)
+    dataset = str(draft.get("dataset") or "")
+    phrase = off_domain_phrase(
+        f"{r.visual_analysis}\n{r.prediction}", domain, ctx.mentions(dataset).excluded_nouns
+    )
+    if phrase is None:
+        return None
+    ev["off_domain"] = [phrase]
+    return "off_domain"
+
+
+def check_length(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evidence) -> Outcome:
+    words = len((r.think or "").split())
+    if words < ctx.settings.min_words:
+        return "too_short"
+    if words > ctx.settings.max_words:
+        return "too_long"
+    return None
+
+
+STOPWORDS: dict[str, frozenset[str]] = {
+    "en": frozenset((
+        "the", "a", "an", "of", "and", "or", "to", "in", "on", "with", "is", "are", "was",
+        "were", "be", "been", "it", "its", "this", "that", "these", "those", "as", "by", "for",
+        "from", "at", "which", "not", "but", "has", "have", "had", "than", "more", "most",
+        "also", "while", "their", "there", "they", "into", "each", "both",
+    )),
+}
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+_LANGUAGE_SAMPLE = 400  # words; enough for a stable share, cheap on long rationales
+
+
+def check_language(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evidence) -> Outcome:
+    language = ctx.settings.language
+    text = r.think or ""
+    if language == "any" or not text.strip():
+        return None
+    if language == "en" and len(_NON_ASCII.findall(text)) > 0.1 * len(text):
+        return "wrong_language"
+    words = text.lower().split()[:_LANGUAGE_SAMPLE]
+    common = STOPWORDS[language]
+    share = sum(map(common.__contains__, words)) / len(words)
+    return "wrong_language" if share < ctx.settings.min_stopword_share else None
+
+
+def check_duplicate(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evidence) -> Outcome:
+    twin = ctx.duplicates.find(_dedup_key(draft, ctx), _draft_key(draft), fast_normalize(r.think or ""))
+    if twin is None:
+        return None
+    ev["duplicate_of"] = [twin]
+    return "near_duplicate"
+
+
+def _dedup_key(draft: Mapping, ctx: FilterContext) -> str:
+    if ctx.settings.duplicate_scope == "class":
+        return f"class:{draft.get('dataset')}:{draft.get('label')}"
+    return f"image:{draft.get('image_sha256') or draft.get('item_id')}"
+
+
+def _draft_key(draft: Mapping) -> str:
+    return str(draft.get("draft_id") or f"{draft.get('item_id')}#{draft.get('sample_index', '')}")
+
+
+# A dict is the registry: filter name -> function, in funnel order.
+FILTERS: dict[str, Callable[[Mapping, Rationale, FilterContext, Evidence], Outcome]] = {
+    "format": check_format,
+    "answer_correct": check_answer,
+    "prediction_consistent": check_prediction,
+    "gold_in_candidates": check_gold_in_candidates,
+    "candidates_count": check_candidates_count,
+    "hallucinated_candidates": check_hallucinated,
+    "label_leak": check_label_leak,
+    "unseen_mention": check_unseen,
+    "off_domain": check_off_domain,
+    "length": check_length,
+    "language": check_language,
+    "duplicate": check_duplicate,
+}
+
+
+def run_filters(
+    draft: Mapping, ctx: FilterContext, parsed: Rationale
+) -> tuple[dict[str, list[str]], Evidence]:
+    """({filter name: reason codes} of the filters that failed, evidence); all filters run."""
+    evidence: Evidence = {}
+    failed: dict[str, list[str]] = {}
+    for name in ctx.enabled:
+        outcome = FILTERS[name](draft, parsed, ctx, evidence)
+        if outcome:
+            failed[name] = [outcome] if isinstance(outcome, str) else list(outcome)
+    return failed, evidence
+
+
+def judge(draft: Mapping, ctx: FilterContext) -> Verdict:
+    """Parse and filter one draft. An accepted draft is remembered for the duplicate filter."""
+    r = parse(draft.get("response"))
+    failed, evidence = run_filters(draft, ctx, r)
+    reasons: list[str] = []
+    flags: list[str] = []
+    for name, codes in failed.items():
+        if name == "unseen_mention" and ctx.settings.unseen_mention == "flag":
+            flags += codes
+        else:
+            reasons += codes
+    accepted = not reasons
+    if accepted and "duplicate" in ctx.enabled:
+        ctx.duplicates.add(_dedup_key(draft, ctx), _draft_key(draft), fast_normalize(r.think or ""))
+    return Verdict(accepted, tuple(dict.fromkeys(reasons)), r, tuple(flags), evidence)
+
+
+def filter_of(code: str) -> str:
+    """The filter that emits a reason code (for funnels and reports)."""
+    return REASON_FILTER.get(code, "format")
+
+
+REASON_FILTER = {
+    "wrong_answer": "answer_correct", "ambiguous_answer": "answer_correct",
+    "unknown_answer": "answer_correct", "empty_answer": "answer_correct",
+    "prediction_inconsistent": "prediction_consistent",
+    "gold_not_in_candidates": "gold_in_candidates",
+    "too_few_candidates": "candidates_count", "too_many_candidates": "candidates_count",
+    "hallucinated_candidates": "hallucinated_candidates",
+    "label_leak": "label_leak", "side_information": "label_leak",
+    "unseen_mention": "unseen_mention", "off_domain": "off_domain",
+    "too_short": "length", "too_long": "length", "wrong_language": "language",
+    "near_duplicate": "duplicate",
+}
+
+
+# -- the stage ------------------------------------------------------------------------------
+
+PARSED_FIELDS = [
+    pa.field("think", pa.string()),
+    pa.field("answer", pa.string()),
+    pa.field("visual_analysis", pa.string()),
+    pa.field("candidates", pa.list_(pa.string())),
+    pa.field("comparison", pa.string()),
+    pa.field("prediction", pa.string()),
+    pa.field("verdict", pa.string()),
+    pa.field("reasons", pa.list_(pa.string())),
+    pa.field("flags", pa.list_(pa.string())),
+    pa.field("evidence", pa.string()),  # JSON {filter: [what it found]}
+]
+
+
+def verdict_columns(v: Verdict) -> dict[str, Any]:
+    """The parsed sections and verdict of one draft, as table columns."""
+    r = v.parsed
+    return {
+        "think": r.think, "answer": r.answer, "visual_analysis": r.visual_analysis,
+        "candidates": list(r.candidates), "comparison": r.comparison, "prediction": r.prediction,
+        "verdict": "accepted" if v.accepted else "rejected", "reasons": list(v.reasons),
+        "flags": list(v.flags), "evidence": json.dumps(v.evidence, ensure_ascii=False),
+    }
+
+
+class Funnel:
+    """Counts for funnel.json: drafts -> each filter (in order) -> accepted."""
+
+    def __init__(self, enabled: Sequence[str]):
+        self.enabled = list(enabled)
+        self.drafts = 0
+        self.accepted = 0
+        self.failed = dict.fromkeys(self.enabled, 0)
+        self.reasons: dict[str, int] = {}
+        self.flags: dict[str, int] = {}
+        self.cascade = dict.fromkeys(self.enabled, 0)  # drafts still alive after each filter
+        self.hallucinated_names = 0
+        self.per_class: dict[str, dict[str, int]] = {}
+
+    def add(self, draft: Mapping, v: Verdict) -> None:
+        self.drafts += 1
+        self.accepted += v.accepted
+        failed_filters = {filter_of(code) for code in v.reasons}
+        for code in v.reasons:
+            self.reasons[code] = self.reasons.get(code, 0) + 1
+        for code in v.flags:
+            self.flags[code] = self.flags.get(code, 0) + 1
+        alive = True
+        for name in self.enabled:
+            if name in failed_filters:
+                self.failed[name] += 1
+                alive = False
+            self.cascade[name] += alive
+        self.hallucinated_names += len(v.evidence.get("hallucinated", ()))
+        key = f"{draft.get('dataset')}/{draft.get('label')}"
+        counts = self.per_class.setdefault(key, {"drafts": 0, "accepted": 0})
+        counts["drafts"] += 1
+        counts["accepted"] += v.accepted
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "drafts": self.drafts,
+            "accepted": self.accepted,
+            "rejected": self.drafts - self.accepted,
+            "cascade": [{"filter": "drafts", "remaining": self.drafts}]
+            + [{"filter": n, "remaining": self.cascade[n]} for n in self.enabled],
+            "failed_by_filter": self.failed,
+            "reasons": dict(sorted(self.reasons.items(), key=lambda kv: -kv[1])),
+            "flags": self.flags,
+            "hallucinated_candidate_names": self.hallucinated_names,
+            "per_class": self.per_class,
+        }
+
+
+def filter_stage(recipe: Recipe, run: RunDir, progress: Progress | None = None) -> dict[str, Any]:
+    """drafts.parquet -> accepted.parquet, rejected.parquet, funnel.json (all atomic)."""
+    ctx = make_context(recipe, run)
+    drafts = read_table(run.require(run.path("drafts.parquet"), "draft"))
+    if "draft_id" in drafts.column_names:  # a fixed order: the duplicate filter keeps the first
+        drafts = drafts.sort_by("draft_id")
+    schema = pa.schema(
+        [f for f in drafts.schema if f.name not in {p.name for p in PARSED_FIELDS}] + PARSED_FIELDS
+    )
+    funnel = Funnel(ctx.enabled)
+    total = drafts.num_rows
+    with ParquetStreamWriter(run.path("accepted.parquet"), schema) as accepted, \
+            ParquetStreamWriter(run.path("rejected.parquet"), schema) as rejected:
+        done = 0
+        for batch in drafts.to_batches(max_chunksize=2048):
+            for row in batch.to_pylist():
+                v = judge(row, ctx)
+                funnel.add(row, v)
+                (accepted if v.accepted else rejected).write({**row, **verdict_columns(v)})
+            done += batch.num_rows
+            if progress:
+                progress("filter", done, total)
+    summary = {**funnel.as_dict(), "settings": recipe.filters.model_dump()}
+    write_json_atomic(run.path("funnel.json"), summary)
+    log.info("filter: %d drafts, %d accepted", funnel.drafts, funnel.accepted)
+    return summary

@@ -36,6 +36,7 @@ import hashlib
 import json
 import logging
 import math
+from collections import Counter
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -248,9 +249,11 @@ def _rows_by_class(
     groups: dict[tuple[str, str], list[int]] = {}
     unknown = 0
     for row, key in enumerate(zip(cols["dataset"], cols["label"], strict=True)):
-        if key not in canonical:  # an alias or other spelling: resolve it once
-            info = None if key in known else registry.resolve(key[1], key[0])
-            canonical[key] = (info.dataset, info.name) if info else key if key in known else None
+        if key in known:
+            canonical[key] = key
+        elif key not in canonical:  # an alias or another spelling: resolve it once
+            info = registry.resolve(key[1], key[0])
+            canonical[key] = (info.dataset, info.name) if info else None
         target = canonical[key]
         if target is None:
             unknown += 1
@@ -362,15 +365,17 @@ def make_split(
         hyg["fine_r1"] = fine
     hyg["warnings"] = hygiene.warning_lines(hyg, cfg.phash_distance)
 
+    in_pool = Counter(cols["dataset"][r] for r in pool_rows)
+    in_test = Counter(cols["dataset"][r] for r in test_rows)
+
     def per_dataset(dataset: str) -> dict[str, int]:
-        in_dataset = lambda rows: sum(cols["dataset"][r] == dataset for r in rows)  # noqa: E731
         parts = list(sides[dataset].values())
         return {
             "classes": len(_classes_of(registry, dataset)),
             "seen": parts.count("seen"),
             "unseen": parts.count("unseen"),
-            "pool": in_dataset(pool_rows),
-            "test": in_dataset(test_rows),
+            "pool": in_pool[dataset],
+            "test": in_test[dataset],
         }
 
     counts = {d: per_dataset(d) for d in sorted(sides)}

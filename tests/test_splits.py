@@ -225,6 +225,19 @@ def test_exact_duplicates_count_once_in_a_class_pool(tmp_path):
     assert manifest["short"] == [{"dataset": "toy", "class": "only", "available": 3, "k": 4}]
 
 
+def test_item_labels_resolve_through_aliases_and_unknown_labels_are_counted(tmp_path):
+    run = make_run(tmp_path, {"cub": {"Laysan Albatross": {"train": 2}}})
+    Registry([ClassInfo(0, "Laysan Albatross", "cub", "bird", aliases=("002.Laysan_Albatross",))]).save(run.registry)
+    rows = read_table(run.items).to_pylist()
+    rows[0]["label"] = "002.Laysan_Albatross"
+    rows[1]["label"] = "Sooty Albatross"
+    write_parquet_atomic(run.items, pa.Table.from_pylist(rows))
+    manifest = split_stage(recipe(k=4), run)
+    assert read_table(run.pool).column("item_id").to_pylist() == [rows[0]["item_id"]]
+    assert manifest["hygiene"]["unknown_label_items"] == 1
+    assert any("labels the registry does not know" in w for w in manifest["hygiene"]["warnings"])
+
+
 # -- hygiene -------------------------------------------------------------------------------
 
 

@@ -167,7 +167,7 @@ def _inspected(
             yield p, inspect(p.item.path, max_pixels[p.dataset])
         return
     in_flight: deque[tuple[list[_Pending], Future]] = deque()
-    with ProcessPoolExecutor(workers, mp_context=get_context("forkserver")) as pool:
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
         chunk: list[_Pending] = []
 
         def submit(batch: list[_Pending]) -> None:

@@ -12,8 +12,8 @@ into the item table.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from curation.config import SourceConfig
 from curation.sources import (
     cub200,
     fgvc_aircraft,
@@ -26,6 +26,9 @@ from curation.sources import (
     stanford_dogs,
 )
 from curation.sources.common import Layout, RawItem
+
+if TYPE_CHECKING:  # the image inspector's worker processes import this package: keep it light
+    from curation.config import SourceConfig
 
 SOURCES: dict[str, Callable[[SourceConfig], Layout]] = {
     "cub200": cub200.read,

@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.io
 
 
 def load(path: Path) -> dict[str, Any]:
+    import scipy.io  # slow import: only for the layouts that ship .mat files
+
     try:
         return scipy.io.loadmat(str(path), squeeze_me=True, struct_as_record=True)
     except (ValueError, OSError, TypeError, NotImplementedError) as err:

@@ -23,6 +23,7 @@ from curation import pipeline
 from curation.config import RecipeError, load_recipe
 from curation.draft_cli import draft_command, ledger_app
 from curation.review_cli import review_app
+from train.cli import app as train_app
 
 app = typer.Typer(
     name="finecot",
@@ -36,6 +37,7 @@ console = Console(stderr=True)
 app.add_typer(review_app, name="review")
 app.command("draft")(draft_command)
 app.add_typer(ledger_app, name="ledger")
+app.add_typer(train_app, name="train")
 
 RunOption = Annotated[
     Path, typer.Option("--run", "-r", help="run directory (all files of the run live there)")

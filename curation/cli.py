@@ -22,6 +22,7 @@ from rich.table import Table
 from curation import pipeline
 from curation.config import RecipeError, load_recipe
 from curation.draft_cli import draft_command, ledger_app
+from curation.filter_cli import audit_command, filter_command
 from curation.review_cli import review_app
 from train.cli import app as train_app
 
@@ -38,6 +39,8 @@ app.add_typer(review_app, name="review")
 app.command("draft")(draft_command)
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(train_app, name="train")
+app.command("filter")(filter_command)
+app.command("audit")(audit_command)
 
 RunOption = Annotated[
     Path, typer.Option("--run", "-r", help="run directory (all files of the run live there)")

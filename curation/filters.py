@@ -96,11 +96,10 @@ class MentionIndex:
 
     Same rule (longest phrase first, left to right, a name inside a longer one does not
     count), but a word that starts no class name costs one dict lookup, so scanning a whole
-    rationale stays cheap. `loose=True` also accepts a unique leading part of a class name
+    rationale stays cheap. Mode "loose" also accepts a unique leading part of a class name
     of at least two words ("Hyundai Veracruz" for "Hyundai Veracruz SUV 2012", not "Boeing
     747" which starts several classes): teachers shorten names in candidate lists and prose.
-    It is used for candidates and the prose prediction; <answer> is judged by the strict
-    matcher of curation/labels.py.
+    It is used for candidates; <answer> is judged by the strict matcher of curation/labels.py.
     """
 
     def __init__(self, registry: Registry, dataset: str):
@@ -114,19 +113,26 @@ class MentionIndex:
                     bucket = self.phrases.setdefault(phrase, [])
                     if info not in bucket:
                         bucket.append(info)
-        prefixes: dict[str, set[ClassInfo]] = {}
+        prefixes: dict[str, list[ClassInfo]] = {}
         for phrase, infos in self.phrases.items():
             words = phrase.split()
             for width in range(2, len(words)):
-                prefixes.setdefault(" ".join(words[:width]), set()).update(infos)
-        self.loose = {**{p: list(c) for p, c in prefixes.items() if len(c) == 1}, **self.phrases}
-        self.starts = _starts(self.phrases)
-        self.loose_starts = _starts(self.loose)
+                bucket = prefixes.setdefault(" ".join(words[:width]), [])
+                bucket.extend(c for c in infos if c not in bucket)
+        # mode -> phrase -> classes: exact names; + unique prefixes; + every prefix
+        self.modes: dict[str, dict[str, list[ClassInfo]]] = {
+            "exact": self.phrases,
+            "loose": {**{p: c for p, c in prefixes.items() if len(c) == 1}, **self.phrases},
+            "cover": {**prefixes, **self.phrases},
+        }
+        self.starts = {mode: _starts(phrases) for mode, phrases in self.modes.items()}
         self.excluded_nouns = excluded_nouns(self.phrases)  # for the off_domain filter
 
-    def find(self, text: str, loose: bool = False) -> list[ClassInfo]:
+    def find(self, text: str, mode: str = "exact") -> list[ClassInfo]:
+        """Classes named in `text`: "exact" names, "loose" (+ unique leading parts) or
+        "cover" (+ any leading part of two words or more: "Boeing 747" covers every 747)."""
         words = normalized_words(text)
-        starts, phrases = (self.loose_starts, self.loose) if loose else (self.starts, self.phrases)
+        starts, phrases = self.starts[mode], self.modes[mode]
         hits = starts.keys() & set(words)
         if not hits:
             return []
@@ -146,7 +152,7 @@ class MentionIndex:
         return found
 
     def find_name(self, name: str) -> list[ClassInfo]:
-        return self.find(name, loose=True)
+        return self.find(name, "loose")
 
 
 def _starts(phrases: Mapping[str, object]) -> dict[str, list[int]]:
@@ -280,8 +286,8 @@ def check_prediction(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evide
         return None  # format reports the missing part
     index = ctx.mentions(str(draft.get("dataset") or ""))
     answered = index.find(r.answer)
-    if len(answered) == 1:
-        ok = answered[0] in index.find(r.prediction, loose=True)
+    if len(answered) == 1:  # a less specific prediction ("Boeing 747") does not contradict
+        ok = answered[0] in index.find(r.prediction, "cover")
     else:  # the answer names no single class: compare the words themselves
         ok = f" {fast_normalize(r.answer)} " in f" {fast_normalize(r.prediction)} "
     return None if ok else "prediction_inconsistent"

@@ -365,7 +365,12 @@ def _parse(text: str) -> Rationale:
     weak = [b for k, b, _ in blocks if k == "prediction" and b]
     summary = [b for k, b, inline in blocks if k == "summary" and inline and b]
     prediction = strong[-1] if strong else weak[0] if weak else summary[-1] if summary else ""
-    prediction = _PARAGRAPH.split(prediction, 1)[0].strip()  # the statement, not what follows
+    # The statement, not the paragraphs after it; "... the predicted subcategory is:" takes
+    # the next paragraph along.
+    paragraphs = _PARAGRAPH.split(prediction, 2)
+    prediction = paragraphs[0].strip()
+    if prediction.endswith(":") and len(paragraphs) > 1:
+        prediction = f"{prediction} {paragraphs[1].strip()}"
 
     if not visual:
         errors.append("missing_visual_analysis")

@@ -10,24 +10,28 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from typer.testing import CliRunner
 
 from curation import hygiene
 from curation.cli import app
 from curation.config import Recipe, load_recipe, parse_recipe
-from curation.labels import ClassInfo, Registry
+from curation.labels import ClassInfo, Registry, normalize
 from curation.rundir import RunDir
 from curation.splits import (
     FINE_R1_DATASETS,
     FINE_R1_FILE,
     SplitHygieneError,
     fine_r1_registry,
+    random_sides,
     split_stage,
 )
 from curation.tables import read_table, write_parquet_atomic
@@ -189,6 +193,28 @@ def test_adding_classes_keeps_the_other_classes_picks(tmp_path):
     for name in picks_a:
         if name in picks_b:
             assert picks_a[name] == picks_b[name]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    names=st.lists(st.text("abcdefgh ", min_size=1, max_size=12).filter(str.strip),
+                   min_size=1, max_size=40, unique_by=normalize),
+    extra=st.integers(0, 30), ratio=st.floats(0.05, 1.0), seed=st.integers(0, 2**32),
+)
+def test_random_sides_count_and_stability(names, extra, ratio, seed):
+    def sides(all_names):
+        reg = Registry(ClassInfo(i, n, "d", "d") for i, n in enumerate(all_names))
+        return random_sides(reg, seed, ratio)["d"]
+
+    before = sides(names)
+    assert list(before.values()).count("seen") == max(1, math.floor(ratio * len(names) + 1e-9))
+    more = names + [f"zz extra {i}" for i in range(extra)]  # 'z' is not in the names' alphabet
+    after = sides(more)
+    old_seen = {n for n in names if before[n] == "seen"}
+    new_seen = {n for n in names if after[n] == "seen"}
+    assert old_seen <= new_seen or new_seen <= old_seen  # classes keep their order: no reshuffle
+    if len(more) == len(names) + 1:
+        assert len(old_seen ^ new_seen) <= 1
 
 
 def test_pool_does_not_depend_on_item_order(tmp_path):

@@ -204,3 +204,31 @@ def test_cli_ingest_and_identical_rerun(tmp_path):
     check_items(rows, expected, "cub200", "bird")
     assert json.loads(before["registry.json"])[0]["name"] == "Black Footed Albatross"
     assert not list((tmp_path / "run").glob("*.tmp")) and not list((tmp_path / "run").glob(".*"))
+
+
+def test_hf_parquet_folder_with_string_labels_and_paths(tmp_path):
+    """A loadable local path (Parquet files per split), labels as strings, images as paths."""
+    import datasets
+
+    data = tmp_path / "pq"
+    for split, labels in (("train", ["wren", "robin", "wren"]), ("test", ["robin"])):
+        paths = []
+        for i, _ in enumerate(labels):
+            layouts.write_image(data / "img" / f"{split}_{i}.jpg")
+            paths.append(f"img/{split}_{i}.jpg")
+        datasets.Dataset.from_dict({"file": paths, "species": labels}).to_parquet(
+            str(data / "data" / f"{split}-00000-of-00001.parquet"))
+    rows, registry, _ = ingest(tmp_path, kind="hf", root=str(data), image_column="file",
+                               label_column="species")
+    assert [c.name for c in registry] == ["robin", "wren"]
+    assert [(r["label"], r["label_id"], r["official_split"]) for r in rows] == [
+        ("wren", 1, "train"), ("robin", 0, "train"), ("wren", 1, "train"), ("robin", 0, "test")]
+    assert [Path(r["image_path"]) for r in rows] == [
+        data / "img" / n for n in ("train_0.jpg", "train_1.jpg", "train_2.jpg", "test_0.jpg")]
+    assert rows[0]["item_id"] == "hf/train/0000000"
+
+
+def test_hf_missing_column_names_the_columns(tmp_path):
+    root, _ = layouts.make_hf(tmp_path / "hf")
+    with pytest.raises(ValueError, match=r"no column 'label'.*fine_label"):
+        ingest(tmp_path, kind="hf", root=str(root))

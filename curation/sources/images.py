@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import warnings
 from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
+IN_MEMORY_BYTES = 32 << 20  # larger files are hashed in chunks and decoded from disk
 SUPPORTED_MODES = frozenset({"1", "L", "P", "RGB", "RGBA", "LA", "PA"})
 ALPHA_MODES = frozenset({"RGBA", "LA", "PA"})
 
@@ -79,14 +81,23 @@ def inspect(path: str, max_pixels: int) -> Inspection:
     """Read, hash and fully decode one image file; never raises."""
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            size = os.fstat(f.fileno()).st_size
+            if size <= IN_MEMORY_BYTES:  # the usual case: one read serves hash and decoder
+                data = f.read()
+                source: io.BytesIO | str = io.BytesIO(data)
+                digest = hashlib.sha256(data)
+            else:  # a huge file is hashed in chunks, never held in memory whole
+                digest = hashlib.sha256()
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+                source = path
     except FileNotFoundError:
         return Inspection("missing_file", "no such file")
     except OSError as err:
         return Inspection("unreadable", f"cannot read the file: {err.strerror or err}")
-    if not data:
+    if not size:
         return Inspection("empty_file", "the file has 0 bytes")
-    sha256 = hashlib.sha256(data).hexdigest()
+    sha256 = digest.hexdigest()
 
     def bad(reason: str, detail: str, width: int = 0, height: int = 0) -> Inspection:
         return Inspection(reason, detail, sha256, width, height)
@@ -98,7 +109,7 @@ def inspect(path: str, max_pixels: int) -> Inspection:
         Image.MAX_IMAGE_PIXELS = max_pixels
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(source)
     except Image.DecompressionBombError as err:
         return bad("too_many_pixels", f"header refused before decoding: {err}")
     except UnidentifiedImageError:

@@ -130,7 +130,15 @@ def card_context(
         for d, v in split.get("datasets", {}).items()
     }
     leak_reasons = {
-        r: n for r, n in stats["rejection_reasons"].items() if "leak" in r or "unseen" in r
+        r: n
+        for r, n in stats["rejection_reasons"].items()
+        if "leak" in r or "unseen" in r or r == "side_information"
+    }
+    hygiene = split.get("hygiene") or {}
+    hygiene_rows = {  # lists are shown by their length (the pairs are in split.json)
+        k: (len(v) if isinstance(v, list) else v)
+        for k, v in hygiene.items()
+        if k != "warnings" and isinstance(v, list | int | float | str)
     }
     funnel = [*stats["funnel"], ("exported sft rows", summary["configs"]["sft"]["rows"])]
     return {
@@ -146,9 +154,10 @@ def card_context(
         "split": {k: split.get(k, "n/a") for k in ("mode", "seed", "seen_ratio", "k")},
         "split_counts": split_counts,
         "fine_r1_split": split.get("mode") == "fine-r1",
-        "hygiene": split.get("hygiene") or {},
+        "hygiene": hygiene_rows,
+        "hygiene_warnings": hygiene.get("warnings") or [],
         "leak_reasons": leak_reasons,
-        "review": "review" in stats,
+        "review": stats.get("review") or {},
         "hinted": int(stats["strategy"].get("hinted", 0)),
         "rl_image_size": recipe.export.rl_image_size,
         "triplet_methods": dict(Counter(triplets["triplet_method"]).most_common())

@@ -28,6 +28,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display here, and none needed
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
 
 from curation.config import Recipe  # noqa: E402
 from curation.labels import Registry, match  # noqa: E402
@@ -42,8 +43,6 @@ def _read(run: RunDir, name: str, columns: list[str] | None = None) -> pd.DataFr
     if not path.exists():
         return None
     if columns:
-        import pyarrow.parquet as pq
-
         have = set(pq.read_schema(path).names)
         columns = [c for c in columns if c in have]
     return pd.read_parquet(path, columns=columns)
@@ -51,6 +50,16 @@ def _read(run: RunDir, name: str, columns: list[str] | None = None) -> pd.DataFr
 
 def _words(text: Any) -> int:
     return len(str(text).split()) if isinstance(text, str) else 0
+
+
+def _think_words(path: Path) -> list[int]:
+    """Words in each accepted rationale's <think>, read batch by batch."""
+    if not path.exists() or "think" not in pq.read_schema(path).names:
+        return []
+    out: list[int] = []
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024, columns=["think"]):
+        out.extend(_words(t) for t in batch.column(0).to_pylist())
+    return out
 
 
 def _cost_curve(run: RunDir, drafts: pd.DataFrame) -> dict[str, list[float]]:
@@ -110,17 +119,33 @@ def run_stats(recipe: Recipe, run: RunDir) -> dict[str, Any]:
     stats["items"] = 0 if items is None else len(items)
     stats["quarantine"] = {} if quarantine is None else dict(Counter(quarantine["reason"]))
 
-    drafts = _read(run, "drafts.parquet") if run.path("drafts.parquet").exists() else None
-    drafts = (
-        drafts.drop(columns=["response"], errors="ignore") if drafts is not None else pd.DataFrame()
-    )
-    accepted = (
-        _read(run, "accepted.parquet") if run.path("accepted.parquet").exists() else pd.DataFrame()
-    )
-    rejected = (
-        _read(run, "rejected.parquet") if run.path("rejected.parquet").exists() else pd.DataFrame()
-    )
-    reviewed = _read(run, "reviewed.parquet")
+    # Only the small columns are read: the texts are streamed (rationale lengths below), so
+    # memory does not grow with the rationales' size.
+    meta = [
+        "item_id",
+        "dataset",
+        "label",
+        "super_category",
+        "strategy",
+        "answer",
+        "status",
+        "teacher_model",
+        "prompt_template",
+        "prompt_sha",
+        "sampling",
+        "cost_usd",
+        "prompt_tokens",
+        "completion_tokens",
+        "reasons",
+        "review_status",
+    ]
+    drafts = _read(run, "drafts.parquet", meta)
+    drafts = pd.DataFrame() if drafts is None else drafts
+    accepted = _read(run, "accepted.parquet", meta)
+    accepted = pd.DataFrame() if accepted is None else accepted
+    rejected = _read(run, "rejected.parquet", meta)
+    rejected = pd.DataFrame() if rejected is None else rejected
+    reviewed = _read(run, "reviewed.parquet", meta)
 
     def counts(frame: pd.DataFrame, column: str) -> dict[str, int]:
         return (
@@ -172,7 +197,7 @@ def run_stats(recipe: Recipe, run: RunDir) -> dict[str, Any]:
     stats["coverage"] = coverage
     stats["short_classes"] = [r for r in coverage if r["accepted"] < target]
 
-    lengths = [_words(t) for t in accepted["think"]] if "think" in accepted else []
+    lengths = _think_words(run.path("accepted.parquet"))
     stats["rationale_words"] = lengths
     stats["rationale_words_median"] = float(pd.Series(lengths).median()) if lengths else 0.0
 

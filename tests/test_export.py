@@ -398,3 +398,22 @@ def test_failed_export_keeps_previous_dataset(tmp_path):
     with pytest.raises(ValueError, match="lacks columns"):
         export_stage(recipe, run)
     assert run.path("dataset/README.md").read_text() == before
+
+
+def test_reviewed_table_is_the_sft_source_once_review_ran(tmp_path):
+    run, recipe = make_run(tmp_path)
+    accepted = pd.read_parquet(run.path("accepted.parquet"))
+    reviewed = accepted.iloc[1:].copy()  # the reviewer excluded the first row
+    reviewed["review_status"] = ["fixed"] + ["accepted"] * (len(reviewed) - 1)
+    reviewed.loc[reviewed.index[0], "think"] = "Edited by a reviewer: crimson crown, golden breast."
+    reviewed.to_parquet(run.path("reviewed.parquet"))
+    summary = export_stage(recipe, run)
+    assert summary["configs"]["sft"]["rows"] == len(reviewed)
+    sft = pd.read_parquet(next(run.path("dataset/data/sft").glob("*.parquet")))
+    assert accepted.iloc[0]["draft_id"] not in set(sft["id"])
+    edited = sft.set_index("id").loc[reviewed.iloc[0]["draft_id"]]
+    assert "Edited by a reviewer" in edited["messages"][2]["content"][0]["text"]
+    assert edited["review_status"] == "fixed"
+    text = run.path("dataset/README.md").read_text()
+    assert f"| kept after review | {len(reviewed)} |" in text
+    assert "fixed: 1" in text

@@ -150,3 +150,24 @@ def test_odd_group_size_is_refused(pipeline_dirs, sft_dir, tmp_path):
     with pytest.raises(ValueError, match="even"):
         _trainer(sft_dir, data, tmp_path, [format_reward], [1.0], num_generations=3,
                  per_device_train_batch_size=6, dynamic_sampling="false")
+
+
+def test_shipped_recipes_load_with_the_paper_values():
+    from train.recipe import RECIPES
+    from train.sft import SFTRecipe
+
+    cpu = ["bf16=false", "use_cpu=true"]
+    for name in ("sft_qwen2_5_vl_3b", "sft_qwen2_5_vl_7b"):
+        cfg = load_train_config(SFTRecipe, name, cpu)
+        assert (cfg.learning_rate, cfg.lr_scheduler_type.value, cfg.num_train_epochs) == (5e-6, "cosine", 10)
+        assert cfg.assistant_only_loss and cfg.freeze_vision
+    for name in ("tapo_qwen2_5_vl_3b", "tapo_qwen2_5_vl_7b"):
+        cfg = load_train_config(TAPOConfig, name, [*cpu, "use_vllm=false"])
+        assert (cfg.learning_rate, cfg.lr_scheduler_type.value, cfg.num_generations) == (1e-6, "constant", 10)
+        assert (cfg.temperature, cfg.top_p, cfg.max_completion_length) == (1.0, 0.99, 2048)
+    defaults = TAPOConfig(output_dir="unused", use_cpu=True, bf16=False).coefficients()
+    assert (defaults.gamma, defaults.eta, defaults.dual_clip, defaults.beta) == (0.01, 0.03, 3.0, 0.0)
+    assert (defaults.epsilon_low, defaults.epsilon_high, defaults.advantage_eps) == (0.2, 0.28, 1e-6)
+    assert (RECIPES / "accelerate_zero3.yaml").exists()
+    with pytest.raises(FileNotFoundError, match="sft_tiny_cpu"):
+        load_train_config(SFTRecipe, "no_such_recipe")

@@ -74,6 +74,7 @@ class TAPOConfig(GRPOConfig):
     learning_rate: float = 1e-6
     lr_scheduler_type: str = "constant"
     num_generations: int | None = 10  # 5 anchor + 5 positive rollouts
+    per_device_train_batch_size: int = 10  # one prompt's group per device step
     temperature: float = 1.0
     top_p: float = 0.99
     max_completion_length: int | None = 2048

@@ -75,6 +75,7 @@ REASONS = {
     "unknown_label": "the label is not in the dataset's class list",
     "unknown_split": "the split is not train, val or test",
     "label_conflict": "the same image (sha256) appears under two different labels",
+    "duplicate_item": "the layout lists the same file twice (the first listing is kept)",
 }
 
 CHUNK = 64  # images per worker task
@@ -246,9 +247,16 @@ def ingest_stage(
     def pending() -> Iterator[_Pending]:
         nonlocal done
         for (_, layout), reg in zip(layouts, registries, strict=True):
+            listed: dict[str, str] = {}  # item key -> raw label: item_ids must be unique
             for item in layout.items:
                 item = _materialise(item, run, layout.dataset)
                 label_id = layout.labels.get(item.label)
+                if item.key in listed:
+                    done += 1
+                    reject(layout.dataset, item.path, item.label, "duplicate_item",
+                           f"listed again (first with label {listed[item.key]!r})")
+                    continue
+                listed[item.key] = item.label
                 if label_id is None:
                     done += 1
                     reject(layout.dataset, item.path, item.label, "unknown_label",

@@ -93,9 +93,12 @@ def bad_manifest(base: Path) -> tuple[Path, dict[str, str], list[Path]]:
     base.mkdir(parents=True)
     layouts.write_image(base / "a.jpg")
     layouts.write_image(base / "b.jpg")
-    (base / "m.jsonl").write_text(json.dumps({"path": "a.jpg", "label": "owl", "split": "test"}) + "\n"
-                                  + json.dumps({"path": "b.jpg", "label": "owl", "split": "holdout"}) + "\n")
-    return base / "m.jsonl", {str(base / "b.jpg"): "unknown_split"}, [base / "a.jpg"]
+    rows = [{"path": "a.jpg", "label": "owl", "split": "test"},
+            {"path": "b.jpg", "label": "owl", "split": "holdout"},
+            {"path": "./a.jpg", "label": "owl", "split": "test"}]  # listed twice
+    (base / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    bad = {str(base / "b.jpg"): "unknown_split", str(base / "a.jpg"): "duplicate_item"}
+    return base / "m.jsonl", bad, [base / "a.jpg"]
 
 
 @pytest.fixture(scope="module")

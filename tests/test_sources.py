@@ -232,3 +232,10 @@ def test_hf_missing_column_names_the_columns(tmp_path):
     root, _ = layouts.make_hf(tmp_path / "hf")
     with pytest.raises(ValueError, match=r"no column 'label'.*fine_label"):
         ingest(tmp_path, kind="hf", root=str(root))
+
+
+def test_an_empty_dataset_gives_empty_tables(tmp_path):
+    (tmp_path / "folder" / "only_class").mkdir(parents=True)
+    rows, registry, run = ingest(tmp_path, kind="imagefolder", root=str(tmp_path / "folder"))
+    assert rows == [] and [c.name for c in registry] == ["only class"]
+    assert pq.read_table(run.quarantine).num_rows == 0

@@ -1,0 +1,228 @@
+"""Read a synthetic bird's attributes back from pixels: what the scripted teacher "sees".
+
+Background model from the image border (a plane per channel, so gradients and lighting
+cancel), bird mask = pixels far from it, pose from the mask's moments (centroid, principal
+axis, area), then the canonical frame of draw.py is sampled: part colours by chromaticity
+(robust to lighting and JPEG), tail and bill shapes by template agreement. Anything that does
+not look like a synthetic bird (photos, noise, blank images) reads as None.
+
+    >>> import io, numpy as np
+    >>> from curation.synthetic.draw import render
+    >>> from curation.synthetic.world import world_classes
+    >>> info = world_classes(24)[5]
+    >>> buf = io.BytesIO(); render(info["attributes"], np.random.default_rng(1), 96).save(buf, "PNG")
+    >>> read_image(buf.getvalue()).attributes == info["attributes"]
+    True
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass, field
+from itertools import product
+
+import numpy as np
+from matplotlib.path import Path as _Path
+from PIL import Image
+
+from curation.synthetic.draw import BEAKS, TAILS, silhouette
+from curation.synthetic.world import (
+    BAR_COLOUR,
+    BEAK_COLOUR,
+    BODY_COLOURS,
+    COLOURS,
+    SUPER_CATEGORIES,
+)
+
+# Canonical sample points of each coloured part, inside it and away from its edges.
+POINTS = {
+    "body": [(-0.55, 0.28), (-0.3, 0.38), (-0.75, 0.12), (0.9, -0.28), (0.82, -0.36)],
+    "crown": [(1.0, -0.76), (0.86, -0.7), (1.14, -0.7), (1.0, -0.66), (0.93, -0.8)],
+    "breast": [(0.5, 0.3), (0.35, 0.38), (0.7, 0.2), (0.6, 0.3), (0.45, 0.22)],
+    "wing": [(-0.72, -0.1), (0.1, -0.1), (0.0, -0.2), (-0.65, -0.02), (0.05, -0.02)],
+    "bar": [(-0.32, -0.1), (-0.32, -0.2), (-0.32, 0.0), (-0.26, -0.1), (-0.38, -0.1)],
+}
+_STEP = 0.06
+COMBOS = list(product(TAILS, BEAKS))
+
+
+def _inside(poly, pts: np.ndarray) -> np.ndarray:
+    return _Path(np.asarray(poly)).contains_points(pts)
+
+
+def _grid(x0: float, x1: float, y0: float, y1: float, step: float = _STEP) -> np.ndarray:
+    xs, ys = np.meshgrid(np.arange(x0, x1, step), np.arange(y0, y1, step))
+    return np.stack([xs.ravel(), ys.ravel()], 1)
+
+
+def _silhouettes() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per (tail, beak) combination: area, centroid and principal-axis angle of the canonical
+    silhouette, and its inside/outside flags on a grid around the bird."""
+    fine = _grid(-2.2, 2.4, -1.2, 1.0, 0.02)
+    # A coarse grid around the bird, plus a fine one where the silhouettes differ.
+    dense = _grid(-2.3, 2.5, -1.25, 1.05, 0.035)
+    flags = np.array([np.any([_inside(poly, dense) for poly in silhouette(t, b)], 0)
+                      for t, b in COMBOS])
+    coarse = _grid(-2.3, 2.5, -1.25, 1.05, 0.12)
+    pts = np.concatenate([coarse, dense[flags.any(0) & ~flags.all(0)]]).astype(np.float32)
+    areas, centres, thetas, flags = [], [], [], []
+    for tail, beak in COMBOS:
+        polys = silhouette(tail, beak)
+        inside = np.zeros(len(fine), bool)
+        for poly in polys:
+            inside |= _inside(poly, fine)
+        p = fine[inside]
+        c = p.mean(0)
+        d = p - c
+        areas.append(inside.sum() * 0.02**2)
+        centres.append(c)
+        thetas.append(0.5 * math.atan2(2 * (d[:, 0] * d[:, 1]).mean(),
+                                       (d[:, 0] ** 2 - d[:, 1] ** 2).mean()))
+        coarse = np.zeros(len(pts), bool)
+        for poly in polys:
+            coarse |= _inside(poly, pts)
+        flags.append(coarse)
+    return (np.array(areas), np.array(centres, np.float32), np.array(thetas), pts,
+            np.array(flags))
+
+
+AREAS, CENTRES, THETAS, GRID, GRID_INSIDE = _silhouettes()
+N_COARSE = len(_grid(-2.3, 2.5, -1.25, 1.05, 0.12))  # GRID's first points: the coarse grid
+TAIL_ZONE, BEAK_ZONE = GRID[:, 0] < -0.75, GRID[:, 0] > 1.3
+BEAK_LUM = sum(BEAK_COLOUR) / 3
+
+
+@dataclass
+class Reading:
+    """What the reader saw: the super-category and every attribute, with the evidence."""
+
+    super_category: str
+    attributes: dict[str, str]
+    evidence: dict[str, float] = field(default_factory=dict)
+
+
+def decode(data: bytes) -> np.ndarray:
+    """Image bytes (PNG, JPEG, WebP, ...) -> float32 RGB array, large images box-reduced to
+    about 100-200 px (reading needs no more). Raises ValueError if unreadable."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.draft("RGB", (160, 160))  # JPEG: decode at a reduced scale (fast)
+            im = im.convert("RGB")
+            factor = min(im.size) // 100
+            if factor > 1:
+                im = im.reduce(factor)
+            return np.asarray(im, dtype=np.float32)
+    except Exception as err:  # Pillow raises many types for bad bytes
+        raise ValueError(f"not a readable image: {err}") from None
+
+
+def _chroma(rgb: np.ndarray) -> np.ndarray:
+    rgb = np.asarray(rgb, dtype=np.float32)
+    return rgb[..., :2] / (rgb.sum(-1, keepdims=True) + 1e-3)
+
+
+def _nearest(rgb: np.ndarray, palette: dict[str, tuple]) -> tuple[str, float]:
+    names = list(palette)
+    dist = np.linalg.norm(_chroma(np.array([palette[n] for n in names])) - _chroma(rgb), axis=1)
+    k = int(dist.argmin())
+    return names[k], float(dist[k])
+
+
+def _background(img: np.ndarray) -> tuple[np.ndarray, float]:
+    """A plane per channel fitted to the image border, and the border's residual noise."""
+    h, w = img.shape[:2]
+    b = max(1, min(h, w) // 40)
+    border = np.zeros((h, w), bool)
+    border[:b], border[-b:], border[:, :b], border[:, -b:] = True, True, True, True
+    ys, xs = np.nonzero(border)
+    design = np.stack([xs / w, ys / h, np.ones(len(xs))], 1)
+    coef, *_ = np.linalg.lstsq(design, img[border].astype(np.float64), rcond=None)
+    noise = float((img[border] - design @ coef).std())
+    coef = coef.astype(np.float32)
+    bg = ((np.arange(w, dtype=np.float32) / w)[None, :, None] * coef[0]
+          + (np.arange(h, dtype=np.float32) / h)[:, None, None] * coef[1] + coef[2])
+    return bg, noise
+
+
+def read_image(data: bytes | np.ndarray) -> Reading | None:
+    """The bird's super-category and attributes, or None when the image shows no synthetic bird."""
+    img = decode(data) if isinstance(data, bytes | bytearray) else np.asarray(data, np.float32)
+    if img.ndim != 3 or min(img.shape[:2]) < 24:
+        return None
+    h, w = img.shape[:2]
+    bg, noise = _background(img)
+    if noise > 20:
+        return None  # a textured border: a photo or noise, not our plain background
+    mask = np.abs(img - bg).max(-1) > max(30.0, 5 * noise)
+    frac = float(mask.mean())
+    if not 0.03 < frac < 0.6:
+        return None
+
+    # Pose from the mask's moments, once per (tail, beak) silhouette; the silhouette whose
+    # pose explains the mask best gives the tail and bill shapes and the frame to sample.
+    my, mx = np.nonzero(mask)
+    cx, cy = mx.mean() + 0.5, my.mean() + 0.5
+    dx, dy = mx + 0.5 - cx, my + 0.5 - cy
+    theta_img = 0.5 * math.atan2(2 * (dx * dy).mean(), (dx**2 - dy**2).mean())
+    thetas = theta_img - THETAS  # (combos,)
+    scales = np.sqrt(len(mx) / AREAS)
+    cos, sin = np.cos(thetas)[:, None], np.sin(thetas)[:, None]
+    p = GRID[None, :, :] - CENTRES[:, None, :]  # (combos, points, 2)
+    gx = cx + scales[:, None] * (p[..., 0] * cos - p[..., 1] * sin)
+    gy = cy + scales[:, None] * (p[..., 0] * sin + p[..., 1] * cos)
+    xi, yi = np.floor(gx).astype(int), np.floor(gy).astype(int)
+    ok = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
+    seen = mask[np.clip(yi, 0, h - 1), np.clip(xi, 0, w - 1)]
+    hits = (seen == GRID_INSIDE) & ok
+
+    def score(zone: np.ndarray) -> np.ndarray:
+        return hits[:, zone].sum(1) / np.maximum(ok[:, zone].sum(1), 1)
+
+    tail = COMBOS[int(score(TAIL_ZONE).argmax())][0]
+    # The bill by darkness, not by the mask: JPEG halos around a dark bill widen the mask.
+    zy, zx = np.clip(yi[:, BEAK_ZONE], 0, h - 1), np.clip(xi[:, BEAK_ZONE], 0, w - 1)
+    lum, bg_lum = img[zy, zx].mean(-1), bg[zy, zx].mean(-1)
+    dark = lum < bg_lum - 0.4 * (bg_lum - BEAK_LUM)
+    expect, valid = GRID_INSIDE[:, BEAK_ZONE], ok[:, BEAK_ZONE]
+    # Balanced: a thin bill counts as much as the background around it.
+    beak_score = ((dark & expect & valid).sum(1) / np.maximum((expect & valid).sum(1), 1)
+                  + (~dark & ~expect & valid).sum(1) / np.maximum((~expect & valid).sum(1), 1))
+    best = max((k for k, c in enumerate(COMBOS) if c[0] == tail), key=lambda k: beak_score[k])
+    shape = hits[best, :N_COARSE].sum() / max(ok[best, :N_COARSE].sum(), 1)
+    if shape < 0.9:
+        return None  # the mask is not bird-shaped
+    beak = COMBOS[best][1]
+    c0, theta, scale = CENTRES[best], float(thetas[best]), float(scales[best])
+
+    def colour(part: str) -> np.ndarray:
+        q = np.asarray(POINTS[part]) - c0
+        x = cx + scale * (q[:, 0] * math.cos(theta) - q[:, 1] * math.sin(theta))
+        y = cy + scale * (q[:, 0] * math.sin(theta) + q[:, 1] * math.cos(theta))
+        xi = np.clip(np.floor(x).astype(int), 0, w - 1)
+        yi = np.clip(np.floor(y).astype(int), 0, h - 1)
+        return np.median(img[yi, xi], axis=0)
+
+    body, d_body = _nearest(colour("body"), BODY_COLOURS)
+    kinds = [k for k, spec in SUPER_CATEGORIES.items() if spec["fixed"]["body_colour"] == body]
+    wing_rgb, bar_rgb = colour("wing"), colour("bar")
+    crown, d_crown = _nearest(colour("crown"), COLOURS)
+    breast, d_breast = _nearest(colour("breast"), COLOURS)
+    wing, d_wing = _nearest(wing_rgb, COLOURS)
+    barred = np.linalg.norm(_chroma(bar_rgb) - _chroma(BAR_COLOUR)) < np.linalg.norm(
+        _chroma(bar_rgb) - _chroma(wing_rgb))
+    if max(d_body, d_crown, d_breast, d_wing) > 0.12 or not kinds:
+        return None  # colours of no part of any synthetic bird
+
+    attributes = {
+        "body_colour": body,
+        "crown_colour": crown,
+        "wing_colour": wing,
+        "breast_colour": breast,
+        "wing_bars": "barred" if barred else "plain",
+        "tail_shape": tail,
+        "beak_shape": beak,
+    }
+    evidence = {"silhouette_agreement": float(shape), "mask_fraction": frac,
+                "background_noise": noise, "colour_distance": max(d_body, d_crown, d_breast, d_wing)}
+    return Reading(kinds[0], attributes, evidence)

@@ -111,12 +111,11 @@ def ingest(
 ) -> None:
     """Read datasets into the item table, the class registry and the quarantine table.
 
-    Every image is hashed (sha256), measured and fully decoded by worker processes; rows
-    stream into RUN/items.parquet. Images that cannot be used (missing, empty, unreadable,
-    truncated, CMYK/16-bit/transparent, over max_pixels, unknown label, the same image under
-    two labels) go to RUN/quarantine.parquet with a reason code, and the run goes on.
-    RUN/registry.json holds the classes (readable names, aliases, super-category, levels).
-    A rerun on the same inputs writes identical files. Several sources: use a recipe.
+    Every image is hashed (sha256), measured and fully decoded by worker processes; rows stream into RUN/items.parquet.
+
+    Images that cannot be used (missing, empty, unreadable, truncated, CMYK/16-bit/transparent, over max_pixels, unknown label, the same image under two labels) go to RUN/quarantine.parquet with a reason code, and the run goes on.
+
+    RUN/registry.json holds the classes (readable names, aliases, super-category, aircraft levels). A rerun on the same inputs writes identical files. Several sources, synonyms files, max_pixels: use a recipe (sources: [{kind, root, dataset, synonyms, ...}]).
     """
     sets = list(overrides or [])
     if source:
@@ -142,8 +141,9 @@ def ingest(
 def _print_ingest_summary(report, root: Path) -> None:
     """Items and quarantine counts per dataset, then notes about the layouts."""
     reasons = sorted(report.reasons)
-    table = Table(title=f"ingest: {report.items} items, {report.classes} classes, "
+    console.print(f"ingest: {report.items} items, {report.classes} classes, "
                   f"{report.quarantined} quarantined ({report.seconds:.1f} s)")
+    table = Table()
     table.add_column("dataset")
     table.add_column("items", justify="right")
     for reason in reasons:

@@ -281,9 +281,9 @@ def make_hf(root: Path) -> tuple[Path, list[dict]]:
     parts, expected = {}, []
     for split, count in (("train", 3), ("test", 2)):
         images, labels = [], []
+        tmp = root.parent / "hf_tmp.png"
         for i in range(count):
             buf = io.BytesIO()
-            tmp = root.parent / "hf_tmp.png"
             size = write_image(tmp, fmt="PNG")
             buf.write(tmp.read_bytes())
             images.append({"bytes": buf.getvalue(), "path": None})
@@ -294,5 +294,30 @@ def make_hf(root: Path) -> tuple[Path, list[dict]]:
                                       "fine_label": datasets.ClassLabel(names=names)})
         parts[split] = datasets.Dataset.from_dict({"image": images, "fine_label": labels},
                                                   features=features)
+    tmp.unlink()
     datasets.DatasetDict(parts).save_to_disk(str(root))
     return root, expected
+
+
+BUILDERS = {
+    "cub200": make_cub,
+    "stanford_cars": make_cars,
+    "fgvc_aircraft": make_aircraft,
+    "stanford_dogs": make_dogs,
+    "oxford_flowers": make_flowers,
+    "oxford_pets": make_pets,
+    "imagefolder": make_imagefolder,
+    "manifest": make_manifest,
+    "hf": make_hf,
+}
+
+
+if __name__ == "__main__":
+    # Write every miniature layout under OUT, to try the CLI by hand:
+    #   python tests/layouts.py /tmp/mini && finecot ingest --source cub200 --root /tmp/mini/cub200 --run runs/mini
+    import sys
+
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else "mini_layouts")
+    for kind, make in BUILDERS.items():
+        root, listed = make(out / kind)
+        print(f"{kind:15} {len(listed):3} images  --root {root}")

@@ -206,6 +206,29 @@ def test_cli_ingest_and_identical_rerun(tmp_path):
     assert not list((tmp_path / "run").glob("*.tmp")) and not list((tmp_path / "run").glob(".*"))
 
 
+@pytest.mark.parametrize("kind", sorted(layouts.BUILDERS))
+def test_cli_every_source_and_identical_rerun(tmp_path, kind):
+    root, expected = layouts.BUILDERS[kind](tmp_path / "data")
+    args = ["ingest", "--source", kind, "--root", str(root), "--run", str(tmp_path / "run"),
+            *(["--set", "sources.0.label_column=fine_label"] if kind == "hf" else [])]
+    runner = CliRunner()
+    results = []
+    for _ in range(2):
+        outcome = runner.invoke(app, args)
+        assert outcome.exit_code == 0, outcome.output
+        results.append({f: (tmp_path / "run" / f).read_bytes()
+                        for f in ("items.parquet", "quarantine.parquet", "registry.json")})
+    assert results[0] == results[1]
+    assert pq.read_table(tmp_path / "run" / "items.parquet").num_rows == len(expected) > 0
+
+
+def test_cli_wrong_root_is_a_clear_error(tmp_path):
+    outcome = CliRunner().invoke(app, ["ingest", "--source", "stanford_dogs", "--root",
+                                       str(tmp_path), "--run", str(tmp_path / "run")])
+    assert outcome.exit_code == 2
+    assert "train_list.mat not found" in outcome.output
+
+
 def test_hf_parquet_folder_with_string_labels_and_paths(tmp_path):
     """A loadable local path (Parquet files per split), labels as strings, images as paths."""
     import datasets

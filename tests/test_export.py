@@ -417,3 +417,56 @@ def test_reviewed_table_is_the_sft_source_once_review_ran(tmp_path):
     text = run.path("dataset/README.md").read_text()
     assert f"| kept after review | {len(reviewed)} |" in text
     assert "fixed: 1" in text
+
+
+def test_publish_plan_checks_the_folder_and_token(exported, tmp_path, monkeypatch):
+    from curation.publish import hf_token, plan_publish
+
+    run, _, _ = exported
+    folder = run.path("dataset")
+    plan = plan_publish(folder, "someone/toy-cot")
+    assert plan.private and not plan.resumable
+    names = {p.relative_to(folder).as_posix() for p in plan.files}
+    assert "README.md" in names and "assets/funnel.png" in names
+    assert sum(n.startswith("data/") for n in names) == 4
+    assert plan.total_bytes == sum(p.stat().st_size for p in plan.files)
+    assert plan_publish(folder, "someone/toy-cot", large_bytes=1000).resumable
+
+    with pytest.raises(ValueError, match="OWNER/NAME"):
+        plan_publish(folder, "no-owner")
+    with pytest.raises(FileNotFoundError, match="finecot export"):
+        plan_publish(tmp_path, "someone/x")
+    broken = tmp_path / "broken"
+    (broken / "data").mkdir(parents=True)
+    (broken / "README.md").write_text((folder / "README.md").read_text())
+    with pytest.raises(FileNotFoundError, match="no file matches"):
+        plan_publish(broken, "someone/x")
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    with pytest.raises(ValueError, match="HF_TOKEN"):
+        hf_token()
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_value")
+    assert hf_token() == "hf_secret_value"
+    assert "hf_secret_value" not in (folder / "README.md").read_text()
+
+
+def test_cli_export_report_publish_dry_run(tmp_path):
+    from typer.testing import CliRunner
+
+    from curation.cli import app
+
+    run, recipe = make_run(tmp_path)
+    run.save_recipe(recipe)  # later stages start from the run's saved recipe
+    runner = CliRunner()
+    result = runner.invoke(app, ["export", "--run", str(run.root), "--format", "easyr1"])
+    assert result.exit_code == 0, result.output
+    output = result.output.replace("\n", "")  # rich wraps long paths
+    assert str(run.path("dataset/README.md")) in output
+    assert run.path("easyr1/train.parquet").exists()
+    result = runner.invoke(app, ["report", "--run", str(run.root)])
+    assert result.exit_code == 0 and run.path("report/index.html").exists()
+    result = runner.invoke(app, ["publish", "me/toy", "--run", str(run.root), "--dry-run"])
+    assert result.exit_code == 0 and "private" in result.output
+    result = runner.invoke(app, ["export", "--run", str(tmp_path / "empty")])
+    assert result.exit_code == 2 and "finecot" in result.output  # names the stage to run first

@@ -24,6 +24,7 @@ from curation.config import RecipeError, load_recipe
 from curation.draft_cli import draft_command, ledger_app
 from curation.filter_cli import audit_command, filter_command
 from curation.review_cli import review_app
+from curation.synthetic.cli import app as synthetic_app
 from train.cli import app as train_app
 
 app = typer.Typer(
@@ -39,6 +40,7 @@ app.add_typer(review_app, name="review")
 app.command("draft")(draft_command)
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(train_app, name="train")
+app.add_typer(synthetic_app, name="synthetic")
 app.command("filter")(filter_command)
 app.command("audit")(audit_command)
 

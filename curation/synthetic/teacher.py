@@ -90,6 +90,8 @@ class Behaviour:
             raise ValueError("the fault rates (rate_429 ... rate_malformed) must sum to at most 1")
         if self.latency_median > 0 and self.latency_p99 < self.latency_median:
             raise ValueError("latency_p99 must be at least latency_median")
+        if self.world:
+            load_world(self.world)  # fail now, not at the first request
 
     def fault(self, u: float) -> str | None:
         for name in FAULTS:
@@ -360,11 +362,14 @@ def _reset(request: web.Request) -> None:
     transport.abort()
 
 
+TEACHER = web.AppKey("teacher", Teacher)
+
+
 def make_app(behaviour: Behaviour) -> web.Application:
     """The aiohttp application of a scripted teacher with these flags."""
     app = web.Application(client_max_size=256 * 1024 * 1024)
     teacher = Teacher(behaviour)
-    app["teacher"] = teacher
+    app[TEACHER] = teacher
 
     async def chat(request: web.Request) -> web.StreamResponse:
         t0 = time.perf_counter()

@@ -1,0 +1,102 @@
+"""`finecot synthetic`: make the built-in synthetic world, or serve its scripted teacher.
+
+    finecot synthetic make runs/world --classes 24 --per-class 10 --seed 0 --size 128
+    finecot synthetic teacher --port 8000 --perception-error-rate 0.1 --rate-429 0.05
+
+Then ingest the world like any ImageFolder (`finecot ingest --source imagefolder --root
+runs/world`) and point the recipe's teacher at http://127.0.0.1:8000/v1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+app = typer.Typer(
+    help="The built-in synthetic fine-grained world (procedural birds) and its scripted "
+    "OpenAI-compatible teacher: a demo, tests and benchmarks without GPU, API key or download. "
+    "Not a substitute for a real teacher model.",
+    no_args_is_help=True,
+)
+console = Console(stderr=True)
+
+
+@app.command()
+def make(
+    out: Annotated[Path, typer.Argument(help="output folder (an ImageFolder + classes.json + world.json)")],
+    classes: Annotated[int, typer.Option(help="number of classes (6-72; 24+ gives every super-category 8+)")] = 24,
+    per_class: Annotated[int, typer.Option(help="images per class")] = 10,
+    seed: Annotated[int, typer.Option(help="random seed: same seed and settings, same bytes")] = 0,
+    size: Annotated[int, typer.Option(help="image side in pixels (>= 32)")] = 128,
+    unseen_fraction: Annotated[float, typer.Option(
+        help="share of classes the proposed compositional split (world.json) keeps unseen")] = 0.25,
+    image_format: Annotated[str, typer.Option("--format", help="png or jpg")] = "png",
+) -> None:
+    """Draw the synthetic bird world: 3 super-categories (warbler, finch, tern) whose classes differ in one or two attributes, with nuisance pose, background and lighting per image."""
+    from curation.synthetic.world import make_world
+
+    columns = (TextColumn("drawing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("draw", total=None)
+        try:
+            rows = make_world(out, classes=classes, per_class=per_class, seed=seed, size=size,
+                              unseen_fraction=unseen_fraction, image_format=image_format,
+                              progress=lambda done, total: bar.update(task, completed=done, total=total))
+        except ValueError as err:
+            console.print(f"[red]error:[/red] {err}")
+            raise typer.Exit(code=2) from None
+    kinds = sorted({r["super_category"] for r in rows})
+    console.print(f"[green]wrote[/green] {len(rows)} classes x {per_class} images "
+                  f"({', '.join(kinds)}) to {out}")
+
+
+@app.command()
+def teacher(
+    port: Annotated[int, typer.Option(help="TCP port (0: any free port)")] = 8000,
+    host: Annotated[str, typer.Option(help="interface to bind (keep 127.0.0.1 unless needed)")] = "127.0.0.1",
+    model: Annotated[str, typer.Option(help="model id listed by /v1/models")] = "finecot-synthetic-teacher",
+    world: Annotated[Path | None, typer.Option(help="a world folder or classes.json: answer only with its classes")] = None,
+    perception_error_rate: Annotated[float, typer.Option(help="share of blind answers that misread one attribute (a confusable wrong class)")] = 0.0,
+    format_error_rate: Annotated[float, typer.Option(help="share of answers with a missing section, missing tags or truncated")] = 0.0,
+    leak_rate: Annotated[float, typer.Option(help="share of hinted answers that name the label in the analysis or say 'as described'")] = 0.0,
+    latency: Annotated[float, typer.Option(help="fixed seconds before each answer")] = 0.0,
+    latency_median: Annotated[float, typer.Option(help="lognormal latency: median seconds (overrides --latency)")] = 0.0,
+    latency_p99: Annotated[float, typer.Option(help="lognormal latency: 99th percentile seconds")] = 0.0,
+    max_concurrency: Annotated[int, typer.Option(help="requests served at once, the rest queue (0: unlimited)")] = 0,
+    rate_429: Annotated[float, typer.Option(help="share of requests answered 429 with Retry-After")] = 0.0,
+    retry_after: Annotated[float, typer.Option(help="seconds sent in Retry-After / retry-after-ms")] = 1.0,
+    rate_500: Annotated[float, typer.Option(help="share answered 500")] = 0.0,
+    rate_503: Annotated[float, typer.Option(help="share answered 503")] = 0.0,
+    rate_hang: Annotated[float, typer.Option(help="share never answered (until the client times out)")] = 0.0,
+    rate_reset: Annotated[float, typer.Option(help="share whose connection is reset")] = 0.0,
+    rate_malformed: Annotated[float, typer.Option(help="share answered 200 with an invalid JSON body")] = 0.0,
+    honour_n: Annotated[bool, typer.Option(help="--no-honour-n: ignore n > 1 and return one choice")] = True,
+) -> None:
+    """Serve the scripted teacher: OpenAI Chat Completions on http://HOST:PORT/v1.
+
+    It reads the bird's attributes from the image pixels and answers with a four-part rationale; mistakes and faults come at the rates given. GET /stats counts requests; GET /v1/models lists the flags so a run can record them. Stop with Ctrl-C."""
+    from curation.synthetic.teacher import Behaviour, serve
+
+    try:
+        behaviour = Behaviour(
+            model=model, world=str(world) if world else None,
+            perception_error_rate=perception_error_rate, format_error_rate=format_error_rate,
+            leak_rate=leak_rate, latency=latency, latency_median=latency_median,
+            latency_p99=latency_p99, max_concurrency=max_concurrency, rate_429=rate_429,
+            retry_after=retry_after, rate_500=rate_500, rate_503=rate_503, rate_hang=rate_hang,
+            rate_reset=rate_reset, rate_malformed=rate_malformed, honour_n=honour_n)
+    except (ValueError, FileNotFoundError) as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(code=2) from None
+    console.print(f"scripted teacher: [bold]http://{host}:{port}/v1[/bold] (Ctrl-C to stop)")
+    try:
+        serve(behaviour, host, port)
+    except KeyboardInterrupt:
+        pass
+    except OSError as err:
+        console.print(f"[red]error:[/red] cannot bind {host}:{port}: {err}")
+        raise typer.Exit(code=2) from None

@@ -153,7 +153,7 @@ def _materialise(item: RawItem, run: RunDir, dataset: str) -> RawItem:
     if item.data is None:
         return item
     target = run.root / "images" / dataset / item.path
-    if not (target.exists() and target.stat().st_size == len(item.data)):
+    if not (target.exists() and target.read_bytes() == item.data):  # rerun: keep, unless changed
         with atomic_path(target) as tmp:
             tmp.write_bytes(item.data)
     return RawItem(item.key, str(target.resolve()), item.label, item.split)

@@ -6,12 +6,12 @@ A signature is 64 minima of multiply-shift hashes of the shingles; the share of 
 minima estimates the Jaccard similarity of the two shingle sets. 256 bytes per rationale.
 
     >>> seen = NearDuplicates(threshold=0.8)
-    >>> text = "the bird has a red crown and a streaked breast with two white wing bars"
-    >>> seen.add("image:1", "a#0", text)
-    >>> seen.find("image:1", "a#1", text + " today")
+    >>> words = "the bird has a red crown and a streaked breast with two white wing bars".split()
+    >>> seen.add("image:1", "a#0", words)
+    >>> seen.find("image:1", "a#1", words + ["today"])
     'a#0'
-    >>> seen.find("image:1", "a#2", "a plain grey bird with a long tail and a hooked beak")
-    >>> seen.find("image:2", "b#0", text) is None   # another image: not compared
+    >>> seen.find("image:1", "a#2", "a plain grey bird with a long tail and a hooked beak".split())
+    >>> seen.find("image:2", "b#0", words) is None   # another image: not compared
     True
 """
 
@@ -44,9 +44,8 @@ def _ids(words: list[str]) -> np.ndarray:
     return np.array(out, dtype=np.uint64)
 
 
-def signature(normalized_text: str) -> np.ndarray | None:
-    """MinHash signature (uint32[NUM_HASHES]) of a normalised text; None when it is empty."""
-    words = normalized_text.split()
+def signature(words: list[str]) -> np.ndarray | None:
+    """MinHash signature (uint32[NUM_HASHES]) of a text's normalised words; None if empty."""
     if not words:
         return None
     ids = _ids(words)
@@ -66,19 +65,19 @@ class NearDuplicates:
     def __init__(self, threshold: float = 0.85):
         self.threshold = threshold
         self._buckets: dict[str, list[tuple[str, np.ndarray]]] = {}
-        self._last: tuple[str, np.ndarray | None] = ("", None)  # find() then add(): hash once
+        self._last: tuple[list[str] | None, np.ndarray | None] = (None, None)  # find, add: hash once
 
-    def _signature(self, normalized_text: str) -> np.ndarray | None:
-        if self._last[0] != normalized_text or self._last[1] is None:
-            self._last = (normalized_text, signature(normalized_text))
+    def _signature(self, words: list[str]) -> np.ndarray | None:
+        if self._last[0] is not words:
+            self._last = (words, signature(words))
         return self._last[1]
 
-    def find(self, bucket: str, key: str, normalized_text: str) -> str | None:
+    def find(self, bucket: str, key: str, words: list[str]) -> str | None:
         """The key of an accepted near-duplicate in `bucket` (not `key` itself), or None."""
         entries = self._buckets.get(bucket)
         if not entries:
             return None
-        sig = self._signature(normalized_text)
+        sig = self._signature(words)
         if sig is None:
             return None
         for other, other_sig in entries:
@@ -86,9 +85,9 @@ class NearDuplicates:
                 return other
         return None
 
-    def add(self, bucket: str, key: str, normalized_text: str) -> None:
+    def add(self, bucket: str, key: str, words: list[str]) -> None:
         """Remember an accepted rationale (replacing an earlier version under the same key)."""
-        sig = self._signature(normalized_text)
+        sig = self._signature(words)
         if sig is None:
             return
         entries = self._buckets.setdefault(bucket, [])

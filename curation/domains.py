@@ -11,8 +11,8 @@ signals, read in the visual analysis and the prediction:
    equipment", "depicts a tornado" (a depiction verb, an article, up to two modifiers, then
    a noun of DOMAINS outside the own domain). Similes ("like a bird") do not count.
 
-Super-categories known here: aircraft, car, bird, dog, cat, pet (dog or cat), flower.
-Others are not checked unless mapped with the recipe's `filters.off_domain_aliases`
+Super-categories known here: aircraft, car, bird (and bird families such as warbler, finch,
+tern), dog, cat, pet (dog or cat), flower. Others are not checked unless mapped with the recipe's `filters.off_domain_aliases`
 (e.g. {warbler: bird}). A noun inside a class name of the dataset (the "Tornado" aircraft, the
 "bird of paradise" flower) never counts as another domain.
 
@@ -58,6 +58,9 @@ OWN: dict[str, tuple[str, ...]] = {
     "car": ("car",), "vehicle": ("car",), "automobile": ("car",),
     "bird": ("bird",), "dog": ("dog",), "cat": ("cat",), "pet": ("dog", "cat"),
     "flower": ("flower",), "plant": ("flower",),
+    # bird families used as super-categories (the synthetic world's among them)
+    **{family: ("bird",) for family in ("warbler", "finch", "tern", "sparrow", "gull", "wren",
+                                        "songbird", "seabird", "waterfowl", "raptor")},
 }
 
 _VERB = r"(?:is|are|was|shows?|showing|depicts?|depicting|features|contains?|displays?|" \
@@ -71,8 +74,8 @@ def _alternation(nouns: list[str]) -> str:
     return "|".join(re.escape(n).replace(r"\ ", r"\s+") for n in sorted(nouns, key=len, reverse=True))
 
 
-_WORD = re.compile(r"[a-z]+")
-_NEGATIONS = frozenset(("not", "no", "without", "rather", "isn", "doesn", "don", "aren", "wasn"))
+_NEGATIONS = frozenset(("not", "no", "without", "rather", "isnt", "doesnt", "dont", "arent",
+                        "wasnt"))
 
 
 def _first_words(nouns: list[str]) -> frozenset[str]:
@@ -117,14 +120,20 @@ def excluded_nouns(class_phrases: Iterable[str]) -> frozenset[str]:
     )
 
 
-def off_domain_phrase(text: str, domain: str, excluded: frozenset[str] = frozenset()) -> str | None:
-    """The first phrase of `text` that puts the object outside `domain`, or None."""
+def off_domain_phrase(
+    text: str, domain: str, excluded: frozenset[str] = frozenset(), words: set[str] | None = None
+) -> str | None:
+    """The first phrase of `text` that puts the object outside `domain`, or None.
+
+    `words`: the text's normalised words when the caller has them (labels.normalize).
+    """
     patterns = _patterns(domain, excluded)
     if patterns is None or not text:
         return None
     naming, denial, other_words, own_words = patterns
     # A word-set gate first: the regexes run only when their nouns occur at all.
-    words = set(_WORD.findall(text.lower()))
+    if words is None:
+        words = set(normalize(text).split())
     hit = None
     if words & own_words and words & _NEGATIONS:
         hit = denial.search(text)

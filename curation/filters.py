@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,21 +67,38 @@ class Verdict:
 
 # -- fast mention scanning ------------------------------------------------------------------
 
-# ASCII fast path of labels.normalize: lower case, apostrophes dropped, every other
-# non-alphanumeric byte a space (bytes.translate runs in C, a regex sub does not keep up).
+# A fast labels.normalize: lower case, apostrophes dropped, every other non-alphanumeric
+# byte a space (bytes.translate runs in C, where a regex sub or a per-character generator
+# does not keep up). The few non-ASCII characters of a text are mapped one by one first.
 _ASCII_TABLE = bytes(
     c if chr(c).isascii() and chr(c).isalnum() else ord(" ") for c in range(256)
 )
+_NON_ASCII_CHAR = re.compile(r"[^\x00-\x7f]")
+_UNICODE_APOSTROPHES = frozenset("\u2019\u2018\u02bc\u00b4")
+_char_map: dict[str, str] = {}
+
+
+def _ascii_for(m: re.Match) -> str:
+    ch = m.group(0)
+    out = _char_map.get(ch)
+    if out is None:
+        if unicodedata.combining(ch) or ch in _UNICODE_APOSTROPHES:
+            out = ""
+        else:
+            folded = ch.casefold()
+            out = folded if folded.isascii() else " "
+        _char_map[ch] = out
+    return out
 
 
 def normalized_words(text: str) -> list[str]:
-    """The words of labels.normalize(text), fast for ASCII text (the hot path).
+    """The words of labels.normalize(text), computed fast (the filters' hot path).
 
-    >>> normalized_words("Brewer's_Blackbird & Co") == normalize("Brewer's_Blackbird & Co").split()
+    >>> normalized_words("Brewer’s_Blackbird & Bohémien") == normalize("Brewer’s_Blackbird & Bohémien").split()
     True
     """
     if not text.isascii():
-        return normalize(text).split()
+        text = _NON_ASCII_CHAR.sub(_ascii_for, unicodedata.normalize("NFKD", text))
     if "&" in text:
         text = text.replace("&", " and ")
     return text.encode().lower().translate(_ASCII_TABLE, b"'`").decode().split()
@@ -131,7 +149,10 @@ class MentionIndex:
     def find(self, text: str, mode: str = "exact") -> list[ClassInfo]:
         """Classes named in `text`: "exact" names, "loose" (+ unique leading parts) or
         "cover" (+ any leading part of two words or more: "Boeing 747" covers every 747)."""
-        words = normalized_words(text)
+        return self.find_words(normalized_words(text), mode)
+
+    def find_words(self, words: list[str], mode: str = "exact") -> list[ClassInfo]:
+        """find() on a text already split into normalised words."""
         starts, phrases = self.starts[mode], self.modes[mode]
         hits = starts.keys() & set(words)
         if not hits:
@@ -179,6 +200,14 @@ class FilterContext:
     _mentions: dict[str, MentionIndex] = field(default_factory=dict)
     _gold: dict[tuple[str, str], ClassInfo | None] = field(default_factory=dict)
     _names: dict[tuple[str, str], list[ClassInfo]] = field(default_factory=dict)
+    _words: dict[str, list[str]] = field(default_factory=dict)  # of the draft being judged
+
+    def words(self, text: str) -> list[str]:
+        """normalized_words(text), computed once per draft (several filters read a text)."""
+        found = self._words.get(text)
+        if found is None:
+            found = self._words[text] = normalized_words(text)
+        return found
 
     def mentions(self, dataset: str) -> MentionIndex:
         index = self._mentions.get(dataset)
@@ -285,11 +314,12 @@ def check_prediction(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evide
     if not r.prediction or not r.answer:
         return None  # format reports the missing part
     index = ctx.mentions(str(draft.get("dataset") or ""))
-    answered = index.find(r.answer)
+    answer, prediction = ctx.words(r.answer), ctx.words(r.prediction)
+    answered = index.find_words(answer)
     if len(answered) == 1:  # a less specific prediction ("Boeing 747") does not contradict
-        ok = answered[0] in index.find(r.prediction, "cover")
+        ok = answered[0] in index.find_words(prediction, "cover")
     else:  # the answer names no single class: compare the words themselves
-        ok = f" {fast_normalize(r.answer)} " in f" {fast_normalize(r.prediction)} "
+        ok = f" {' '.join(answer)} " in f" {' '.join(prediction)} "
     return None if ok else "prediction_inconsistent"
 
 
@@ -384,10 +414,11 @@ def check_label_leak(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evide
     label, dataset = str(draft.get("label") or ""), str(draft.get("dataset") or "")
     gold = ctx.gold(label, dataset)
     if r.visual_analysis:
+        visual = ctx.words(r.visual_analysis)
         if gold is not None:
-            leaked = gold in ctx.mentions(dataset).find(r.visual_analysis)
+            leaked = gold in ctx.mentions(dataset).find_words(visual)
         else:
-            leaked = f" {fast_normalize(label)} " in f" {fast_normalize(r.visual_analysis)} "
+            leaked = f" {fast_normalize(label)} " in f" {' '.join(visual)} "
         if leaked:
             codes.append("label_leak")
             ev["label_leak"] = [gold.name if gold else label]
@@ -403,8 +434,9 @@ def check_unseen(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evidence)
     unseen = ctx.unseen.get(dataset)
     if not unseen:
         return None
-    text = f"{r.think or ''}\n{r.answer or ''}"
-    named = [c.name for c in ctx.mentions(dataset).find(text) if c in unseen]
+    index = ctx.mentions(dataset)
+    found = index.find_words(ctx.words(r.think or "")) + index.find_words(ctx.words(r.answer or ""))
+    named = list(dict.fromkeys(c.name for c in found if c in unseen))
     if not named:
         return None
     ev["unseen_mention"] = named
@@ -415,8 +447,9 @@ def check_off_domain(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evide
     super_category = str(draft.get("super_category") or "")
     domain = ctx.settings.off_domain_aliases.get(super_category, super_category)
     dataset = str(draft.get("dataset") or "")
+    words = {*ctx.words(r.visual_analysis), *ctx.words(r.prediction)}
     phrase = off_domain_phrase(
-        f"{r.visual_analysis}\n{r.prediction}", domain, ctx.mentions(dataset).excluded_nouns
+        f"{r.visual_analysis}\n{r.prediction}", domain, ctx.mentions(dataset).excluded_nouns, words
     )
     if phrase is None:
         return None
@@ -450,16 +483,16 @@ def check_language(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evidenc
     text = r.think or ""
     if language == "any" or not text.strip():
         return None
-    if language == "en" and len(_NON_ASCII.findall(text)) > 0.1 * len(text):
+    if language == "en" and not text.isascii() and len(_NON_ASCII.findall(text)) > 0.1 * len(text):
         return "wrong_language"
-    words = text.lower().split()[:_LANGUAGE_SAMPLE]
+    words = text[: 8 * _LANGUAGE_SAMPLE].lower().split()[:_LANGUAGE_SAMPLE]
     common = STOPWORDS[language]
     share = sum(map(common.__contains__, words)) / len(words)
     return "wrong_language" if share < ctx.settings.min_stopword_share else None
 
 
 def check_duplicate(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evidence) -> Outcome:
-    twin = ctx.duplicates.find(_dedup_key(draft, ctx), _draft_key(draft), fast_normalize(r.think or ""))
+    twin = ctx.duplicates.find(_dedup_key(draft, ctx), _draft_key(draft), ctx.words(r.think or ""))
     if twin is None:
         return None
     ev["duplicate_of"] = [twin]
@@ -499,6 +532,7 @@ def run_filters(
     """({filter name: reason codes} of the filters that failed, evidence); all filters run."""
     evidence: Evidence = {}
     failed: dict[str, list[str]] = {}
+    ctx._words.clear()
     for name in ctx.enabled:
         outcome = FILTERS[name](draft, parsed, ctx, evidence)
         if outcome:
@@ -519,7 +553,7 @@ def judge(draft: Mapping, ctx: FilterContext) -> Verdict:
             reasons += codes
     accepted = not reasons
     if accepted and "duplicate" in ctx.enabled:
-        ctx.duplicates.add(_dedup_key(draft, ctx), _draft_key(draft), fast_normalize(r.think or ""))
+        ctx.duplicates.add(_dedup_key(draft, ctx), _draft_key(draft), ctx.words(r.think or ""))
     return Verdict(accepted, tuple(dict.fromkeys(reasons)), r, tuple(flags), evidence)
 
 

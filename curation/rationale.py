@@ -180,7 +180,7 @@ _INLINE_HINT = re.compile(
     r"conclusion)", re.IGNORECASE,
 )
 _INLINE_BREAK = re.compile(
-    r"(?<=[.!?)])[ \t]+(?=(?:\*\*)?(?:visual analysis|candidates?(?: sub-?categories)?|comparison|"
+    r"(?:(?<=[^\W\d_][.!?])|(?<=\)))[ \t]+(?=(?:\*\*)?(?:visual analysis|candidates?(?: sub-?categories)?|comparison|"
     r"(?:the |final )?prediction(?: is)?|conclusion)(?:\*\*)?[ \t]*:)",
     re.IGNORECASE,
 )

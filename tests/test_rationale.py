@@ -182,3 +182,11 @@ def test_real_corpus_sections(corpus):
     for r in corpus:
         assert 2 <= len(r.candidates) <= 6 or not r.candidates
         assert all(len(name.split()) <= 12 for name in r.candidates)
+
+
+def test_numbered_bold_headings_are_not_split_at_their_number():
+    r = parse("<think>\n**2. Candidate sub-categories:**\n- Red Warbler\n- Blue Warbler\n\n"
+              "**3. Comparison:** Only the Red Warbler is red.\n\n**4. Prediction:** Red Warbler.\n"
+              "</think>\n<answer>Red Warbler</answer>")
+    assert r.errors == ("missing_visual_analysis",)
+    assert r.comparison == "Only the Red Warbler is red."

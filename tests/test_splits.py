@@ -425,6 +425,32 @@ def test_fine_r1_aircraft_matches_variants_with_or_without_the_maker(tmp_path):
         split_stage(recipe(mode="fine-r1"), family)
 
 
+# -- compositional mode (the synthetic world's classes) --------------------------------------
+
+
+def test_compositional_mode_hides_only_new_combinations_of_seen_attributes(tmp_path):
+    colours, patterns = ("red", "blue", "green"), ("plain", "barred", "spotted")
+    grid = [(c, p) for c in colours for p in patterns]
+    run = make_run(tmp_path, {"world": {f"{c} {p} bird": {"train": 1, "test": 1} for c, p in grid}})
+    registry = Registry(
+        ClassInfo(i, f"{c} {p} bird", "world", "bird", attributes={"colour": c, "pattern": p})
+        for i, (c, p) in enumerate(grid)
+    )
+    registry.save(run.registry)
+    manifest = split_stage(recipe(mode="compositional", seen_ratio=0.6, k=1), run)
+    lists = manifest["datasets"]["world"]
+    assert lists["unseen"] and len(lists["seen"]) + len(lists["unseen"]) == 9
+    shown = {(a, v) for c in registry if c.name in lists["seen"] for a, v in c.attributes.items()}
+    for name in lists["unseen"]:
+        info = registry.resolve(name, "world")
+        assert set(info.attributes.items()) <= shown
+    assert manifest["seen_ratio"] == 0.6 and manifest["counts"]["pool"] == len(lists["seen"])
+
+    bare = make_run(tmp_path / "bare", TOY)
+    with pytest.raises(ValueError, match="needs class attributes"):
+        split_stage(recipe(mode="compositional"), bare)
+
+
 # -- errors and CLI ------------------------------------------------------------------------
 
 

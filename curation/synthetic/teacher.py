@@ -383,13 +383,12 @@ def make_app(behaviour: Behaviour) -> web.Application:
         fault = behaviour.fault(rng.random())
         entry = {"t": time.time(), "key": key, "attempt": occurrence, "outcome": fault or "ok"}
         try:
+            wait = {"Retry-After": str(max(1, math.ceil(behaviour.retry_after))),
+                    "retry-after-ms": str(int(behaviour.retry_after * 1000))}
             if fault == "429":
-                wait = behaviour.retry_after
-                return _error(429, "rate limit reached (scripted)", "rate_limit_error",
-                              {"Retry-After": str(max(1, math.ceil(wait))),
-                               "retry-after-ms": str(int(wait * 1000))})
+                return _error(429, "rate limit reached (scripted)", "rate_limit_error", wait)
             if fault == "503":
-                return _error(503, "server overloaded (scripted)", "server_error")
+                return _error(503, "server overloaded (scripted)", "server_error", wait)
             try:
                 req = json.loads(body)
                 if not isinstance(req, dict):
@@ -411,7 +410,7 @@ def make_app(behaviour: Behaviour) -> web.Application:
                     return _error(504, "hung request gave up (scripted)", "server_error")
                 if fault == "reset":
                     _reset(request)
-                    raise ConnectionResetError("scripted connection reset")
+                    return web.Response(status=500)  # never sent: the socket is gone
                 if fault == "500":
                     return _error(500, "internal error (scripted)", "server_error")
                 try:

@@ -72,6 +72,8 @@ def yaml_header(folder: Path, summary: dict[str, Any], license_id: str) -> dict[
     """configs + dataset_info (features read back from each config's first shard)."""
     configs, infos = [], []
     for name, info in summary["configs"].items():
+        if not info["rows"]:
+            continue  # nothing to load (see ShardWriter.close)
         split = info["split"]
         configs.append(
             {

@@ -151,10 +151,8 @@ class ShardWriter:
         self._flush()
         if self._writer is not None:
             self._writer.close()
-        if not self._parts:  # an empty split still gets one (empty) shard with the schema
-            part = self.folder / f".{self.split}-00000.partial"
-            pq.write_table(self.schema.empty_table(), part)
-            self._parts.append(part)
+        # An empty split gets no shard: `datasets` refuses a split without data, so the card
+        # leaves an empty config out rather than declare one that cannot load.
         total = len(self._parts)
         final = []
         for index, part in enumerate(self._parts):

@@ -35,9 +35,9 @@ LLAMAFACTORY_NAME = "finecot_sft"
 
 def iter_config(dataset_dir: Path, config: str) -> Iterator[dict[str, Any]]:
     """Rows of one exported config, shard after shard, one row group at a time."""
-    shards = sorted((Path(dataset_dir) / "data" / config).glob("*.parquet"))
-    if not shards:
-        raise FileNotFoundError(f"no shards in {dataset_dir}/data/{config}: run `finecot export`")
+    if not (Path(dataset_dir) / "README.md").is_file():
+        raise FileNotFoundError(f"{dataset_dir} is not an export: run `finecot export`")
+    shards = sorted((Path(dataset_dir) / "data" / config).glob("*.parquet"))  # none: 0 rows
     for shard in shards:
         file = pq.ParquetFile(shard)
         for index in range(file.num_row_groups):

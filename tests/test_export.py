@@ -503,6 +503,25 @@ def test_cli_export_report_publish_dry_run(tmp_path):
     assert result.exit_code == 2 and "finecot" in result.output  # names the stage to run first
 
 
+def test_empty_config_is_left_out_of_the_header(tmp_path):
+    from huggingface_hub import DatasetCard
+
+    run, recipe = make_run(tmp_path)
+    accepted = pq.read_table(run.path("accepted.parquet"))
+    pq.write_table(accepted.slice(0, 0), run.path("accepted.parquet"))  # nothing accepted
+    summary = export_stage(recipe, run)
+    assert summary["configs"]["sft"] == {"split": "train", "rows": 0, "bytes": 0, "shards": 0}
+    card = DatasetCard(run.path("dataset/README.md").read_text())
+    assert {c["config_name"] for c in card.data.to_dict()["configs"]} == {
+        "rl",
+        "eval_open",
+        "eval_closed",
+    }
+    assert "(empty: not declared" in card.text
+    rl = _load(run.path("dataset"), "rl", tmp_path)["train"]
+    assert len(rl) == len(pd.read_parquet(run.pool))
+
+
 # -- acceptance: the whole pipeline on the synthetic world with the scripted teacher -------
 
 

@@ -147,7 +147,7 @@ def card_context(
         **stats,
         "funnel": funnel,
         "name": recipe.name,
-        "repo_hint": recipe.name,
+        "repo_hint": f"OWNER/{recipe.name}",
         "license": license_id,
         "yaml_header": yaml.safe_dump(header, sort_keys=False, allow_unicode=True),
         "configs": [

@@ -130,7 +130,8 @@ class Drafter:
 
     def __init__(self, recipe: Recipe, run: RunDir, progress: DraftProgress):
         self.recipe, self.run_dir, self.progress = recipe, run, progress
-        self.pool: list[dict] = pq.read_table(run.require(run.pool, "split")).to_pylist()
+        pool_file = pq.ParquetFile(run.require(run.pool, "split"))  # (read_table imports pandas)
+        self.pool: list[dict] = pool_file.read().to_pylist()
         self.registry = pool_registry(run, self.pool)
         self.requests = Requests(recipe, self.registry, self.pool)
         self.accept = make_accept(recipe, run, self.registry)
@@ -140,6 +141,7 @@ class Drafter:
         self.report = DraftReport()
         self.interrupted = False
         self.ledger: Ledger | None = None
+        self.client: TeacherClient | None = None
 
     # -- stopping ---------------------------------------------------------------------------
 
@@ -173,8 +175,11 @@ class Drafter:
         try:
             with Ledger(self.run_dir.ledger) as ledger:
                 self.ledger = ledger
-                async with TeacherClient(self.recipe.teacher) as client:
-                    await self._rounds(client)
+                try:
+                    await self._rounds()
+                finally:
+                    if self.client is not None:
+                        await self.client.aclose()
                 self._finish()
         finally:
             if handled:
@@ -182,13 +187,14 @@ class Drafter:
             self.progress.close()
         return self.report
 
-    async def _rounds(self, client: TeacherClient) -> None:
+    async def _rounds(self) -> None:
         draft = self.recipe.draft
         first = "hinted" if draft.strategy == "hinted" else "blind"
         batch = self._add([(row, first) for row in range(len(self.pool))], draft.samples)
         while batch:
             self.report.rounds += 1
-            await self._send(client, batch)
+            await self._send(batch)
+            self.requests.forget()
             self._judge(batch)
             if self.stop_reason():
                 return
@@ -256,7 +262,7 @@ class Drafter:
 
     # -- sending ----------------------------------------------------------------------------
 
-    async def _send(self, client: TeacherClient, batch: list[Sample]) -> None:
+    async def _send(self, batch: list[Sample]) -> None:
         """Send what the ledger does not answer, at most `concurrency`-ish jobs at a time."""
         known = self.ledger.get_many(s.key for s in batch)
         retry = self.recipe.draft.retry_failed
@@ -270,6 +276,8 @@ class Drafter:
                 cached += 1
         self.report.cached += cached
         self.progress.on_cached(cached)
+        if jobs and self.client is None:  # a fully cached run never opens a connection
+            self.client = await TeacherClient(self.recipe.teacher).__aenter__()
         limit = self.recipe.teacher.concurrency + self.recipe.teacher.concurrency // 4 + 2
         pending: set[asyncio.Task] = set()
         for (row, strategy), samples in jobs.items():
@@ -277,23 +285,23 @@ class Drafter:
                 break
             while len(pending) >= limit:
                 _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            pending.add(asyncio.create_task(self._job(client, row, strategy, samples)))
+            pending.add(asyncio.create_task(self._job(row, strategy, samples)))
         if pending:
             await asyncio.gather(*pending)
 
-    async def _job(self, client: TeacherClient, row: int, strategy: str, samples: list[Sample]) -> None:
+    async def _job(self, row: int, strategy: str, samples: list[Sample]) -> None:
         item = self.pool[row]
         by_index = {s.index: s for s in samples}
         meta = {"item_id": str(item["item_id"]), "strategy": strategy,
                 "template": self.requests.prompts.name}
         try:
-            url = self.images.get(item["image_path"])
+            url = self.images.get(item["image_path"], item.get("width"), item.get("height"))
         except (OSError, ValueError, Image.DecompressionBombError) as err:
             for s in samples:
                 self._record(s, meta, Completion(status="failed", error=f"image: {err}"))
             return
-        messages = self.requests.messages(item, strategy, url)
-        sent = await client.sample(messages, list(by_index),
+        messages = self.requests.for_send(row, strategy, url)
+        sent = await self.client.sample(messages, list(by_index),
                                    lambda index, c: self._record(by_index[index], meta, c),
                                    gate=lambda: self.stop_reason() is not None)
         self.report.sent += sent

@@ -17,6 +17,7 @@ prompt templates' sha: everything that shapes the answer, nothing that does not.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
@@ -96,7 +97,10 @@ class Requests:
                          "max_tokens": teacher.max_tokens, "seed": teacher.seed}
         self.sampling_json = json.dumps(self.sampling, sort_keys=True)
         self.image_spec = f"fit={teacher.image_max_side}x{teacher.image_max_pixels};q={teacher.jpeg_quality}"
+        self._model = json.dumps(teacher.model)
         self._systems: dict[str, str] = {}
+        self._encoded: dict[tuple[int, str], str] = {}
+        self._users: dict[str, str] = {}
         self._names: dict[str, list[str]] = defaultdict(list)
         for info in registry:
             self._names[info.dataset].append(info.name)
@@ -112,7 +116,7 @@ class Requests:
         hinted = strategy == "hinted"
         info = self.registry.resolve(row["label"], row["dataset"]) if hinted else None
         describe = hinted and self.recipe.prompts.describe and info is not None
-        user = self.prompts.user.render(
+        variables = dict(
             question=self.question(row),
             super_category=domain,
             hint=row["label"] if hinted else None,
@@ -121,6 +125,13 @@ class Requests:
             candidates=pick_candidates(row["label"], self._names[row["dataset"]],
                                        self.recipe.prompts.candidates, str(row["item_id"])),
         )
+        # Blind prompts repeat (a few questions per domain): render each distinct one once.
+        signature = json.dumps(variables, sort_keys=True)
+        user = self._users.get(signature)
+        if user is None:
+            if len(self._users) > 4096:
+                self._users.clear()
+            user = self._users[signature] = self.prompts.user.render(**variables)
         return [
             {"role": "system", "content": system},
             {"role": "user", "content": [
@@ -132,14 +143,51 @@ class Requests:
     def image_ref(self, row: dict) -> str:
         return f"sha256:{row['image_sha256']};{self.image_spec}"
 
+    def encoded(self, row: int, strategy: str) -> str:
+        """The messages as canonical JSON, the image standing as its ref (cached until sent)."""
+        cached = self._encoded.get((row, strategy))
+        if cached is None:
+            item = self.pool[row]
+            messages = self.messages(item, strategy, self.image_ref(item))
+            cached = json.dumps(messages, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+            self._encoded[(row, strategy)] = cached
+        return cached
+
     def keys(self, row: int, strategy: str, indices: Iterable[int]) -> list[str]:
         """Request keys: sha256 of the canonical JSON of everything that shapes the answer."""
-        messages = self.messages(self.pool[row], strategy, self.image_ref(self.pool[row]))
-        head = json.dumps({"model": self.recipe.teacher.model, "messages": messages,
-                           "sampling": self.sampling, "template_sha": self.prompts.sha},
-                          sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-        return [hashlib.sha256(f'{head[:-1]},"sample_index":{i}}}'.encode()).hexdigest()
-                for i in indices]
+        head = (f'{{"messages":{self.encoded(row, strategy)},"model":{self._model},'
+                f'"sampling":{self.sampling_json},"template_sha":"{self.prompts.sha}",')
+        return [hashlib.sha256(f'{head}"sample_index":{i}}}'.encode()).hexdigest() for i in indices]
+
+    def for_send(self, row: int, strategy: str, data_url: str) -> str:
+        """The messages JSON to send: the image ref swapped for the data URL (base64: no
+        escaping needed), built from the same text the key was computed from."""
+        encoded = self.encoded(row, strategy)
+        del self._encoded[(row, strategy)]  # sent once per round: no need to keep it
+        return encoded.replace(self.image_ref(self.pool[row]), data_url, 1)
+
+    def forget(self) -> None:
+        """Drop the cached message texts (end of a round): memory stays bounded."""
+        self._encoded.clear()
+
+
+_JPEG, _PNG = b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"
+
+
+def _fast_data_url(path: str, width: int, height: int, max_side: int, max_pixels: int) -> str | None:
+    """The file as-is when the pool's size fits and it is a JPEG without EXIF or a PNG: no
+    decode at all (the pool already knows the size). None: take the careful path."""
+    if not (0 < width <= max_side and 0 < height <= max_side and width * height <= max_pixels):
+        return None
+    with open(path, "rb") as handle:
+        data = handle.read()
+    if data.startswith(_PNG):
+        mime = "image/png"
+    elif data.startswith(_JPEG) and b"Exif\x00\x00" not in data[:65536]:  # EXIF may rotate it
+        mime = "image/jpeg"
+    else:
+        return None
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
 class ImageCache:
@@ -149,13 +197,14 @@ class ImageCache:
         self.teacher, self.max_bytes, self.size = recipe.teacher, max_bytes, 0
         self._urls: OrderedDict[str, str] = OrderedDict()
 
-    def get(self, path: str) -> str:
+    def get(self, path: str, width: int = 0, height: int = 0) -> str:
         url = self._urls.get(path)
         if url is not None:
             self._urls.move_to_end(path)
             return url
         t = self.teacher
-        url = image_data_url(path, t.image_max_side, t.image_max_pixels, t.jpeg_quality)
+        url = (_fast_data_url(path, width or 0, height or 0, t.image_max_side, t.image_max_pixels)
+               or image_data_url(path, t.image_max_side, t.image_max_pixels, t.jpeg_quality))
         self._urls[path] = url
         self.size += len(url)
         while self.size > self.max_bytes and len(self._urls) > 1:

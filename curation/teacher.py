@@ -36,6 +36,7 @@ import logging
 import math
 import os
 import random
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -54,6 +55,7 @@ from curation.ratelimit import RateLimits
 log = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
+_DATA_URL = re.compile(r'"data:[^"]*"')
 
 
 @dataclass
@@ -152,7 +154,16 @@ class _Reply:
     error: str | None = None  # transport-level failure (timeout, connection)
 
 
-def _retry_after(value: str | None) -> float | None:
+def _retry_after(headers: Any) -> float | None:
+    """Seconds to wait from `retry-after-ms` (OpenAI's, precise) or `Retry-After` (seconds
+    or an HTTP date); None when neither is there."""
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            return max(0.0, float(millis) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("Retry-After")
     if not value:
         return None
     try:
@@ -213,18 +224,21 @@ class TeacherClient:
 
     async def sample(
         self,
-        messages: Sequence[dict],
+        messages: Sequence[dict] | str,
         indices: Sequence[int],
         on_result: Callable[[int, Completion], None],
         gate: Callable[[], bool] | None = None,
     ) -> int:
         """Draw one completion per sample index; `on_result(index, completion)` as each lands.
 
+        `messages`: the chat messages, or their JSON text (the drafting loop builds it once).
+
         `gate()` returning True means "send nothing new" (budget, interrupt): it is checked
         just before each first attempt. Returns how many indices got a result.
         """
-        encoded = json.dumps(list(messages), ensure_ascii=False, separators=(",", ":"))
-        estimate = self._estimate_tokens(messages, len(indices)) if self.limits.tokens else 0.0
+        encoded = messages if isinstance(messages, str) else json.dumps(
+            list(messages), ensure_ascii=False, separators=(",", ":"))
+        estimate = self._estimate_tokens(encoded, len(indices)) if self.limits.tokens else 0.0
         done = 0
         rest = list(indices)
         if len(rest) > 1 and self.n_supported is not False:
@@ -240,7 +254,9 @@ class TeacherClient:
                              "separately from now on", len(rest), done)
                 self.n_supported = done >= len(rest)
             rest = rest[done:]
-        if rest:
+        if len(rest) == 1:  # the common case: no task, no gather
+            done += await self._one(encoded, rest[0], estimate, on_result, gate)
+        elif rest:
             single = estimate / max(1, len(indices))
             outcomes = await asyncio.gather(
                 *(self._one(encoded, index, single, on_result, gate) for index in rest)
@@ -324,7 +340,7 @@ class TeacherClient:
                 async with self._session.post(endpoint.url, data=payload,
                                               headers=endpoint.headers) as response:
                     raw = await response.read()
-                    return _Reply(response.status, raw, _retry_after(response.headers.get("Retry-After")))
+                    return _Reply(response.status, raw, _retry_after(response.headers))
             return await self._send_sdk(endpoint, payload)
         except (TimeoutError, asyncio.TimeoutError):  # distinct classes before 3.11
             return _Reply(error="timeout: no answer within teacher.timeout_s")
@@ -343,8 +359,7 @@ class TeacherClient:
             )
             return _Reply(response.status_code, response.content)
         except openai.APIStatusError as err:
-            headers = err.response.headers
-            return _Reply(err.status_code, err.response.content, _retry_after(headers.get("retry-after")))
+            return _Reply(err.status_code, err.response.content, _retry_after(err.response.headers))
         except openai.APITimeoutError:
             return _Reply(error="timeout: no answer within teacher.timeout_s")
         except openai.APIConnectionError as err:
@@ -367,17 +382,10 @@ class TeacherClient:
             text = text.replace(self._key, "***")
         return text
 
-    def _estimate_tokens(self, messages: Sequence[dict], n: int) -> float:
+    def _estimate_tokens(self, encoded: str, n: int) -> float:
         """Rough tokens of one request for the TPM bucket (settled with the real usage later)."""
-        text, images = 0, 0
-        for message in messages:
-            content = message.get("content")
-            parts = content if isinstance(content, list) else [{"type": "text", "text": content}]
-            for part in parts:
-                if part.get("type") == "image_url":
-                    images += 1
-                else:
-                    text += len(str(part.get("text") or ""))
+        images = len(_DATA_URL.findall(encoded))
+        text = len(_DATA_URL.sub('""', encoded))
         image_tokens = self.config.image_max_pixels / 784 + 85
         return text / 4 + images * image_tokens + self.config.max_tokens * n
 

@@ -31,10 +31,12 @@ def test_header_comment_never_reaches_the_teacher():
 
 def test_system_prompt_asks_for_four_parts_and_answer_tag():
     text = load_prompts().system.render(super_category="aircraft")
-    for part in ("Visual analysis", "Candidates", "Comparison", "Prediction",
+    for part in ("Visual analysis", "Candidate sub-categories", "Comparison", "Prediction",
                  "<think>", "<answer>"):
         assert part in text
     assert "aircraft" in text
+    # a line "Candidates: ..." is the user prompt's candidate list (the teacher reads it)
+    assert not any(line.strip().startswith("Candidates:") for line in text.splitlines())
 
 
 def test_blind_prompt_hides_the_label_and_hinted_states_it_in_the_contract_phrase():

@@ -22,7 +22,6 @@ listed in `export_skipped.parquet` with a reason code.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -35,12 +34,12 @@ import datasets
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
 
 from curation import triplets as tri
 from curation.config import Recipe
 from curation.labels import Registry
 from curation.rundir import RunDir
+from curation.shards import ShardWriter, image_cell, resized_cell
 from curation.tables import write_parquet_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -67,116 +66,6 @@ TEXT = datasets.Value("string")
 IMAGES = datasets.List(datasets.Image())
 PART = {"type": TEXT, "text": TEXT}  # one content part: {"type": "image"} or text
 MESSAGES = datasets.List({"role": TEXT, "content": datasets.List(PART)})
-
-
-# -- images ----------------------------------------------------------------------------------
-
-
-def image_cell(path: str) -> dict[str, Any]:
-    """The file's own bytes as a datasets Image cell (no re-encoding, no quality loss)."""
-    return {"bytes": Path(path).read_bytes(), "path": Path(path).name}
-
-
-def resized_cell(path: str, size: int) -> dict[str, Any]:
-    """The image resized to size x size (TAPO needs one size for anchor/positive/negative)."""
-    with Image.open(path) as image:
-        fmt = "PNG" if image.format == "PNG" else "JPEG"
-        image = image.convert("RGBA" if fmt == "PNG" and "A" in image.mode else "RGB")
-        image = image.resize((size, size), Image.Resampling.BICUBIC)
-        buffer = io.BytesIO()
-        image.save(buffer, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
-    name = Path(path).stem + (".png" if fmt == "PNG" else ".jpg")
-    return {"bytes": buffer.getvalue(), "path": name}
-
-
-# -- size-bounded, streaming shards ----------------------------------------------------------
-
-
-class ShardWriter:
-    """Rows -> `<split>-NNNNN-of-MMMMM.parquet` shards of at most ~max_bytes each.
-
-    Rows are buffered into row groups (`group_rows` rows, or fewer when their images are
-    large) and each group is written at once, so memory holds one row group. Shards are
-    written under temporary names and renamed on `close()`, when their count is known.
-    """
-
-    def __init__(
-        self,
-        folder: Path,
-        split: str,
-        features: datasets.Features,
-        max_bytes: int,
-        group_rows: int = 100,
-        group_bytes: int = 64 << 20,
-    ):
-        self.folder, self.split, self.features = Path(folder), split, features
-        self.schema = features.arrow_schema
-        self.max_bytes, self.group_rows, self.group_bytes = max_bytes, group_rows, group_bytes
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._rows: list[dict] = []
-        self._buffered = 0
-        self._writer: pq.ParquetWriter | None = None
-        self._shard_bytes = 0
-        self._parts: list[Path] = []
-        self.rows = 0
-        self.bytes = 0
-
-    def write(self, row: dict[str, Any]) -> None:
-        self._rows.append(row)
-        self._buffered += _row_bytes(row)
-        self.rows += 1
-        if len(self._rows) >= self.group_rows or self._buffered >= self.group_bytes:
-            self._flush()
-
-    def _flush(self) -> None:
-        if not self._rows:
-            return
-        table = pa.Table.from_pylist(self._rows, schema=self.schema)
-        size = table.nbytes
-        if self._writer is not None and self._shard_bytes + size > self.max_bytes:
-            self._writer.close()
-            self._writer = None
-        if self._writer is None:
-            part = self.folder / f".{self.split}-{len(self._parts):05d}.partial"
-            self._parts.append(part)
-            self._writer = pq.ParquetWriter(part, self.schema)
-            self._shard_bytes = 0
-        self._writer.write_table(table, row_group_size=len(self._rows))
-        self._shard_bytes += size
-        self.bytes += size
-        self._rows, self._buffered = [], 0
-
-    def close(self) -> list[Path]:
-        """Write what is buffered, close, and give the shards their final names."""
-        self._flush()
-        if self._writer is not None:
-            self._writer.close()
-        # An empty split gets no shard: `datasets` refuses a split without data, so the card
-        # leaves an empty config out rather than declare one that cannot load.
-        total = len(self._parts)
-        final = []
-        for index, part in enumerate(self._parts):
-            target = self.folder / f"{self.split}-{index:05d}-of-{total:05d}.parquet"
-            os.replace(part, target)
-            final.append(target)
-        return final
-
-
-def _row_bytes(row: dict[str, Any]) -> int:
-    """A cheap size estimate of a row: its bytes and strings, recursively."""
-    total = 0
-    stack: list[Any] = [row]
-    while stack:
-        value = stack.pop()
-        if isinstance(value, bytes | str):
-            total += len(value)
-        elif isinstance(value, dict):
-            stack.extend(value.values())
-        elif isinstance(value, list | tuple):
-            stack.extend(value)
-        else:
-            total += 8
-    return total
 
 
 # -- reading the stage tables ----------------------------------------------------------------

@@ -9,8 +9,8 @@ import subprocess
 
 import pandas as pd
 import pytest
+from export_fixtures import make_run
 from PIL import Image
-from test_export import make_run
 
 from curation.report import run_stats, write_report
 

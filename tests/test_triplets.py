@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from test_export import make_run
+from export_fixtures import make_run
 
 from curation import triplets as tri
 from curation.embed import ModelEmbedder, pixel_embed

@@ -253,8 +253,15 @@ def export(
     recipe: RecipeOption = None,
     overrides: SetOption = None,
 ) -> None:
-    """Write RUN/dataset: Parquet shards of the sft, rl, eval_open and eval_closed configs
-    (images embedded) + the dataset card; with --format, LLaMA-Factory / EasyR1 copies too."""
+    """Write RUN/dataset, a Hub dataset folder: Parquet shards of the sft, rl, eval_open and
+    eval_closed configs (images embedded) + README.md, the dataset card with the run's numbers.
+
+    sft rows come from reviewed.parquet (after review) or accepted.parquet; rl rows are TAPO
+    triplets over the k-shot pool; eval_* hold the test images of seen and unseen classes.
+    Hard negatives (rl, closed-world options): --triplet-model, else the teacher's own
+    confusions, else a model-free image embedding, else the super-category. With --format,
+    RUN/llamafactory and/or RUN/easyr1 too. The previous export stays until the new one is
+    complete."""
     from curation.export import export_stage
     from curation.rundir import RunDir
 

@@ -41,6 +41,7 @@ SOURCE_LICENSES = {
     "oxford_pets": "Oxford-IIIT Pet: CC BY-SA 4.0",
 }
 USER_DATA = "the user's own data: check its terms before publishing"
+SYNTHETIC = "rendered by finecot's synthetic world generator: no third-party rights"
 
 CONFIG_TEXT = {
     "sft": "a rationale: system/user(image, question)/assistant(`<think>`+`<answer>`) + provenance",
@@ -117,7 +118,10 @@ def card_context(
     stats = run_stats(recipe, run)
     license_id = recipe.export.license or "other"  # mixed sources: the body lists each one
     for source in stats["sources"]:
-        source["license"] = SOURCE_LICENSES.get(source["kind"], USER_DATA)
+        synthetic = (Path(source["root"]) / "world.json").is_file()  # made by make_world
+        source["license"] = (
+            SYNTHETIC if synthetic else SOURCE_LICENSES.get(source["kind"], USER_DATA)
+        )
     header = yaml_header(folder, summary, license_id)
     header["pretty_name"] = recipe.name
     closed = sorted((folder / "data" / "eval_closed").glob("*.parquet"))

@@ -107,6 +107,7 @@ def run_stats(recipe: Recipe, run: RunDir) -> dict[str, Any]:
         {
             "dataset": s.dataset or s.kind,
             "kind": s.kind,
+            "root": s.root,
             "n_items": int((items["dataset"] == (s.dataset or s.kind)).sum())
             if items is not None
             else 0,

@@ -152,3 +152,21 @@ def test_end_to_end_teacher_confusions_beat_random_negatives(e2e, synthetic_worl
     )
     assert chosen > chance, (chosen, chance)
     assert method_chain("auto", have_model=False)[0] == "confusions"
+
+
+def test_end_to_end_report_reads_the_ledger_clock(e2e):
+    import sqlite3
+
+    from curation.report import run_stats, write_report
+
+    run, recipe = e2e
+    index = write_report(recipe, run)
+    stats = run_stats(recipe, run)
+    with sqlite3.connect(run.ledger) as conn:
+        requests = conn.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+    curve = stats["cost_curve"]
+    assert curve["x_label"] == "minutes since first request" and len(curve["x"]) == requests
+    assert curve["x"] == sorted(curve["x"])
+    assert index.read_text().count("data:image/png;base64,") == 7
+    card = run.path("dataset/README.md").read_text()
+    assert "synthetic | imagefolder" in card and "no third-party rights" in card

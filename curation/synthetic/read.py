@@ -17,6 +17,7 @@ not look like a synthetic bird (photos, noise, blank images) reads as None.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 from dataclasses import dataclass, field
@@ -61,10 +62,10 @@ def _silhouettes() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.n
     silhouette, and its inside/outside flags on a grid around the bird."""
     fine = _grid(-2.2, 2.4, -1.2, 1.0, 0.02)
     # A coarse grid around the bird, plus a fine one where the silhouettes differ.
-    dense = _grid(-2.3, 2.5, -1.25, 1.05, 0.035)
+    dense = _grid(-2.3, 2.5, -1.25, 1.05, 0.05)
     flags = np.array([np.any([_inside(poly, dense) for poly in silhouette(t, b)], 0)
                       for t, b in COMBOS])
-    coarse = _grid(-2.3, 2.5, -1.25, 1.05, 0.12)
+    coarse = _grid(-2.3, 2.5, -1.25, 1.05, 0.2)
     pts = np.concatenate([coarse, dense[flags.any(0) & ~flags.all(0)]]).astype(np.float32)
     areas, centres, thetas, flags = [], [], [], []
     for tail, beak in COMBOS:
@@ -88,7 +89,7 @@ def _silhouettes() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.n
 
 
 AREAS, CENTRES, THETAS, GRID, GRID_INSIDE = _silhouettes()
-N_COARSE = len(_grid(-2.3, 2.5, -1.25, 1.05, 0.12))  # GRID's first points: the coarse grid
+N_COARSE = len(_grid(-2.3, 2.5, -1.25, 1.05, 0.2))  # GRID's first points: the coarse grid
 TAIL_ZONE, BEAK_ZONE = GRID[:, 0] < -0.75, GRID[:, 0] > 1.3
 BEAK_LUM = sum(BEAK_COLOUR) / 3
 
@@ -102,17 +103,18 @@ class Reading:
     evidence: dict[str, float] = field(default_factory=dict)
 
 
-def decode(data: bytes) -> np.ndarray:
-    """Image bytes (PNG, JPEG, WebP, ...) -> float32 RGB array, large images box-reduced to
-    about 100-200 px (reading needs no more). Raises ValueError if unreadable."""
+def decode(data: bytes) -> tuple[np.ndarray, int, int]:
+    """Image bytes (PNG, JPEG, WebP, ...) -> (float32 RGB array, width, height); large images
+    are box-reduced to about 100-200 px (reading needs no more). ValueError if unreadable."""
     try:
         with Image.open(io.BytesIO(data)) as im:
+            width, height = im.size
             im.draft("RGB", (160, 160))  # JPEG: decode at a reduced scale (fast)
             im = im.convert("RGB")
             factor = min(im.size) // 100
             if factor > 1:
                 im = im.reduce(factor)
-            return np.asarray(im, dtype=np.float32)
+            return np.asarray(im, dtype=np.float32), width, height
     except Exception as err:  # Pillow raises many types for bad bytes
         raise ValueError(f"not a readable image: {err}") from None
 
@@ -122,23 +124,37 @@ def _chroma(rgb: np.ndarray) -> np.ndarray:
     return rgb[..., :2] / (rgb.sum(-1, keepdims=True) + 1e-3)
 
 
-def _nearest(rgb: np.ndarray, palette: dict[str, tuple]) -> tuple[str, float]:
-    names = list(palette)
-    dist = np.linalg.norm(_chroma(np.array([palette[n] for n in names])) - _chroma(rgb), axis=1)
+def _nearest(chroma: np.ndarray, palette: tuple[list[str], np.ndarray]) -> tuple[str, float]:
+    names, table = palette
+    dist = np.sqrt(((table - chroma) ** 2).sum(1))
     k = int(dist.argmin())
     return names[k], float(dist[k])
 
 
-def _background(img: np.ndarray) -> tuple[np.ndarray, float]:
-    """A plane per channel fitted to the image border, and the border's residual noise."""
-    h, w = img.shape[:2]
+PART_CHROMA = (list(COLOURS), _chroma(np.array(list(COLOURS.values()))))
+BODY_CHROMA = (list(BODY_COLOURS), _chroma(np.array(list(BODY_COLOURS.values()))))
+BAR_CHROMA = _chroma(np.array(BAR_COLOUR))
+PART_POINTS = np.array([p for points in POINTS.values() for p in points], np.float32)
+
+
+@functools.lru_cache(maxsize=64)
+def _border(h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Border pixel indices of an h x w image, its plane design matrix and pseudo-inverse."""
     b = max(1, min(h, w) // 40)
     border = np.zeros((h, w), bool)
     border[:b], border[-b:], border[:, :b], border[:, -b:] = True, True, True, True
     ys, xs = np.nonzero(border)
     design = np.stack([xs / w, ys / h, np.ones(len(xs))], 1)
-    coef, *_ = np.linalg.lstsq(design, img[border].astype(np.float64), rcond=None)
-    noise = float((img[border] - design @ coef).std())
+    return np.flatnonzero(border), design, np.linalg.pinv(design)
+
+
+def _background(img: np.ndarray) -> tuple[np.ndarray, float]:
+    """A plane per channel fitted to the image border, and the border's residual noise."""
+    h, w = img.shape[:2]
+    index, design, pinv = _border(h, w)
+    values = img.reshape(-1, 3)[index]
+    coef = pinv @ values
+    noise = float((values - design @ coef).std())
     coef = coef.astype(np.float32)
     bg = ((np.arange(w, dtype=np.float32) / w)[None, :, None] * coef[0]
           + (np.arange(h, dtype=np.float32) / h)[:, None, None] * coef[1] + coef[2])
@@ -147,7 +163,7 @@ def _background(img: np.ndarray) -> tuple[np.ndarray, float]:
 
 def read_image(data: bytes | np.ndarray) -> Reading | None:
     """The bird's super-category and attributes, or None when the image shows no synthetic bird."""
-    img = decode(data) if isinstance(data, bytes | bytearray) else np.asarray(data, np.float32)
+    img = decode(data)[0] if isinstance(data, bytes | bytearray) else np.asarray(data, np.float32)
     if img.ndim != 3 or min(img.shape[:2]) < 24:
         return None
     h, w = img.shape[:2]
@@ -193,24 +209,21 @@ def read_image(data: bytes | np.ndarray) -> Reading | None:
     if shape < 0.9:
         return None  # the mask is not bird-shaped
     beak = COMBOS[best][1]
-    c0, theta, scale = CENTRES[best], float(thetas[best]), float(scales[best])
 
-    def colour(part: str) -> np.ndarray:
-        q = np.asarray(POINTS[part]) - c0
-        x = cx + scale * (q[:, 0] * math.cos(theta) - q[:, 1] * math.sin(theta))
-        y = cy + scale * (q[:, 0] * math.sin(theta) + q[:, 1] * math.cos(theta))
-        xi = np.clip(np.floor(x).astype(int), 0, w - 1)
-        yi = np.clip(np.floor(y).astype(int), 0, h - 1)
-        return np.median(img[yi, xi], axis=0)
-
-    body, d_body = _nearest(colour("body"), BODY_COLOURS)
+    # Every part's sample points in one batch; the median colour of each part.
+    q = PART_POINTS - CENTRES[best]
+    cos1, sin1 = math.cos(thetas[best]), math.sin(thetas[best])
+    px = np.floor(cx + scales[best] * (q[:, 0] * cos1 - q[:, 1] * sin1)).astype(int)
+    py = np.floor(cy + scales[best] * (q[:, 0] * sin1 + q[:, 1] * cos1)).astype(int)
+    rgb = img[np.clip(py, 0, h - 1), np.clip(px, 0, w - 1)].reshape(len(POINTS), -1, 3)
+    colours = dict(zip(POINTS, np.median(rgb, axis=1), strict=True))
+    chroma = {part: _chroma(c) for part, c in colours.items()}
+    body, d_body = _nearest(chroma["body"], BODY_CHROMA)
     kinds = [k for k, spec in SUPER_CATEGORIES.items() if spec["fixed"]["body_colour"] == body]
-    wing_rgb, bar_rgb = colour("wing"), colour("bar")
-    crown, d_crown = _nearest(colour("crown"), COLOURS)
-    breast, d_breast = _nearest(colour("breast"), COLOURS)
-    wing, d_wing = _nearest(wing_rgb, COLOURS)
-    barred = np.linalg.norm(_chroma(bar_rgb) - _chroma(BAR_COLOUR)) < np.linalg.norm(
-        _chroma(bar_rgb) - _chroma(wing_rgb))
+    crown, d_crown = _nearest(chroma["crown"], PART_CHROMA)
+    breast, d_breast = _nearest(chroma["breast"], PART_CHROMA)
+    wing, d_wing = _nearest(chroma["wing"], PART_CHROMA)
+    barred = np.linalg.norm(chroma["bar"] - BAR_CHROMA) < np.linalg.norm(chroma["bar"] - chroma["wing"])
     if max(d_body, d_crown, d_breast, d_wing) > 0.12 or not kinds:
         return None  # colours of no part of any synthetic bird
 

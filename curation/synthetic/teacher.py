@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import io
 import json
 import logging
 import math
@@ -43,11 +42,10 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from aiohttp import web
-from PIL import Image
 
 from curation.labels import normalize
 from curation.synthetic import rationale
-from curation.synthetic.read import read_image
+from curation.synthetic.read import decode, read_image
 from curation.synthetic.world import ATTRIBUTES, all_classes, class_name
 
 log = logging.getLogger(__name__)
@@ -174,12 +172,11 @@ class Teacher:
             raise _BadRequest("image_url must be a base64 data URL or a file:// URL "
                               "(the scripted teacher has no network)")
         try:
-            with Image.open(io.BytesIO(data)) as im:
-                width, height = im.size
-            reading = read_image(data)
-            reason = "the image shows no bird of the known kinds" if reading is None else ""
-        except (ValueError, OSError):
+            pixels, width, height = decode(data)
+        except ValueError:
             raise _BadRequest("image_url: not a readable image") from None
+        reading = read_image(pixels)
+        reason = "the image shows no bird of the known kinds" if reading is None else ""
         result = (reading, reason, width, height)
         self._readings[key] = result
         if len(self._readings) > 4096:

@@ -20,6 +20,7 @@ all appear in seen classes: `compositional_split(classes, seen_ratio, seed)`.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import random
@@ -165,8 +166,10 @@ def world_classes(classes: int = 24) -> list[dict]:
     return chosen
 
 
+@functools.cache
 def all_classes() -> dict[str, dict]:
-    """Every class any world can hold, by name: what the teacher can recognise."""
+    """Every class any world can hold, by name: what the teacher can recognise (shared: do
+    not modify it)."""
     return {c["name"]: c for k in SUPER_CATEGORIES for c in super_category_classes(k)}
 
 

@@ -195,11 +195,11 @@ EVAL_CLOSED_FEATURES = datasets.Features(
 )
 
 
-def _question(record: dict[str, Any]) -> str:
+def _question(record: dict[str, Any], bank: str | None) -> str:
     from curation.prompts import load_questions, pick_question
 
-    # the same phrasing the drafting stage would pick for this item (stable by item_id)
-    return pick_question(load_questions(), record["super_category"], record["item_id"])
+    # the same phrasing the drafting stage picks for this item (stable by item_id)
+    return pick_question(load_questions(bank), record["super_category"], record["item_id"])
 
 
 # -- the stage -------------------------------------------------------------------------------
@@ -288,7 +288,7 @@ def export_stage(recipe: Recipe, run: RunDir, progress: Progress | None = None) 
     def rl_row(t: dict[str, Any]) -> dict[str, Any]:
         anchor = by_id.loc[t["item_id"]]
         record = {"item_id": t["item_id"], "super_category": anchor["super_category"]}
-        question = _question(record)
+        question = _question(record, recipe.prompts.questions)
         return {
             "id": t["item_id"],
             "prompt": [
@@ -335,7 +335,7 @@ def export_stage(recipe: Recipe, run: RunDir, progress: Progress | None = None) 
         row = {k: record[k] for k in EVAL_COLUMNS if k in record and k != "images"}
         row.update(
             id=record["item_id"],
-            question=_question(record),
+            question=_question(record, recipe.prompts.questions),
             answer=record["label"],
             label_id=int(record["label_id"]),
             images=[image_cell(record["image_path"])],

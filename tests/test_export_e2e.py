@@ -97,6 +97,14 @@ def test_end_to_end_every_config_loads_and_matches_the_tables(e2e, tmp_path):
         im.size for r in rl for k in ("images", "positive_images", "negative_images") for im in r[k]
     }
     assert sizes == {(64, 64)}
+    drafted = dict(
+        zip(
+            pd.read_parquet(run.path("drafts.parquet"))["item_id"],
+            pd.read_parquet(run.path("drafts.parquet"))["question"],
+            strict=True,
+        )
+    )
+    assert all(drafted[r["id"]] == r["question"] for r in rl)  # the drafting stage's phrasing
     seen = set(pool["label"])
     assert set(rl["negative_label"]) <= seen  # negatives are training classes, never unseen ones
 

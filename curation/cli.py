@@ -26,6 +26,7 @@ from curation.filter_cli import audit_command, filter_command
 from curation.review_cli import review_app
 from curation.synthetic.cli import app as synthetic_app
 from train.cli import app as train_app
+from train.eval_cli import app as eval_app
 
 app = typer.Typer(
     name="finecot",
@@ -40,6 +41,7 @@ app.add_typer(review_app, name="review")
 app.command("draft")(draft_command)
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(train_app, name="train")
+app.add_typer(eval_app, name="eval")
 app.add_typer(synthetic_app, name="synthetic")
 app.command("filter")(filter_command)
 app.command("audit")(audit_command)

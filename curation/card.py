@@ -170,6 +170,7 @@ def card_context(
         if len(triplets)
         else {},
         "triplet_model": recipe.export.triplet_model,
+        "fine_r1_prompts": recipe.export.system_prompt is None,
         "options_seed": recipe.export.seed,
         "options_methods": dict(options_methods.most_common()),
     }

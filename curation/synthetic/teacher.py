@@ -134,6 +134,7 @@ class Teacher:
             normalize(n): c for n, c in self.classes.items()}
         self.order = {name: k for k, name in enumerate(known)}  # grid order across the world
         self._readings: OrderedDict[str, tuple] = OrderedDict()
+        self._near: dict[str, list[dict]] = {}
         self._attempts: OrderedDict[str, int] = OrderedDict()
         self._limit = asyncio.Semaphore(behaviour.max_concurrency) if behaviour.max_concurrency else None
         self.reset()
@@ -194,7 +195,13 @@ class Teacher:
         return min(pool, key=lambda c: sum(c["attributes"].get(a) != attributes[a] for a in ATTRIBUTES))
 
     def _neighbours(self, info: dict) -> list[dict]:
-        """Classes of the world one attribute away, earliest in grid order first."""
+        """Classes of the world one attribute away, earliest in grid order first (cached)."""
+        cached = self._near.get(info["name"])
+        if cached is None:
+            cached = self._near[info["name"]] = self._find_neighbours(info)
+        return cached
+
+    def _find_neighbours(self, info: dict) -> list[dict]:
         out = [c for c in self.classes.values()
                if c.get("super_category") == info["super_category"] and c["name"] != info["name"]
                and sum(c["attributes"].get(a) != info["attributes"][a] for a in ATTRIBUTES) == 1]

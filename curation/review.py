@@ -309,7 +309,6 @@ ANNOTATION_SCHEMA = pa.schema([
     ("label_wrong", pa.bool_()),
     ("corrected_label", pa.string()),
     ("note", pa.string()),
-    ("predicted_rationale", pa.string()),
 ])
 
 
@@ -326,10 +325,6 @@ def annotation_rows(tasks: list[dict], users: dict[int, str]) -> list[dict]:
     """Flatten an export: one row per submitted (not cancelled) annotation."""
     rows = []
     for task in tasks:
-        predicted = None
-        for pred in task.get("predictions") or ():
-            if isinstance(pred, dict):
-                predicted = _text(pred.get("result") or [], "rationale")
         for ann in task.get("annotations") or ():
             if ann.get("was_cancelled"):
                 continue
@@ -350,7 +345,6 @@ def annotation_rows(tasks: list[dict], users: dict[int, str]) -> list[dict]:
                 "label_wrong": LABEL_WRONG in _choices(result, "label_wrong"),
                 "corrected_label": (_choices(result, "correct_label") or [None])[0],
                 "note": _text(result, "note"),
-                "predicted_rationale": predicted,
             })
     return rows
 

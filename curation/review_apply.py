@@ -76,16 +76,18 @@ CORRECTION_SCHEMA = pa.schema([
 # -- several annotations on one task ---------------------------------------------------------
 
 
-def decision_of(ann: dict) -> str:
-    """The annotation's verdict, made consistent with what the reviewer actually did.
+def decision_of(ann: dict, original: str | None) -> str:
+    """The annotation's verdict, made consistent with what the reviewer actually did to the
+    teacher's text `original`: an edit is a fix, a "fix" without an edit is an accept.
 
-    >>> decision_of({"decision": "accept", "rationale": "new", "predicted_rationale": "old"})
+    >>> decision_of({"decision": "accept", "rationale": "new"}, "old")
     'fix'
-    >>> decision_of({"decision": "fix", "rationale": "same", "predicted_rationale": "same"})
+    >>> decision_of({"decision": "fix", "rationale": "same "}, "same")
     'accept'
     """
     decision = ann.get("decision")
-    edited = ann.get("rationale") is not None and ann.get("rationale") != ann.get("predicted_rationale")
+    text = ann.get("rationale")
+    edited = text is not None and text.strip() != (original or "").strip()
     if decision == "reject":
         return "reject"
     return "fix" if edited else "accept"
@@ -95,7 +97,7 @@ def _latest(anns: Sequence[dict]) -> dict:
     return max(anns, key=lambda a: (a.get("updated_at") or "", a["annotation_id"]))
 
 
-def combine(anns: Sequence[dict], rule: str) -> dict:
+def combine(anns: Sequence[dict], rule: str, original: str | None = None) -> dict:
     """One verdict from several annotations: latest, majority (ties: most cautious), any_reject.
 
     The winner is the latest annotation with the winning decision; a reject carries the
@@ -110,11 +112,11 @@ def combine(anns: Sequence[dict], rule: str) -> dict:
     """
     if rule not in RULES:
         raise ValueError(f"unknown review rule {rule!r}; choose one of {', '.join(RULES)}")
-    votes = [(decision_of(a), a) for a in anns]
+    votes = [(decision_of(a, original), a) for a in anns]
     if rule == "latest":
-        winner = decision_of(_latest(anns))
+        winner = decision_of(_latest(anns), original)
     elif rule == "any_reject":
-        winner = "reject" if any(d == "reject" for d, _ in votes) else decision_of(_latest(anns))
+        winner = "reject" if any(d == "reject" for d, _ in votes) else decision_of(_latest(anns), original)
     else:
         counts = Counter(d for d, _ in votes)
         winner = max(counts, key=lambda d: (counts[d], CAUTION[d]))
@@ -200,7 +202,7 @@ def review_row(
            "original_label": None, "review_annotations": len(anns)}
     if not anns:
         return out, None
-    chosen = combine(anns, rule)
+    chosen = combine(anns, rule, row.get("response"))
     out.update(reviewer=chosen.get("reviewer"), reviewed_at=chosen.get("updated_at"),
                review_note=chosen.get("note"))
     if chosen["decision"] == "reject":
@@ -232,8 +234,17 @@ def review_row(
     return out, correction
 
 
+def _widen(field: pa.Field) -> pa.Field:
+    """An all-null column of the input (type null) must still hold review edits."""
+    if pa.types.is_null(field.type):
+        return field.with_type(pa.string())
+    if pa.types.is_list(field.type) and pa.types.is_null(field.type.value_type):
+        return field.with_type(pa.list_(pa.string()))
+    return field
+
+
 def _schema(base: pa.Schema) -> pa.Schema:
-    fields = [f for f in base if f.name not in dict(REVIEW_FIELDS)]
+    fields = [_widen(f) for f in base if f.name not in dict(REVIEW_FIELDS)]
     return pa.schema(fields + [pa.field(n, t) for n, t in REVIEW_FIELDS])
 
 
@@ -323,7 +334,8 @@ def review_stats(
         match(r.get("answer"), r["label"], registry, r.get("dataset")).correct
         for r in reviewed if registry is not None and r["review_status"] != "rejected"
     ]
-    decisions = [[decision_of(a) for a in anns] for anns in by_draft.values()]
+    original = {r["draft_id"]: r.get("response") for r in before}
+    decisions = [[decision_of(a, original.get(k)) for a in anns] for k, anns in by_draft.items()]
     return {
         "rule": rule,
         "rows": len(after),

@@ -116,12 +116,12 @@ def start(
 
 
 def stop_pid(pid: int) -> None:
-    """Stop the server's process group: SIGTERM, then SIGKILL after 15 s."""
+    """Stop the server's process group: SIGINT (its Ctrl-C path), SIGKILL after 10 s."""
     try:
-        os.killpg(pid, signal.SIGTERM)
+        os.killpg(pid, signal.SIGINT)
     except ProcessLookupError:
         return
-    for _ in range(150):
+    for _ in range(100):
         try:
             os.killpg(pid, 0)
         except ProcessLookupError:

@@ -57,9 +57,12 @@ def rationale(label: str, answer: str | None = None) -> str:
     answer = answer or label
     other = next(c for c in CLASSES if c != answer)
     return (
-        f"<think>Visual analysis: the bird shows {TRAITS[answer]}.\n"
+        f"<think>Visual analysis: the bird in the photo shows {TRAITS[answer]}. It is perched "
+        "on a thin branch in good light, and the shape of its body and the pattern of its "
+        "feathers are clearly visible from the side.\n"
         f"Candidates: {answer}, {other}\n"
-        f"Comparison: {TRAITS[answer]} fits the {answer} better than the {other}.\n"
+        f"Comparison: {TRAITS[answer]} fits the {answer} much better than the {other}, "
+        "which would show a different colour on the head and the back.\n"
         f"The prediction is: {answer}</think> <answer>{answer}</answer>"
     )
 
@@ -182,11 +185,10 @@ def test_round_trip_push_annotate_pull_apply(env, tmp_path, caplog):
     assert sorted(ids) == sorted(r["draft_id"] for r in rows) and all(len(v) == 1 for v in ids.values())
 
     ls = sdk(env)
-    task = ls.tasks.get(str(ids[rows[0]["draft_id"]][0]))
-    pred = task.predictions[0]
-    pred = pred if isinstance(pred, dict) else pred.model_dump()
-    assert pred["model_version"] == "teacher-7b@ab12cd34ef56"
-    assert pred["result"][0]["value"]["text"] == [rows[0]["response"]]
+    preds = [p.model_dump() for p in ls.predictions.list(task=ids[rows[0]["draft_id"]][0])]
+    assert len(preds) == 1, preds
+    assert preds[0]["model_version"] == "teacher-7b@ab12cd34ef56"
+    assert preds[0]["result"][0]["value"]["text"] == [rows[0]["response"]]
 
     by_id = {r["draft_id"]: r for r in rows}
     d = [r["draft_id"] for r in rows]
@@ -436,8 +438,7 @@ def test_select_rows_reasons_and_seeded_sample(tmp_path):
 
 
 def test_annotation_rows_skip_cancelled_and_map_reviewers():
-    tasks = [{"id": 7, "data": {"draft_id": "x#0#blind"},
-              "predictions": [{"result": [{"from_name": "rationale", "value": {"text": ["old"]}}]}],
+    tasks = [{"id": 7, "data": {"draft_id": "x#0#blind"}, "predictions": [1],
               "annotations": [
                   {"id": 1, "completed_by": 3, "was_cancelled": True, "result": []},
                   {"id": 2, "completed_by": {"id": 3}, "updated_at": "t",
@@ -446,4 +447,4 @@ def test_annotation_rows_skip_cancelled_and_map_reviewers():
               ]}]
     rows = annotation_rows(tasks, {3: "ann@example.org"})
     assert len(rows) == 1 and rows[0]["reviewer"] == "ann@example.org"
-    assert (rows[0]["decision"], rows[0]["rationale"], rows[0]["predicted_rationale"]) == ("fix", "new", "old")
+    assert (rows[0]["decision"], rows[0]["rationale"], rows[0]["label_wrong"]) == ("fix", "new", False)

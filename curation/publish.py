@@ -7,7 +7,8 @@
 a finecot export (README.md whose header parses with `huggingface_hub.DatasetCard`, and
 names shards that exist), the token is in the environment (never on the command line, never
 logged), and what will be sent. `upload` is the one thin call to the Hub: `upload_folder`
-(one commit) for ordinary sizes, `upload_large_folder` (resumable, re-run to continue, in
+(one commit for ordinary sizes; with huggingface_hub >= 1.0 and hf_xet, an interrupted
+upload resumes when re-run) or, on older huggingface_hub, `upload_large_folder` (resumable,
 several commits) above `large_bytes`.
 """
 
@@ -70,11 +71,24 @@ def plan_publish(
                     f"in {folder}: re-run `finecot export`"
                 )
     files = sorted(
-        p for p in folder.rglob("*")
+        p
+        for p in folder.rglob("*")
         if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     )
     total = sum(p.stat().st_size for p in files)
     return PublishPlan(folder, repo_id, private, files, total, resumable=total > large_bytes)
+
+
+def upload_call(plan: PublishPlan) -> str:
+    """The HfApi method that pushes the folder.
+
+    huggingface_hub < 1.0 has `upload_large_folder` (resumable, several commits) for large
+    folders; newer releases fold that into `upload_folder` itself (with hf_xet, re-running an
+    interrupted upload resumes it, and a large folder is committed in parts).
+    """
+    if plan.resumable and hasattr(HfApi, "upload_large_folder"):
+        return "upload_large_folder"
+    return "upload_folder"
 
 
 def upload(plan: PublishPlan, token: str) -> str:
@@ -82,14 +96,20 @@ def upload(plan: PublishPlan, token: str) -> str:
     api = HfApi(token=token)
     api.create_repo(plan.repo_id, repo_type="dataset", private=plan.private, exist_ok=True)
     ignore = [".*", "**/.*"]  # partial files of an interrupted export never ship
-    if plan.resumable:
+    if upload_call(plan) == "upload_large_folder":
         api.upload_large_folder(
-            repo_id=plan.repo_id, folder_path=plan.folder, repo_type="dataset",
-            private=plan.private, ignore_patterns=ignore,
+            repo_id=plan.repo_id,
+            folder_path=plan.folder,
+            repo_type="dataset",
+            private=plan.private,
+            ignore_patterns=ignore,
         )
     else:
         api.upload_folder(
-            repo_id=plan.repo_id, folder_path=plan.folder, repo_type="dataset",
-            commit_message="finecot export", ignore_patterns=ignore,
+            repo_id=plan.repo_id,
+            folder_path=plan.folder,
+            repo_type="dataset",
+            commit_message="finecot export",
+            ignore_patterns=ignore,
         )
     return f"https://huggingface.co/datasets/{plan.repo_id}"

@@ -219,7 +219,9 @@ def test_reviewed_table_is_the_sft_source_once_review_ran(tmp_path):
 
 
 def test_publish_plan_checks_the_folder_and_token(exported, tmp_path, monkeypatch):
-    from curation.publish import hf_token, plan_publish
+    from huggingface_hub import HfApi
+
+    from curation.publish import hf_token, plan_publish, upload_call
 
     run, _, _ = exported
     folder = run.path("dataset")
@@ -229,7 +231,10 @@ def test_publish_plan_checks_the_folder_and_token(exported, tmp_path, monkeypatc
     assert "README.md" in names and "assets/funnel.png" in names
     assert sum(n.startswith("data/") for n in names) == 4
     assert plan.total_bytes == sum(p.stat().st_size for p in plan.files)
-    assert plan_publish(folder, "someone/toy-cot", large_bytes=1000).resumable
+    large = plan_publish(folder, "someone/toy-cot", large_bytes=1000)
+    assert large.resumable
+    for p in (plan, large):  # the method the upload will call exists in this huggingface_hub
+        assert callable(getattr(HfApi, upload_call(p)))
 
     with pytest.raises(ValueError, match="OWNER/NAME"):
         plan_publish(folder, "no-owner")

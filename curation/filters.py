@@ -21,6 +21,8 @@ recipe's `filters:` section (curation/config.py FilterConfig).
     duplicate                near-duplicate of an accepted rationale of the same image/class
                              (curation/dedup.py)
 
+Every reason code, with the filter that emits it and what it means, is in REASONS below.
+
 The public API for the draft quota loop and review: `ctx = make_context(recipe, run)`, then
 `judge(draft, ctx) -> Verdict` per draft (draft keys: response, finish_reason, label,
 dataset, super_category, item_id; optional status, draft_id, image_sha256). The stage
@@ -44,7 +46,7 @@ from curation.config import FilterConfig, Recipe, RecipeError
 from curation.dedup import NearDuplicates
 from curation.domains import excluded_nouns, off_domain_phrase
 from curation.labels import ClassInfo, Registry, match, normalize
-from curation.rationale import Rationale, parse
+from curation.rationale import ERROR_CODES, Rationale, parse
 from curation.rundir import RunDir
 from curation.tables import ParquetStreamWriter, read_table, write_json_atomic
 
@@ -581,23 +583,42 @@ def judge(draft: Mapping, ctx: FilterContext) -> Verdict:
     return Verdict(accepted, tuple(dict.fromkeys(reasons)), r, tuple(flags), evidence)
 
 
-def filter_of(code: str) -> str:
-    """The filter that emits a reason code (for funnels and reports)."""
-    return REASON_FILTER.get(code, "format")
-
-
-REASON_FILTER = {
-    "wrong_answer": "answer_correct", "ambiguous_answer": "answer_correct",
-    "unknown_answer": "answer_correct", "empty_answer": "answer_correct",
-    "prediction_inconsistent": "prediction_consistent",
-    "gold_not_in_candidates": "gold_in_candidates",
-    "too_few_candidates": "candidates_count", "too_many_candidates": "candidates_count",
-    "hallucinated_candidates": "hallucinated_candidates",
-    "label_leak": "label_leak", "side_information": "label_leak",
-    "unseen_mention": "unseen_mention", "off_domain": "off_domain",
-    "too_short": "length", "too_long": "length", "wrong_language": "language",
-    "near_duplicate": "duplicate",
+# Every reason code a verdict can carry: code -> (filter, what it means). The parse-error
+# codes of curation/rationale.py (ERROR_CODES) belong to `format`.
+REASONS: dict[str, tuple[str, str]] = {
+    **{code: ("format", text) for code, text in ERROR_CODES.items()},
+    "truncated": ("format", "cut at max_tokens (finish_reason length) or inside a tag"),
+    "draft_failed": ("format", "the teacher request failed (no response)"),
+    "draft_empty": ("format", "the teacher returned no text"),
+    "wrong_answer": ("answer_correct", "<answer> names one class, not the gold"),
+    "ambiguous_answer": ("answer_correct", "<answer> names two or more classes (a hedge)"),
+    "unknown_answer": ("answer_correct", "<answer> names no class of the registry"),
+    "empty_answer": ("answer_correct", "<answer> is missing or empty"),
+    "prediction_inconsistent": ("prediction_consistent", "the prose prediction names another class"),
+    "gold_not_in_candidates": ("gold_in_candidates", "the gold class is not among the candidates"),
+    "too_few_candidates": ("candidates_count", "fewer than filters.min_candidates candidates"),
+    "too_many_candidates": ("candidates_count", "more than filters.max_candidates candidates"),
+    "hallucinated_candidates": ("hallucinated_candidates",
+                                "more than filters.max_hallucinated candidates are not classes"),
+    "label_leak": ("label_leak", "the gold (or an alias) is named in the visual analysis"),
+    "side_information": ("label_leak", "refers to text given beside the image (\"as described\")"),
+    "unseen_mention": ("unseen_mention", "names a class of the unseen split"),
+    "off_domain": ("off_domain", "calls the object something outside its super-category"),
+    "too_short": ("length", "fewer than filters.min_words words in <think>"),
+    "too_long": ("length", "more than filters.max_words words in <think>"),
+    "wrong_language": ("language", "not in filters.language"),
+    "near_duplicate": ("duplicate", "a near copy of an accepted rationale (same image/class)"),
 }
+REASON_FILTER = {code: name for code, (name, _) in REASONS.items() if name != "format"}
+
+
+def filter_of(code: str) -> str:
+    """The filter that emits a reason code (for funnels and reports).
+
+    >>> filter_of("side_information"), filter_of("think_unclosed")
+    ('label_leak', 'format')
+    """
+    return REASONS.get(code, ("format", ""))[0]
 
 
 # -- the stage ------------------------------------------------------------------------------

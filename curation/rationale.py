@@ -53,6 +53,7 @@ class Rationale:
 
 ERROR_CODES = {
     "empty_text": "the response is empty",
+    "unparseable": "the parser failed on this text (a bug: please report it)",
     "no_think_tag": "no <think> tag",
     "think_unclosed": "<think> is never closed (truncated, or </think> missing)",
     "no_answer_tag": "no <answer> tag",

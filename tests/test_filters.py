@@ -16,6 +16,7 @@ from curation.config import FilterConfig, Recipe, RecipeError
 from curation.filters import (
     FILTERS,
     REASON_FILTER,
+    REASONS,
     build_context,
     fast_normalize,
     filter_stage,
@@ -77,8 +78,16 @@ def test_a_good_draft_passes_every_filter(ctx):
     assert v.parsed.candidates == ["Boeing 737-300", "Boeing 737-400", "Airbus A320"]
 
 
-def test_every_reason_code_belongs_to_a_filter():
+def test_every_reason_code_belongs_to_a_filter(ctx):
     assert set(REASON_FILTER.values()) <= set(FILTERS)
+    assert {name for name, _ in REASONS.values()} <= set(FILTERS)
+    bad = [draft(rationale(visual="As described, a Boeing 737-300 shows a train.",
+                           candidates="- Saab 340", answer="Boeing 737-300 or Airbus A320")),
+           draft(""), draft("<think>x", finish_reason="length", status="failed"),
+           draft(rationale(candidates="\n".join(f"- {n} X" for n in AIRCRAFT), answer="Hawk T1"))]
+    codes = {code for row in bad for code in judge(row, ctx).reasons}
+    assert len(codes) >= 12
+    assert codes <= set(REASONS), codes - set(REASONS)
 
 
 # -- format -------------------------------------------------------------------------------
@@ -428,6 +437,14 @@ def test_filter_stage_is_repeatable(tmp_path):
     assert not [p for p in run.root.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_filter_is_a_pipeline_stage(tmp_path):
+    from curation.pipeline import run_recipe
+
+    recipe, run = make_run(tmp_path, stage_rows())
+    run_recipe(recipe, ["filter"])
+    assert json.loads(run.path("funnel.json").read_text())["drafts"] == 8
+
+
 def test_make_context_needs_the_registry(tmp_path):
     with pytest.raises(FileNotFoundError, match="finecot ingest"):
         make_context(Recipe(), RunDir(tmp_path / "empty"))
@@ -504,3 +521,10 @@ def test_precision_and_recall_against_the_scripted_teacher(start_teacher, synthe
         assert precision >= floor and recall >= floor, (name, precision, recall, positives)
     # and the rates are the teacher's own: nothing was flagged that it did not do
     assert server.stats()["counts"]["choices"] == n_drafts
+
+
+def test_judge_survives_drafts_with_missing_or_odd_fields(ctx):
+    for row in ({}, {"response": None, "label": None, "dataset": None},
+                {"response": 123, "label": 5, "dataset": "nope", "super_category": None}):
+        v = judge(row, ctx)
+        assert not v.accepted and "empty_text" in v.reasons

@@ -44,7 +44,7 @@ import pyarrow.parquet as pq
 
 from curation.config import Recipe
 from curation.embed import Embedder, ModelEmbedder, class_means, pixel_embed
-from curation.labels import Registry
+from curation.labels import Registry, normalize
 from curation.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -340,12 +340,20 @@ def load_fine_r1_options(folder: str | Path) -> dict[str, tuple[list[str], str]]
 def paper_options(
     record: dict[str, Any], paper: dict[str, tuple[list[str], str]], registry: Registry
 ) -> list[str] | None:
+    """The paper's 4 options for this test image, in canonical names; None when the image is
+    not in the paper's files or the paper's gold is not this item's class (another image
+    that happens to share the file name)."""
     found = paper.get(path_key(record["image_path"]))
     if found is None:
         return None
     options, truth = found
+    gold = registry.resolve(truth, record["dataset"])
+    if (gold.name if gold else normalize(truth)) != (
+        record["label"] if gold else normalize(record["label"])
+    ):
+        return None
     canonical = []
     for name in options:
         info = registry.resolve(name, record["dataset"])
         canonical.append(record["label"] if name == truth else (info.name if info else name))
-    return canonical if record["label"] in canonical else None
+    return canonical if len(set(canonical)) == len(canonical) else None

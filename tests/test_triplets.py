@@ -231,14 +231,17 @@ def test_fine_r1_options_are_used_and_shuffled(tmp_path):
                 }
             )
         )
-    (evald / "toy_seen.jsonl").write_text(
-        "\n".join(lines[:-1]) + "\n"
-    )  # the last image is not in it
+    # the last image is not in the files; the one before has another gold (a file-name clash)
+    clash = json.loads(lines[-2])
+    other = "Blue Warbler" if clash["ground_truth"] != "BLUE WARBLER" else "Red Warbler"
+    clash["ground_truth"] = clash["options"][0] = other
+    lines[-2] = json.dumps(clash)
+    (evald / "toy_seen.jsonl").write_text("\n".join(lines[:-1]) + "\n")
     recipe.export.fine_r1_eval = str(evald)
     export_stage(recipe, run)
     closed = pd.read_parquet(next(run.path("dataset/data/eval_closed").glob("*.parquet")))
     methods = closed["options_method"].value_counts().to_dict()
-    assert methods.get("fine-r1") == len(test) - 1 and sum(methods.values()) == len(test)
+    assert methods.get("fine-r1") == len(test) - 2 and sum(methods.values()) == len(test)
     paper = closed[closed["options_method"] == "fine-r1"]
     for row in paper.itertuples():
         assert row.options[row.answer_index] == row.answer  # gold mapped to the canonical name

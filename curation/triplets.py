@@ -14,7 +14,11 @@ The method that produced each class's head is recorded per row and in the card.
 
 `build_triplets(pool, rankings, seed)` then picks, for each anchor of the k-shot pool, a
 positive (another pool image of its class) and a negative (a pool image of the top-ranked
-other class), all seeded.
+other class), all seeded. `closed_options` makes the closed-world options (gold + the 3
+top-ranked classes, shuffled per item); `load_fine_r1_options` / `paper_options` read the
+paper's own option lists from its release's eval/*.jsonl when the user points at them (they
+are not shipped: MIT-licensed, but 35k lines that only matter with the paper's images).
+`class_rankings(recipe, run, ...)` does all of it for a run directory (export stage).
 
     >>> pool = pd.DataFrame({"item_id": ["a1", "a2", "b1", "c1"], "dataset": ["d"] * 4,
     ...                      "label": ["A", "A", "B", "C"], "label_id": [0, 0, 1, 2]})

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import aiohttp
 import numpy as np
@@ -51,6 +52,16 @@ def start_server(port: int, *flags: str) -> subprocess.Popen:
             time.sleep(0.1)
     proc.kill()
     raise RuntimeError("the teacher server did not start")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc): load-independent server cost."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat.rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
 
 
 def bodies(count: int, size: int) -> list[bytes]:
@@ -100,7 +111,7 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=64, help="distinct images of the cached run")
     parser.add_argument("--latency", type=float, default=0.05, help="injected latency of run 2 (s)")
     args = parser.parse_args()
-    print(f"machine: {os.cpu_count()} CPUs; client: raw aiohttp, concurrency {args.concurrency}; "
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; client: raw aiohttp, concurrency {args.concurrency}; "
           f"{args.size} px PNG images")
 
     distinct = bodies(args.requests, args.size)
@@ -111,10 +122,13 @@ def main() -> None:
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
         asyncio.run(drive(url, pool, 500, args.concurrency))  # warm-up
         for name, payloads in (("distinct images", distinct), (f"pool of {args.pool} images", pool)):
+            cpu0 = cpu_seconds(server.pid)
             wall, lat = asyncio.run(drive(url, payloads, args.requests, args.concurrency))
+            cpu = (cpu_seconds(server.pid) - cpu0) / args.requests
             p50, p99 = np.percentile(lat, [50, 99]) * 1000
             print(f"zero latency, {name:>20}: {args.requests / wall:8.0f} req/s "
-                  f"(latency p50 {p50:.1f} ms, p99 {p99:.1f} ms at concurrency {args.concurrency})")
+                  f"(latency p50 {p50:.1f} ms, p99 {p99:.1f} ms at concurrency {args.concurrency}); "
+                  f"server CPU {cpu * 1000:.2f} ms/request = {1 / cpu:.0f} req/s per free core")
     finally:
         server.terminate()
         server.wait(10)

@@ -92,6 +92,8 @@ AREAS, CENTRES, THETAS, GRID, GRID_INSIDE = _silhouettes()
 N_COARSE = len(_grid(-2.3, 2.5, -1.25, 1.05, 0.2))  # GRID's first points: the coarse grid
 TAIL_ZONE, BEAK_ZONE = GRID[:, 0] < -0.75, GRID[:, 0] > 1.3
 BEAK_LUM = sum(BEAK_COLOUR) / 3
+OFF_X = (GRID[None, :, 0] - CENTRES[:, None, 0]).astype(np.float32)  # (combos, points)
+OFF_Y = (GRID[None, :, 1] - CENTRES[:, None, 1]).astype(np.float32)
 
 
 @dataclass
@@ -170,7 +172,9 @@ def read_image(data: bytes | np.ndarray) -> Reading | None:
     bg, noise = _background(img)
     if noise > 20:
         return None  # a textured border: a photo or noise, not our plain background
-    mask = np.abs(img - bg).max(-1) > max(30.0, 5 * noise)
+    diff = np.abs(img - bg)
+    # max over the channels without a (slow) reduction over a length-3 axis
+    mask = np.maximum(np.maximum(diff[..., 0], diff[..., 1]), diff[..., 2]) > max(30.0, 5 * noise)
     frac = float(mask.mean())
     if not 0.03 < frac < 0.6:
         return None
@@ -183,22 +187,20 @@ def read_image(data: bytes | np.ndarray) -> Reading | None:
     theta_img = 0.5 * math.atan2(2 * (dx * dy).mean(), (dx**2 - dy**2).mean())
     thetas = theta_img - THETAS  # (combos,)
     scales = np.sqrt(len(mx) / AREAS)
-    cos, sin = np.cos(thetas)[:, None], np.sin(thetas)[:, None]
-    p = GRID[None, :, :] - CENTRES[:, None, :]  # (combos, points, 2)
-    gx = cx + scales[:, None] * (p[..., 0] * cos - p[..., 1] * sin)
-    gy = cy + scales[:, None] * (p[..., 0] * sin + p[..., 1] * cos)
-    xi, yi = np.floor(gx).astype(int), np.floor(gy).astype(int)
-    ok = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
-    seen = mask[np.clip(yi, 0, h - 1), np.clip(xi, 0, w - 1)]
-    hits = (seen == GRID_INSIDE) & ok
+    sc, ss = (scales * np.cos(thetas))[:, None], (scales * np.sin(thetas))[:, None]
+    xi = (cx + sc * OFF_X - ss * OFF_Y).astype(np.int32)
+    yi = (cy + ss * OFF_X + sc * OFF_Y).astype(np.int32)
+    ok = (xi.view(np.uint32) < w) & (yi.view(np.uint32) < h)  # negatives wrap: out
+    flat = np.where(ok, yi * w + xi, 0)
+    hits = (mask.ravel()[flat] == GRID_INSIDE) & ok
 
     def score(zone: np.ndarray) -> np.ndarray:
         return hits[:, zone].sum(1) / np.maximum(ok[:, zone].sum(1), 1)
 
     tail = COMBOS[int(score(TAIL_ZONE).argmax())][0]
     # The bill by darkness, not by the mask: JPEG halos around a dark bill widen the mask.
-    zy, zx = np.clip(yi[:, BEAK_ZONE], 0, h - 1), np.clip(xi[:, BEAK_ZONE], 0, w - 1)
-    lum, bg_lum = img[zy, zx].mean(-1), bg[zy, zx].mean(-1)
+    zone = flat[:, BEAK_ZONE]
+    lum, bg_lum = img.reshape(-1, 3)[zone].mean(-1), bg.reshape(-1, 3)[zone].mean(-1)
     dark = lum < bg_lum - 0.4 * (bg_lum - BEAK_LUM)
     expect, valid = GRID_INSIDE[:, BEAK_ZONE], ok[:, BEAK_ZONE]
     # Balanced: a thin bill counts as much as the background around it.

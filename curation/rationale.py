@@ -153,7 +153,7 @@ _PHRASES = {
     r"|comparing[ \t]+[^:\n]{0,60}|(?:now,?[ \t]+)?let[’']?s[ \t]+compare[^:\n]{0,80}"
     r"|(?:key[ \t]+)?differences?(?:[ \t]+between[ \t]+[^:\n]{0,40})?|contrast(?:ing)?[^:\n]{0,40}"
     r"|differential[ \t]+(?:analysis|diagnosis)|elimination(?:[ \t]+(?:process|of[ \t]+[^:\n]{0,40}))?"
-    r"|(?:candidate[ \t]+)?evaluation(?:[ \t]+of[ \t]+(?:the[ \t]+)?candidates)?",
+    r"|(?:candidate[ \t]+)?evaluation(?:[ \t]+of[ \t]+(?:the[ \t]+)?candidates)?|reasoning|discussion",
     "strong_prediction": r"(?:the[ \t]+)?(?:final[ \t]+)?prediction[ \t]+is|predicted[ \t]+"
     r"(?:sub-?[ \t]?category|class|species|breed|model|variant|label)",
     "prediction": r"(?:final[ \t]+)?prediction|conclusion|final[ \t]+(?:decision|identification|"
@@ -196,7 +196,8 @@ _HEADING_STARTS = (
     "the image analy", "the image featu", "the possib", "the poten", "the likely", "the key",
     "the detailed", "the observ", "the main", "the top", "the relevant", "the feature", "analy", "candidat", "potential", "possible", "plausible", "likely", "top", "main",
     "relevant", "two", "three", "four", "five", "six", "compar", "detailed", "now", "let",
-    "key", "differen", "contrast", "elimination", "evaluation", "final", "predict", "conclusion",
+    "key", "differen", "contrast", "elimination", "evaluation", "reasoning", "discussion",
+    "final", "predict", "conclusion",
     "identification", "classification", "summary", "visual", "image", "feature", "observ",
     "distinctive", "discriminative", "traits", "step", "part", "section", "stage", "i.", "ii",
     "iii", "iv", "v.", "i)", "v)",

@@ -48,6 +48,16 @@ HEADING_STYLES = {
     "bird's": ("Analysis of the Bird's Visible Features", "Possible species:",
                "Now, let's compare these candidates based on the observed features:",
                "Final Prediction: Crimson-crowned Warbler"),
+    "markdown 2": ("## Visual Analysis", "## Candidate Sub-categories", "## Comparison",
+                   "## Prediction\n**Crimson-crowned Warbler**"),
+    "dashed steps": ("Step 1 – Visual analysis:", "Step 2 – Candidates (same super-category):",
+                     "Step 3 – Comparison:", "Step 4 – Prediction: Crimson-crowned Warbler."),
+    "bold colon": ("**Visual analysis**:", "**Candidates**:", "**Comparison**:",
+                   "**Prediction**: The bird is a **Crimson-crowned Warbler**."),
+    "parenthesis": ("1) Visual analysis", "2) Candidate sub-categories", "3) Comparison",
+                    "4) Final prediction\nCrimson-crowned Warbler"),
+    "plain words": ("Observations:", "Possible species:", "Reasoning:",
+                    "Conclusion: Crimson-crowned Warbler."),
 }
 
 

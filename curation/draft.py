@@ -112,6 +112,7 @@ class DraftReport:
     rounds: int = 0
     cost_usd: float = 0.0
     tokens: int = 0
+    judged: bool = False  # verdicts are needed only by the quota loop and blind-then-hinted
     accepted_per_class: dict[str, int] = field(default_factory=dict)
     short_classes: dict[str, int] = field(default_factory=dict)
     stopped: str | None = None
@@ -134,11 +135,15 @@ class Drafter:
         self.pool: list[dict] = pool_file.read().to_pylist()
         self.registry = pool_registry(run, self.pool)
         self.requests = Requests(recipe, self.registry, self.pool)
-        self.accept = make_accept(recipe, run, self.registry)
+        draft = recipe.draft
+        # Only the quota loop and blind-then-hinted act on verdicts; otherwise the filter
+        # stage judges, and a plain (or cached) draft run does not pay for it twice.
+        self.report = DraftReport(
+            judged=draft.target_per_class is not None or draft.strategy == "blind-then-hinted")
+        self.accept = make_accept(recipe, run, self.registry) if self.report.judged else None
         self.images = ImageCache(recipe)
         self.schedule: list[Sample] = []
         self.next_index: dict[tuple[int, str], int] = defaultdict(int)
-        self.report = DraftReport()
         self.interrupted = False
         self.ledger: Ledger | None = None
         self.client: TeacherClient | None = None
@@ -195,7 +200,8 @@ class Drafter:
             self.report.rounds += 1
             await self._send(batch)
             self.requests.forget()
-            self._judge(batch)
+            if self.report.judged:
+                self._judge(batch)
             if self.stop_reason():
                 return
             batch = self._next_round()
@@ -264,13 +270,13 @@ class Drafter:
 
     async def _send(self, batch: list[Sample]) -> None:
         """Send what the ledger does not answer, at most `concurrency`-ish jobs at a time."""
-        known = self.ledger.get_many(s.key for s in batch)
+        known = self.ledger.statuses(s.key for s in batch)
         retry = self.recipe.draft.retry_failed
         jobs: dict[tuple[int, str], list[Sample]] = defaultdict(list)
         cached = 0
         for s in batch:
-            entry = known.get(s.key)
-            if entry is None or (retry and entry.status == "failed"):
+            status = known.get(s.key)
+            if status is None or (retry and status == "failed"):
                 jobs[(s.row, s.strategy)].append(s)
             else:
                 cached += 1
@@ -324,7 +330,7 @@ class Drafter:
         """(sample, draft row) for the samples the ledger answers, in chunks of 1,000."""
         for start in range(0, len(samples), 1000):
             chunk = samples[start : start + 1000]
-            known = self.ledger.get_many(s.key for s in chunk)
+            known = self.ledger.get_many((s.key for s in chunk), meta=False)
             for s in chunk:
                 entry = known.get(s.key)
                 if entry is not None:
@@ -363,8 +369,9 @@ class Drafter:
         report.not_sent = len(self.schedule) - out.count
         report.cost_usd, report.tokens = self.ledger.totals()
         report.stopped = self.stop_reason()
-        accepted, _ = self._class_counts()
-        report.accepted_per_class = dict(sorted(accepted.items()))
+        if report.judged:
+            accepted, _ = self._class_counts()
+            report.accepted_per_class = dict(sorted(accepted.items()))
         target = self.recipe.draft.target_per_class
         if target is not None:
             report.short_classes = {c: n for c, n in report.accepted_per_class.items() if n < target}

@@ -163,20 +163,26 @@ class Ledger:
 
     # -- reads ------------------------------------------------------------------------------
 
-    def get_many(self, keys: Iterable[str]) -> dict[str, Entry]:
-        """Entries of the keys the ledger holds (missing keys are absent from the result)."""
+    def _select(self, columns: str, keys: Iterable[str]) -> Iterable[tuple]:
         keys = list(keys)
-        found: dict[str, Entry] = {}
         for start in range(0, len(keys), 500):  # SQLite's bound-parameter limit
             chunk = keys[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            rows = self._db.execute(
-                f"SELECT {', '.join(COLUMNS)} FROM requests WHERE key IN ({marks})", chunk
-            )
-            for row in rows:
-                entry = _entry(row)
-                found[entry.key] = entry
+            yield from self._db.execute(
+                f"SELECT {columns} FROM requests WHERE key IN ({marks})", chunk)
+
+    def get_many(self, keys: Iterable[str], meta: bool = True) -> dict[str, Entry]:
+        """Entries of the keys the ledger holds (missing keys are absent from the result).
+        meta=False skips decoding the provenance JSON (hot paths that do not need it)."""
+        found: dict[str, Entry] = {}
+        for row in self._select(", ".join(COLUMNS), keys):
+            entry = _entry(row, meta)
+            found[entry.key] = entry
         return found
+
+    def statuses(self, keys: Iterable[str]) -> dict[str, str]:
+        """{key: status} of the keys the ledger holds: the cache check, without the texts."""
+        return dict(self._select("key, status", keys))
 
     def totals(self) -> tuple[float, int]:
         """(USD, tokens) spent so far over the whole ledger: what budgets are checked against."""
@@ -312,7 +318,7 @@ EXPORT_SCHEMA = pa.schema([
 ])
 
 
-def _entry(row: tuple) -> Entry:
+def _entry(row: tuple, meta: bool = True) -> Entry:
     values = dict(zip(COLUMNS, row, strict=True))
-    values["meta"] = json.loads(values["meta"]) if values["meta"] else {}
+    values["meta"] = json.loads(values["meta"]) if meta and values["meta"] else {}
     return Entry(**values)

@@ -10,6 +10,7 @@ import asyncio
 import base64
 import io
 import time
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -96,11 +97,114 @@ def test_token_bucket_settles_estimates():
     assert limits.tokens.level == pytest.approx(80, abs=1)
 
 
-def test_completion_defaults_are_a_failure_record():
-    c = Completion(status="failed", error="timeout: x")
-    assert c.text is None and c.prompt_tokens == 0 and c.attempts == 0
-
-
 def test_client_refuses_an_empty_endpoint_list():
     with pytest.raises(ValueError, match="base_urls"):
         TeacherClient(TeacherConfig(base_urls=[]), api_key="k")
+
+
+# -- against the scripted teacher -------------------------------------------------------------
+
+
+def _messages(image: Path) -> list[dict]:
+    url = image_data_url(image, 512, 512 * 512)
+    return [{"role": "system", "content": "You identify birds."},
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                         {"type": "text", "text": "What kind of bird is this?"}]}]
+
+
+def _image(world: Path) -> Path:
+    return sorted(world.glob("*/*.png"))[0]
+
+
+def _draw(server, messages, indices=(0,), **config) -> tuple[dict[int, Completion], TeacherClient]:
+    cfg = TeacherConfig(base_urls=[server.base_url], backoff_s=0.01, backoff_max_s=0.02,
+                        **config)
+    results: dict[int, Completion] = {}
+
+    async def go() -> TeacherClient:
+        async with TeacherClient(cfg, api_key="sk-test") as client:
+            await client.sample(messages, list(indices), lambda i, c: results.__setitem__(i, c))
+        return client
+
+    return results, asyncio.run(go())
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "sdk"])
+def test_both_transports_get_the_same_answer(synthetic_world, start_teacher, transport):
+    server = start_teacher()
+    results, _ = _draw(server, _messages(_image(synthetic_world)), transport=transport)
+    answer = results[0]
+    assert answer.status == "ok" and "<answer>" in answer.text and answer.attempts == 1
+    assert answer.prompt_tokens > 0 and answer.completion_tokens > 0
+    assert answer.endpoint == server.base_url
+    again, _ = _draw(server, _messages(_image(synthetic_world)),
+                     transport="sdk" if transport == "aiohttp" else "aiohttp")
+    assert again[0].text == answer.text  # same body, same seed: same answer either way
+
+
+@pytest.mark.parametrize(("flags", "reason"), [
+    ({"rate_500": 1.0}, "http 500"),
+    ({"rate_503": 1.0, "retry_after": 0.01}, "http 503"),
+    ({"rate_malformed": 1.0}, "malformed"),
+    ({"rate_reset": 1.0}, "connection"),
+    ({"rate_hang": 1.0, "hang_seconds": 30}, "timeout"),
+    ({"rate_429": 1.0, "retry_after": 0.01}, "http 429"),
+])
+def test_retryable_faults_fail_with_reason_after_max_attempts(synthetic_world, start_teacher,
+                                                              flags, reason):
+    server = start_teacher(**flags)
+    results, client = _draw(server, _messages(_image(synthetic_world)), max_attempts=3,
+                            timeout_s=0.5)
+    failed = results[0]
+    assert failed.status == "failed" and failed.error.startswith(reason), failed.error
+    assert failed.attempts == 3 and server.stats(log=False)["counts"]["requests"] == 3
+    assert client.counts["retried"] == 2 and client.counts["failed"] == 1
+    if reason == "http 429":
+        assert client.limits.throttled == 3
+
+
+def test_client_errors_are_not_retried(start_teacher):
+    server = start_teacher()
+    messages = [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "https://example.com/bird.jpg"}},
+        {"type": "text", "text": "What bird?"}]}]
+    results, client = _draw(server, messages, max_attempts=5)
+    assert results[0].status == "failed" and results[0].error.startswith("http 400")
+    assert results[0].attempts == 1 and server.stats(log=False)["counts"]["requests"] == 1
+
+
+def test_n_is_used_then_detected_when_ignored(synthetic_world, start_teacher):
+    messages = _messages(_image(synthetic_world))
+    honours = start_teacher()
+    results, client = _draw(honours, messages, indices=(0, 1, 2))
+    assert sorted(results) == [0, 1, 2] and client.n_supported is True
+    assert honours.stats(log=False)["counts"]["requests"] == 1
+    assert len({c.text for c in results.values()}) > 1  # three samples, not one thrice
+    ignores = start_teacher(honour_n=False)
+    results, client = _draw(ignores, messages, indices=(0, 1, 2))
+    assert sorted(results) == [0, 1, 2] and client.n_supported is False
+    assert all(c.status == "ok" for c in results.values())
+    assert ignores.stats(log=False)["counts"]["requests"] == 3  # 1 with n=3, then 2 single
+
+
+def test_gate_stops_before_sending(synthetic_world, start_teacher):
+    server = start_teacher()
+    cfg = TeacherConfig(base_urls=[server.base_url])
+
+    async def go() -> int:
+        async with TeacherClient(cfg, api_key="k") as client:
+            return await client.sample(_messages(_image(synthetic_world)), [0, 1],
+                                       lambda i, c: None, gate=lambda: True)
+
+    assert asyncio.run(go()) == 0
+    assert server.stats(log=False)["counts"]["requests"] == 0
+
+
+def test_rpm_limit_spaces_requests(synthetic_world, start_teacher):
+    """With rpm=120 (2/s, burst 2), 5 requests cannot all start within the first second."""
+    server = start_teacher()
+    results, client = _draw(server, _messages(_image(synthetic_world)),
+                            indices=(0, 1, 2, 3, 4), rpm=120, use_n=False)
+    assert len(results) == 5
+    starts = sorted(e["t"] for e in server.stats()["log"])
+    assert starts[-1] - starts[0] >= 1.0

@@ -212,21 +212,20 @@ def _blocks(body: str) -> list[tuple[str, str, bool]]:
     if _INLINE_HINT.search(body):
         body = _INLINE_BREAK.sub("\n", body)
     out: list[tuple[str, str, bool]] = []
-    kind, inline = "preamble", ""
-    lines: list[str] = []
+    kind, inline, start, pos = "preamble", "", 0, 0
     for line in body.split("\n"):
-        m = None
+        line_start, pos = pos, pos + len(line) + 1
         # (a per-line str test beats one MULTILINE regex over the body here, measured)
-        if line.lstrip(_DECOR_CHARS)[:14].lower().startswith(_HEADING_STARTS):
-            m = _HEADING.match(line)
-        if m is None:
-            lines.append(line)
+        if not line.lstrip(_DECOR_CHARS)[:14].lower().startswith(_HEADING_STARTS):
             continue
-        out.append((kind, (inline + "\n" + "\n".join(lines)).strip(), bool(inline)))
+        m = _HEADING.match(line)
+        if m is None:
+            continue
+        out.append((kind, f"{inline}\n{body[start:line_start]}".strip(), bool(inline)))
         kind = next(k for k in _KIND_ORDER if m.group(k) is not None)
         inline = (m.group("inline") or "").strip().strip("*_").strip()
-        lines = []
-    out.append((kind, (inline + "\n" + "\n".join(lines)).strip(), bool(inline)))
+        start = pos
+    out.append((kind, f"{inline}\n{body[start:]}".strip(), bool(inline)))
     return [(k, _RULE.sub("", t).strip() if "--" in t or "#" in t or "**" in t or "__" in t
              or "==" in t else t, i) for k, t, i in out]
 

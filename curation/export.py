@@ -233,7 +233,16 @@ def export_stage(recipe: Recipe, run: RunDir, progress: Progress | None = None) 
 
     staging = run.path(".dataset.partial")
     shutil.rmtree(staging, ignore_errors=True)
-    skipped: list[dict[str, str]] = []
+    skipped: list[dict[str, str]] = [
+        {
+            "config": "rl",
+            "id": item,
+            "image_path": "",
+            "reason": "no_negative_class",
+            "detail": "the only seen class of its dataset",
+        }
+        for item in sorted(set(pool["item_id"]) - set(triplets["item_id"]))
+    ]
     max_bytes = cfg.shard_mb * 1_000_000
     summary: dict[str, Any] = {"configs": {}, "skipped": skipped}
 

@@ -172,8 +172,9 @@ def build_triplets(
     negative_label_id, triplet_method.
 
     The negative class is the top-ranked class that has pool images (negatives never come
-    from unseen classes: they are training data). With k = 1 there is no other image of the
-    class, so the positive is the anchor itself (logged).
+    from unseen classes: they are training data); an anchor whose dataset has no other seen
+    class gets no row (logged). With k = 1 there is no other image of the class, so the
+    positive is the anchor itself (logged).
     """
     members: dict[ClassKey, list[tuple[str, int]]] = {}
     for item_id, dataset, label, label_id in zip(
@@ -192,11 +193,14 @@ def build_triplets(
         positive = rng.choice(sorted(others)) if others else item_id
         ranking = rankings.get(key, Ranking([], "none"))
         negative_label = next((o for o in ranking.labels if (dataset, o) in members), None)
-        if negative_label is None:
-            raise ValueError(
-                f"no negative class for {label!r} in dataset {dataset!r}: the pool has a single "
-                "class; TAPO triplets need at least two seen classes per dataset"
+        if negative_label is None:  # a dataset with one seen class: no triplet for it
+            log.warning(
+                "no negative class for %r in dataset %r: anchor %s left out of rl",
+                label,
+                dataset,
+                item_id,
             )
+            continue
         negative_item, negative_id = rng.choice(sorted(members[(dataset, negative_label)]))
         rows.append(
             {
@@ -210,7 +214,15 @@ def build_triplets(
         )
     if lonely:
         log.warning("%d pool anchors have no other image of their class: positive = anchor", lonely)
-    return pd.DataFrame(rows)
+    columns = [
+        "item_id",
+        "positive_item_id",
+        "negative_item_id",
+        "negative_label",
+        "negative_label_id",
+        "triplet_method",
+    ]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def closed_options(

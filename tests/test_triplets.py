@@ -253,3 +253,19 @@ def test_fine_r1_options_are_used_and_shuffled(tmp_path):
         }
     assert (paper["answer_index"] != 0).any()  # shuffled: the paper's files always put gold first
     assert "Fine-R1 release, MIT license" in run.path("dataset/README.md").read_text()
+
+
+def test_dataset_with_one_seen_class_gets_no_triplets_and_says_why():
+    pool = pd.DataFrame(
+        {
+            "item_id": ["a1", "a2", "b1", "b2", "z1"],
+            "dataset": ["d"] * 4 + ["solo"],
+            "label": ["A", "A", "B", "B", "Z"],
+            "label_id": [0, 0, 1, 1, 0],
+        }
+    )
+    keys = [("d", "A"), ("d", "B"), ("solo", "Z")]
+    rankings = tri.rank_classes(keys, keys, ["super_category"], super_of=dict.fromkeys(keys, "s"))
+    triplets = tri.build_triplets(pool, rankings, seed=0)
+    assert sorted(triplets["item_id"]) == ["a1", "a2", "b1", "b2"]
+    assert set(triplets.loc[triplets["item_id"].isin(["a1", "a2"]), "negative_label"]) == {"B"}

@@ -187,7 +187,10 @@ class FilterConfig(Section):
     )
     min_candidates: int = Field(2, ge=0, description="fewest candidate sub-categories")
     max_candidates: int = Field(6, ge=1, description="most candidate sub-categories")
-    max_hallucinated: int = Field(0, ge=0, description="candidates that are not registry classes")
+    max_hallucinated_share: float = Field(
+        0.5, ge=0, le=1, description="reject when more of the candidates than this share are "
+        "not registry classes (0: any such candidate rejects)"
+    )
     unseen_mention: Literal["flag", "reject"] = Field(
         "reject", description="a rationale naming an unseen-split class: flag it or reject it"
     )

@@ -11,7 +11,8 @@ recipe's `filters:` section (curation/config.py FilterConfig).
     prediction_consistent    the prose prediction names the class of <answer>
     gold_in_candidates       the gold class is among the candidates
     candidates_count         between min_candidates and max_candidates candidates
-    hallucinated_candidates  candidates that are not classes of the registry (counted)
+    hallucinated_candidates  candidates that are not classes of the registry (counted; too
+                             large a share rejects)
     label_leak               the gold (or an alias) named in the visual analysis; references
                              to side information ("as described", "the label says", ...)
     unseen_mention           names a class of the unseen split (flag or reject)
@@ -373,7 +374,10 @@ def check_hallucinated(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evi
     ]
     if unknown:
         ev["hallucinated"] = unknown
-    return "hallucinated_candidates" if len(unknown) > ctx.settings.max_hallucinated else None
+    if not r.candidates:
+        return None
+    too_many = len(unknown) > ctx.settings.max_hallucinated_share * len(r.candidates)
+    return "hallucinated_candidates" if too_many else None
 
 
 # References to text the teacher was given beside the image. The phrasing must point at a
@@ -598,8 +602,8 @@ REASONS: dict[str, tuple[str, str]] = {
     "gold_not_in_candidates": ("gold_in_candidates", "the gold class is not among the candidates"),
     "too_few_candidates": ("candidates_count", "fewer than filters.min_candidates candidates"),
     "too_many_candidates": ("candidates_count", "more than filters.max_candidates candidates"),
-    "hallucinated_candidates": ("hallucinated_candidates",
-                                "more than filters.max_hallucinated candidates are not classes"),
+    "hallucinated_candidates": ("hallucinated_candidates", "more than filters."
+                                "max_hallucinated_share of the candidates are not classes"),
     "label_leak": ("label_leak", "the gold (or an alias) is named in the visual analysis"),
     "side_information": ("label_leak", "refers to text given beside the image (\"as described\")"),
     "unseen_mention": ("unseen_mention", "names a class of the unseen split"),

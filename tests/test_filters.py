@@ -175,7 +175,7 @@ def test_short_names_count_when_they_start_exactly_one_class():
         ("- Boeing 737-400\n- Airbus A320", "gold_not_in_candidates"),
         ("- Boeing 737-300", "too_few_candidates"),
         ("\n".join(f"- {n}" for n in AIRCRAFT), "too_many_candidates"),
-        ("- Boeing 737-300\n- Boeing 737-400\n- Boeing 737-350 Super", "hallucinated_candidates"),
+        ("- Boeing 737-300\n- Boeing 737-350 Super\n- Airbus A999", "hallucinated_candidates"),
         ("Boeing 737-300, Boeing 737-400 and Airbus A320", None),
     ],
 )
@@ -187,11 +187,12 @@ def test_candidate_filters(ctx, candidates, code):
 
 
 def test_hallucination_threshold_and_count():
-    context = build_context(REGISTRY, FilterConfig(min_words=20, max_hallucinated=1), SPLITS)
     row = draft(rationale(candidates="- Boeing 737-300\n- Boeing 737-400\n- Boeing 737-350 Super"))
-    v = judge(row, context)
-    assert "hallucinated_candidates" not in v.reasons
-    assert v.evidence["hallucinated"] == ["Boeing 737-350 Super"]
+    lenient = judge(row, build_context(REGISTRY, FilterConfig(min_words=20), SPLITS))
+    assert "hallucinated_candidates" not in lenient.reasons  # 1 of 3 <= the default share 0.5
+    assert lenient.evidence["hallucinated"] == ["Boeing 737-350 Super"]
+    strict = FilterConfig(min_words=20, max_hallucinated_share=0)
+    assert "hallucinated_candidates" in judge(row, build_context(REGISTRY, strict, SPLITS)).reasons
 
 
 # -- label leak ----------------------------------------------------------------------------

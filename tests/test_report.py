@@ -83,3 +83,14 @@ def test_headless_chromium_shows_the_plots(reported, tmp_path):
     with Image.open(shot) as image:
         colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
     assert colours is not None and len(colours) > 50  # plots drawn, not a blank page
+
+
+def test_report_before_drafting_still_renders(tmp_path):
+    run, recipe = make_run(tmp_path)
+    for name in ("drafts.parquet", "accepted.parquet", "rejected.parquet"):
+        run.path(name).unlink()
+    stats = run_stats(recipe, run)
+    assert stats["drafts"] == 0 and stats["accepted"] == 0
+    assert len(stats["short_classes"]) == len(stats["coverage"]) > 0  # every seen class is short
+    page = write_report(recipe, run).read_text()
+    assert page.count("data:image/png;base64,") == 7

@@ -34,9 +34,19 @@ def _split(recipe: Recipe, run: RunDir) -> None:
 
 
 def _export(recipe: Recipe, run: RunDir) -> None:
+    from rich.progress import Progress
+
     from curation.export import export_stage
 
-    export_stage(recipe, run)
+    with Progress(transient=True) as bar:  # one bar per config while its shards are written
+        tasks: dict = {}
+
+        def progress(config: str, done: int, total: int) -> None:
+            if config not in tasks:
+                tasks[config] = bar.add_task(f"export {config}", total=total)
+            bar.update(tasks[config], completed=done, total=total)
+
+        export_stage(recipe, run, progress)
 
 
 def _report(recipe: Recipe, run: RunDir) -> None:

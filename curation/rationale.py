@@ -185,6 +185,7 @@ _INLINE_BREAK = re.compile(
     r"(?:the |final )?prediction(?: is)?|conclusion)(?:\*\*)?[ \t]*:)",
     re.IGNORECASE,
 )
+_PARAGRAPH_CHARS = 160  # mean line length above which a text may hide inline headings
 _PARAGRAPH = re.compile(r"\n[ \t]*\n")
 _RULE = re.compile(r"^[ \t]*(?:[-*_=]{3,}|#+)[ \t]*$", re.MULTILINE)
 
@@ -209,7 +210,8 @@ def _blocks(body: str) -> list[tuple[str, str, bool]]:
 
     Text before the first heading is a "preamble" block.
     """
-    if _INLINE_HINT.search(body):
+    # Inline headings live in long paragraphs: text with short lines is not searched.
+    if body.count("\n") * _PARAGRAPH_CHARS < len(body) and _INLINE_HINT.search(body):
         body = _INLINE_BREAK.sub("\n", body)
     out: list[tuple[str, str, bool]] = []
     kind, inline, start, pos = "preamble", "", 0, 0

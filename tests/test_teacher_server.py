@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import random
 import re
 import socket
 import subprocess
@@ -23,7 +24,8 @@ from PIL import Image
 
 from curation.labels import normalize
 from curation.synthetic.draw import render
-from curation.synthetic.world import all_classes, world_classes
+from curation.synthetic.teacher import Behaviour
+from curation.synthetic.world import all_classes, make_world, world_classes
 
 CLASSES = world_classes(24)
 HEADINGS = ("visual analysis", "candidate sub-categories", "comparison", "prediction")
@@ -307,3 +309,37 @@ def test_cli_teacher_serves_until_stopped(urls):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.mark.parametrize("count", [6, 24])
+def test_mistakes_and_candidates_stay_inside_the_clients_world(start_teacher, tmp_path, count):
+    """Without --world the teacher still names only classes any world of that size holds;
+    with --world it names only the world's own classes."""
+    world = world_classes(count)
+    names = {c["name"] for c in world}
+    make = tmp_path / "world"
+    make_world(make, classes=count, per_class=1, seed=0, size=64)
+    for server in (start_teacher(perception_error_rate=1.0),
+                   start_teacher(perception_error_rate=1.0, world=str(make))):
+        jobs = [{"messages": _messages(_data_url(render(c["attributes"], np.random.default_rng(k), 128))),
+                 "seed": k} for k, c in enumerate(world)]
+        for info, done in zip(world, asyncio.run(_many(server.base_url, jobs)), strict=True):
+            text = done.choices[0].message.content
+            answer = ANSWER.findall(text)[0]
+            assert answer in names and answer != info["name"]  # a confusable wrong class
+            candidates = re.split(r"[;\n]", sections(text)["candidate sub-categories"])
+            assert {n.strip(" -") for n in candidates if n.strip(" -")} <= names
+
+
+def test_latency_distribution_and_flag_validation():
+    rng = random.Random(0)
+    lognormal = Behaviour(latency_median=0.5, latency_p99=3.0)
+    draws = np.array([lognormal.delay(rng) for _ in range(20000)])
+    assert abs(np.median(draws) - 0.5) < 0.03 and abs(np.percentile(draws, 99) - 3.0) < 0.3
+    assert Behaviour(latency=0.2).delay(rng) == 0.2
+    with pytest.raises(ValueError, match="perception_error_rate must be between 0 and 1"):
+        Behaviour(perception_error_rate=1.5)
+    with pytest.raises(ValueError, match="sum to at most 1"):
+        Behaviour(rate_429=0.6, rate_500=0.6)
+    with pytest.raises(FileNotFoundError, match="finecot synthetic make"):
+        Behaviour(world="/nonexistent/world")

@@ -194,27 +194,36 @@ class Teacher:
             return None
         return min(pool, key=lambda c: sum(c["attributes"].get(a) != attributes[a] for a in ATTRIBUTES))
 
-    def _neighbours(self, info: dict) -> list[dict]:
-        """Classes of the world one attribute away, earliest in grid order first (cached)."""
+    def _rivals(self, info: dict) -> list[dict]:
+        """Other classes of `info`'s super-category that surely exist in the client's world,
+        closest in attributes first (cached). With --world: the world's classes. Without:
+        classes earlier in grid order (every world is a prefix of it) -- and the second
+        class for the first one."""
         cached = self._near.get(info["name"])
-        if cached is None:
-            cached = self._near[info["name"]] = self._find_neighbours(info)
+        if cached is not None:
+            return cached
+        rank = self.order.get(info["name"], 0)
+        same = [c for c in self.classes.values()
+                if c.get("super_category") == info["super_category"] and c["name"] != info["name"]]
+        if not self.behaviour.world:
+            earlier = [c for c in same if self.order[c["name"]] < rank]
+            same = earlier or sorted(same, key=lambda c: self.order[c["name"]])[:1]
+        cached = sorted(same, key=lambda c: (
+            sum(c["attributes"].get(a) != info["attributes"][a] for a in ATTRIBUTES),
+            self.order.get(c["name"], 1 << 30)))
+        self._near[info["name"]] = cached
         return cached
 
-    def _find_neighbours(self, info: dict) -> list[dict]:
-        out = [c for c in self.classes.values()
-               if c.get("super_category") == info["super_category"] and c["name"] != info["name"]
-               and sum(c["attributes"].get(a) != info["attributes"][a] for a in ATTRIBUTES) == 1]
-        return sorted(out, key=lambda c: self.order.get(c["name"], 1 << 30))
-
     def _confusable(self, info: dict, rng: random.Random) -> dict:
-        """A class one attribute away that exists in any world holding `info` (grid order)."""
-        near = self._neighbours(info)
-        rank = self.order.get(info["name"], 0)
-        earlier = [c for c in near if self.order.get(c["name"], 0) < rank]
-        if self.behaviour.world or not earlier:
-            return rng.choice(near[:3]) if near else info
-        return rng.choice(earlier)
+        """A class one attribute away (else the closest) that exists in the client's world."""
+        rivals = self._rivals(info)
+        if not rivals:
+            return info
+
+        def distance(c: dict) -> int:
+            return sum(c["attributes"].get(a) != info["attributes"][a] for a in ATTRIBUTES)
+
+        return rng.choice([c for c in rivals if distance(c) == distance(rivals[0])])
 
     # -- one completion -----------------------------------------------------------------
 
@@ -310,19 +319,18 @@ class Teacher:
         return text, truth
 
     def _candidates(self, target, answer: str, listed: list[str], rng: random.Random) -> list[str]:
+        """2-6 names of the predicted class's super-category, the prediction included: from the
+        prompt's `Candidates:` line when it has one, else the closest rivals."""
+        rivals = [c["name"] for c in self._rivals(target)] if target is not None else []
         if listed:
             kind = target["super_category"] if target else None
             same = [c for c in listed if kind is None or self.by_normal.get(normalize(c), {})
                     .get("super_category", kind) == kind]
             names = list(dict.fromkeys([answer, *same]))[: rng.randint(2, 6)]
-        elif target is not None:
-            names = [answer, *[c["name"] for c in self._neighbours(target)[: rng.randint(1, 4)]]]
         else:
-            names = [answer]
-        if len(names) < 2 and target is not None:
-            names += [c["name"] for c in self.classes.values()
-                      if c.get("super_category") == target["super_category"]
-                      and c["name"] != answer][:1]
+            names = [answer, *rivals[: rng.randint(1, 4)]]
+        if len(names) < 2:
+            names += [n for n in rivals if n not in names][:1]
         rng.shuffle(names)
         return names
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from pathlib import Path
 
 import datasets
 import numpy as np
@@ -24,22 +23,12 @@ from curation.config import parse_recipe
 def e2e(synthetic_world, tmp_path_factory):
     """ingest -> split -> draft -> filter -> export on the synthetic world, real teacher server."""
     import os
-    import shutil
 
     from curation.pipeline import run_recipe
     from curation.synthetic.teacher import TeacherServer
 
     root = tmp_path_factory.mktemp("e2e")
     os.environ.setdefault("OPENAI_API_KEY", "none")  # the scripted teacher ignores it
-    # The scripted teacher takes the first "Candidates: ..." line of the prompt as the list to
-    # choose from, and the system template's format example is such a line ("..."); until the
-    # two agree, draft with a copy of the templates whose example line says it differently.
-    prompts = root / "prompts"
-    shutil.copytree(Path(__file__).resolve().parents[1] / "prompts", prompts)
-    system = prompts / "draft_system.jinja"
-    system.write_text(
-        system.read_text().replace("\nCandidates: ...\n", "\nCandidates (a list): ...\n")
-    )
     with TeacherServer(perception_error_rate=0.3, world=str(synthetic_world)) as server:
         recipe = parse_recipe(
             {
@@ -58,7 +47,6 @@ def e2e(synthetic_world, tmp_path_factory):
                     "backoff_s": 0,
                 },
                 "draft": {"samples": 3},
-                "prompts": {"directory": str(prompts)},
                 "export": {"rl_image_size": 64, "formats": ["hf", "llamafactory", "easyr1"]},
             }
         )

@@ -31,14 +31,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curation.config import FilterConfig
-from curation.filters import (
-    PARSED_FIELDS,
-    FilterContext,
-    Funnel,
-    build_context,
-    judge,
-    verdict_columns,
-)
+from curation.filter_stage import PARSED_FIELDS, Funnel, verdict_columns
+from curation.filters import FilterContext, build_context, judge
 from curation.labels import Registry
 from curation.rationale import SECTIONS
 from curation.tables import write_parquet_atomic

@@ -57,7 +57,7 @@ def filter_command(
     candidates_count, hallucinated_candidates, label_leak, unseen_mention, off_domain, length,
     language, duplicate. Settings live in the recipe's `filters:` section.
     """
-    from curation.filters import filter_stage
+    from curation.filter_stage import filter_stage
     from curation.rundir import RunDir
 
     saved = run_dir / "recipe.yaml"

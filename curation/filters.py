@@ -27,8 +27,8 @@ Every reason code, with the filter that emits it and what it means, is in REASON
 The public API for the draft quota loop and review: `ctx = make_context(recipe, run)`, then
 `judge(draft, ctx) -> Verdict` per draft (draft keys: response, finish_reason, label,
 dataset, super_category, item_id; optional status, draft_id, image_sha256). The stage
-`finecot filter --run DIR` (filter_stage) writes accepted.parquet, rejected.parquet and
-funnel.json.
+`finecot filter --run DIR` (curation/filter_stage.py) writes accepted.parquet,
+rejected.parquet and funnel.json; class names are found by curation/mentions.py.
 """
 
 from __future__ import annotations
@@ -36,24 +36,18 @@ from __future__ import annotations
 import json
 import logging
 import re
-import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-import pyarrow as pa
 
 from curation.config import FilterConfig, Recipe, RecipeError
 from curation.dedup import NearDuplicates
-from curation.domains import excluded_nouns, off_domain_phrase
+from curation.domains import off_domain_phrase
 from curation.labels import ClassInfo, Registry, match, normalize
+from curation.mentions import MentionIndex, fast_normalize, normalized_words
 from curation.rationale import ERROR_CODES, Rationale, parse
 from curation.rundir import RunDir
-from curation.tables import ParquetStreamWriter, read_table, write_json_atomic
 
 log = logging.getLogger(__name__)
-
-Progress = Callable[[str, int, int], None]  # progress(task, done, total); the CLI draws a bar
 
 
 @dataclass(frozen=True)
@@ -66,128 +60,6 @@ class Verdict:
     parsed: Rationale
     flags: tuple[str, ...] = ()
     evidence: dict[str, list[str]] = field(default_factory=dict)
-
-
-# -- fast mention scanning ------------------------------------------------------------------
-
-# A fast labels.normalize: lower case, apostrophes dropped, every other non-alphanumeric
-# byte a space (bytes.translate runs in C, where a regex sub or a per-character generator
-# does not keep up). The few non-ASCII characters of a text are mapped one by one first.
-_ASCII_TABLE = bytes(
-    c if chr(c).isascii() and chr(c).isalnum() else ord(" ") for c in range(256)
-)
-_NON_ASCII_CHAR = re.compile(r"[^\x00-\x7f]")
-_UNICODE_APOSTROPHES = frozenset("\u2019\u2018\u02bc\u00b4")
-_char_map: dict[str, str] = {}
-
-
-def _ascii_for(m: re.Match) -> str:
-    ch = m.group(0)
-    out = _char_map.get(ch)
-    if out is None:
-        if unicodedata.combining(ch) or ch in _UNICODE_APOSTROPHES:
-            out = ""
-        else:
-            folded = ch.casefold()
-            out = folded if folded.isascii() else " "
-        _char_map[ch] = out
-    return out
-
-
-def normalized_words(text: str) -> list[str]:
-    """The words of labels.normalize(text), computed fast (the filters' hot path).
-
-    >>> normalized_words("Brewer’s_Blackbird & Bohémien") == normalize("Brewer’s_Blackbird & Bohémien").split()
-    True
-    """
-    if not text.isascii():
-        text = _NON_ASCII_CHAR.sub(_ascii_for, unicodedata.normalize("NFKD", text))
-    if "&" in text:
-        text = text.replace("&", " and ")
-    return text.encode().lower().translate(_ASCII_TABLE, b"'`").decode().split()
-
-
-def fast_normalize(text: str) -> str:
-    """labels.normalize(text), with the ASCII fast path of normalized_words."""
-    return " ".join(normalized_words(text))
-
-
-class MentionIndex:
-    """Class names of one dataset, found in free text like Registry.find_mentions.
-
-    Same rule (longest phrase first, left to right, a name inside a longer one does not
-    count), but a word that starts no class name costs one dict lookup, so scanning a whole
-    rationale stays cheap. Mode "loose" also accepts a unique leading part of a class name
-    of at least two words ("Hyundai Veracruz" for "Hyundai Veracruz SUV 2012", not "Boeing
-    747" which starts several classes): teachers shorten names in candidate lists and prose.
-    It is used for candidates; <answer> is judged by the strict matcher of curation/labels.py.
-    """
-
-    def __init__(self, registry: Registry, dataset: str):
-        self.phrases: dict[str, list[ClassInfo]] = {}
-        for info in registry:
-            if info.dataset != dataset:
-                continue
-            for name in info.all_names:
-                phrase = normalize(name)
-                if phrase:
-                    bucket = self.phrases.setdefault(phrase, [])
-                    if info not in bucket:
-                        bucket.append(info)
-        prefixes: dict[str, list[ClassInfo]] = {}
-        for phrase, infos in self.phrases.items():
-            words = phrase.split()
-            for width in range(2, len(words)):
-                bucket = prefixes.setdefault(" ".join(words[:width]), [])
-                bucket.extend(c for c in infos if c not in bucket)
-        # mode -> phrase -> classes: exact names; + unique prefixes; + every prefix
-        self.modes: dict[str, dict[str, list[ClassInfo]]] = {
-            "exact": self.phrases,
-            "loose": {**{p: c for p, c in prefixes.items() if len(c) == 1}, **self.phrases},
-            "cover": {**prefixes, **self.phrases},
-        }
-        self.starts = {mode: _starts(phrases) for mode, phrases in self.modes.items()}
-        self.excluded_nouns = excluded_nouns(self.phrases)  # for the off_domain filter
-
-    def find(self, text: str, mode: str = "exact") -> list[ClassInfo]:
-        """Classes named in `text`: "exact" names, "loose" (+ unique leading parts) or
-        "cover" (+ any leading part of two words or more: "Boeing 747" covers every 747)."""
-        return self.find_words(normalized_words(text), mode)
-
-    def find_words(
-        self, words: list[str], mode: str = "exact", word_set: set[str] | None = None
-    ) -> list[ClassInfo]:
-        """find() on a text already split into normalised words (and their set, if known)."""
-        starts, phrases = self.starts[mode], self.modes[mode]
-        hits = starts.keys() & (word_set if word_set is not None else set(words))
-        if not hits:
-            return []
-        found: list[ClassInfo] = []
-        n = len(words)
-        resume = 0  # words before this index are part of a name already found
-        for i in [i for i, w in enumerate(words) if w in hits]:
-            if i < resume:
-                continue
-            for width in starts[words[i]]:
-                if i + width <= n:
-                    hit = phrases.get(" ".join(words[i : i + width]))
-                    if hit is not None:
-                        found.extend(c for c in hit if c not in found)
-                        resume = i + width
-                        break
-        return found
-
-    def find_name(self, name: str) -> list[ClassInfo]:
-        return self.find(name, "loose")
-
-
-def _starts(phrases: Mapping[str, object]) -> dict[str, list[int]]:
-    """First word -> widths (in words) of the phrases it starts, longest first."""
-    widths: dict[str, set[int]] = {}
-    for phrase in phrases:
-        words = phrase.split()
-        widths.setdefault(words[0], set()).add(len(words))
-    return {w: sorted(ws, reverse=True) for w, ws in widths.items()}
 
 
 # -- context --------------------------------------------------------------------------------
@@ -623,107 +495,3 @@ def filter_of(code: str) -> str:
     ('label_leak', 'format')
     """
     return REASONS.get(code, ("format", ""))[0]
-
-
-# -- the stage ------------------------------------------------------------------------------
-
-PARSED_FIELDS = [
-    pa.field("think", pa.string()),
-    pa.field("answer", pa.string()),
-    pa.field("visual_analysis", pa.string()),
-    pa.field("candidates", pa.list_(pa.string())),
-    pa.field("comparison", pa.string()),
-    pa.field("prediction", pa.string()),
-    pa.field("verdict", pa.string()),
-    pa.field("reasons", pa.list_(pa.string())),
-    pa.field("flags", pa.list_(pa.string())),
-    pa.field("evidence", pa.string()),  # JSON {filter: [what it found]}
-]
-
-
-def verdict_columns(v: Verdict) -> dict[str, Any]:
-    """The parsed sections and verdict of one draft, as table columns."""
-    r = v.parsed
-    return {
-        "think": r.think, "answer": r.answer, "visual_analysis": r.visual_analysis,
-        "candidates": list(r.candidates), "comparison": r.comparison, "prediction": r.prediction,
-        "verdict": "accepted" if v.accepted else "rejected", "reasons": list(v.reasons),
-        "flags": list(v.flags), "evidence": json.dumps(v.evidence, ensure_ascii=False),
-    }
-
-
-class Funnel:
-    """Counts for funnel.json: drafts -> each filter (in order) -> accepted."""
-
-    def __init__(self, enabled: Sequence[str]):
-        self.enabled = list(enabled)
-        self.drafts = 0
-        self.accepted = 0
-        self.failed = dict.fromkeys(self.enabled, 0)
-        self.reasons: dict[str, int] = {}
-        self.flags: dict[str, int] = {}
-        self.cascade = dict.fromkeys(self.enabled, 0)  # drafts still alive after each filter
-        self.hallucinated_names = 0
-        self.per_class: dict[str, dict[str, int]] = {}
-
-    def add(self, draft: Mapping, v: Verdict) -> None:
-        self.drafts += 1
-        self.accepted += v.accepted
-        failed_filters = {filter_of(code) for code in v.reasons}
-        for code in v.reasons:
-            self.reasons[code] = self.reasons.get(code, 0) + 1
-        for code in v.flags:
-            self.flags[code] = self.flags.get(code, 0) + 1
-        alive = True
-        for name in self.enabled:
-            if name in failed_filters:
-                self.failed[name] += 1
-                alive = False
-            self.cascade[name] += alive
-        self.hallucinated_names += len(v.evidence.get("hallucinated", ()))
-        key = f"{draft.get('dataset')}/{draft.get('label')}"
-        counts = self.per_class.setdefault(key, {"drafts": 0, "accepted": 0})
-        counts["drafts"] += 1
-        counts["accepted"] += v.accepted
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "drafts": self.drafts,
-            "accepted": self.accepted,
-            "rejected": self.drafts - self.accepted,
-            "cascade": [{"filter": "drafts", "remaining": self.drafts}]
-            + [{"filter": n, "remaining": self.cascade[n]} for n in self.enabled],
-            "failed_by_filter": self.failed,
-            "reasons": dict(sorted(self.reasons.items(), key=lambda kv: -kv[1])),
-            "flags": self.flags,
-            "hallucinated_candidate_names": self.hallucinated_names,
-            "per_class": self.per_class,
-        }
-
-
-def filter_stage(recipe: Recipe, run: RunDir, progress: Progress | None = None) -> dict[str, Any]:
-    """drafts.parquet -> accepted.parquet, rejected.parquet, funnel.json (all atomic)."""
-    ctx = make_context(recipe, run)
-    drafts = read_table(run.require(run.path("drafts.parquet"), "draft"))
-    if "draft_id" in drafts.column_names:  # a fixed order: the duplicate filter keeps the first
-        drafts = drafts.sort_by("draft_id")
-    schema = pa.schema(
-        [f for f in drafts.schema if f.name not in {p.name for p in PARSED_FIELDS}] + PARSED_FIELDS
-    )
-    funnel = Funnel(ctx.enabled)
-    total = drafts.num_rows
-    with ParquetStreamWriter(run.path("accepted.parquet"), schema) as accepted, \
-            ParquetStreamWriter(run.path("rejected.parquet"), schema) as rejected:
-        done = 0
-        for batch in drafts.to_batches(max_chunksize=2048):
-            for row in batch.to_pylist():
-                v = judge(row, ctx)
-                funnel.add(row, v)
-                (accepted if v.accepted else rejected).write({**row, **verdict_columns(v)})
-            done += batch.num_rows
-            if progress:
-                progress("filter", done, total)
-    summary = {**funnel.as_dict(), "settings": recipe.filters.model_dump()}
-    write_json_atomic(run.path("funnel.json"), summary)
-    log.info("filter: %d drafts, %d accepted", funnel.drafts, funnel.accepted)
-    return summary

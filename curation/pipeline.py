@@ -63,7 +63,7 @@ def _draft(recipe: Recipe, run: RunDir) -> None:
 
 
 def _filter(recipe: Recipe, run: RunDir) -> None:
-    from curation.filters import filter_stage
+    from curation.filter_stage import filter_stage
 
     filter_stage(recipe, run)
 

@@ -13,17 +13,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from curation.config import FilterConfig, Recipe, RecipeError
+from curation.filter_stage import filter_stage
 from curation.filters import (
     FILTERS,
     REASON_FILTER,
     REASONS,
     build_context,
-    fast_normalize,
-    filter_stage,
     judge,
     make_context,
 )
 from curation.labels import ClassInfo, Registry, normalize
+from curation.mentions import fast_normalize
 from curation.rundir import RunDir
 from curation.tables import read_table, write_json_atomic, write_parquet_atomic
 

@@ -1,0 +1,144 @@
+"""Class names in free text, fast: the name scanner of the filters (and the audit).
+
+Same normalisation as THE matcher (curation/labels.normalize) and the same rule as
+Registry.find_mentions (longest name first, left to right; a name inside a longer one does
+not count), built for scanning whole rationales many thousand times a second:
+
+    >>> from curation.labels import ClassInfo, Registry
+    >>> reg = Registry([ClassInfo(0, "Basset", "dogs", "dog"),
+    ...                 ClassInfo(1, "Basset Hound", "dogs", "dog"),
+    ...                 ClassInfo(2, "Hyundai Veracruz SUV 2012", "dogs", "dog")])
+    >>> index = MentionIndex(reg, "dogs")
+    >>> [c.name for c in index.find("A basset hound, not a Basset.")]
+    ['Basset Hound', 'Basset']
+    >>> [c.name for c in index.find("a Hyundai Veracruz", "loose")]
+    ['Hyundai Veracruz SUV 2012']
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Mapping
+
+from curation.domains import excluded_nouns
+from curation.labels import ClassInfo, Registry, normalize
+
+# A fast labels.normalize: lower case, apostrophes dropped, every other non-alphanumeric
+# byte a space (bytes.translate runs in C, where a regex sub or a per-character generator
+# does not keep up). The few non-ASCII characters of a text are mapped one by one first.
+_ASCII_TABLE = bytes(
+    c if chr(c).isascii() and chr(c).isalnum() else ord(" ") for c in range(256)
+)
+_NON_ASCII_CHAR = re.compile(r"[^\x00-\x7f]")
+_UNICODE_APOSTROPHES = frozenset("\u2019\u2018\u02bc\u00b4")
+_char_map: dict[str, str] = {}
+
+
+def _ascii_for(m: re.Match) -> str:
+    ch = m.group(0)
+    out = _char_map.get(ch)
+    if out is None:
+        if unicodedata.combining(ch) or ch in _UNICODE_APOSTROPHES:
+            out = ""
+        else:
+            folded = ch.casefold()
+            out = folded if folded.isascii() else " "
+        _char_map[ch] = out
+    return out
+
+
+def normalized_words(text: str) -> list[str]:
+    """The words of labels.normalize(text), computed fast (the filters' hot path).
+
+    >>> normalized_words("Brewer’s_Blackbird & Bohémien") == normalize("Brewer’s_Blackbird & Bohémien").split()
+    True
+    """
+    if not text.isascii():
+        text = _NON_ASCII_CHAR.sub(_ascii_for, unicodedata.normalize("NFKD", text))
+    if "&" in text:
+        text = text.replace("&", " and ")
+    return text.encode().lower().translate(_ASCII_TABLE, b"'`").decode().split()
+
+
+def fast_normalize(text: str) -> str:
+    """labels.normalize(text), with the ASCII fast path of normalized_words."""
+    return " ".join(normalized_words(text))
+
+
+class MentionIndex:
+    """Class names of one dataset, found in free text like Registry.find_mentions.
+
+    Same rule (longest phrase first, left to right, a name inside a longer one does not
+    count), but a word that starts no class name costs one dict lookup, so scanning a whole
+    rationale stays cheap. Mode "loose" also accepts a unique leading part of a class name
+    of at least two words ("Hyundai Veracruz" for "Hyundai Veracruz SUV 2012", not "Boeing
+    747" which starts several classes): teachers shorten names in candidate lists and prose.
+    It is used for candidates; <answer> is judged by the strict matcher of curation/labels.py.
+    """
+
+    def __init__(self, registry: Registry, dataset: str):
+        self.phrases: dict[str, list[ClassInfo]] = {}
+        for info in registry:
+            if info.dataset != dataset:
+                continue
+            for name in info.all_names:
+                phrase = normalize(name)
+                if phrase:
+                    bucket = self.phrases.setdefault(phrase, [])
+                    if info not in bucket:
+                        bucket.append(info)
+        prefixes: dict[str, list[ClassInfo]] = {}
+        for phrase, infos in self.phrases.items():
+            words = phrase.split()
+            for width in range(2, len(words)):
+                bucket = prefixes.setdefault(" ".join(words[:width]), [])
+                bucket.extend(c for c in infos if c not in bucket)
+        # mode -> phrase -> classes: exact names; + unique prefixes; + every prefix
+        self.modes: dict[str, dict[str, list[ClassInfo]]] = {
+            "exact": self.phrases,
+            "loose": {**{p: c for p, c in prefixes.items() if len(c) == 1}, **self.phrases},
+            "cover": {**prefixes, **self.phrases},
+        }
+        self.starts = {mode: _starts(phrases) for mode, phrases in self.modes.items()}
+        self.excluded_nouns = excluded_nouns(self.phrases)  # for the off_domain filter
+
+    def find(self, text: str, mode: str = "exact") -> list[ClassInfo]:
+        """Classes named in `text`: "exact" names, "loose" (+ unique leading parts) or
+        "cover" (+ any leading part of two words or more: "Boeing 747" covers every 747)."""
+        return self.find_words(normalized_words(text), mode)
+
+    def find_words(
+        self, words: list[str], mode: str = "exact", word_set: set[str] | None = None
+    ) -> list[ClassInfo]:
+        """find() on a text already split into normalised words (and their set, if known)."""
+        starts, phrases = self.starts[mode], self.modes[mode]
+        hits = starts.keys() & (word_set if word_set is not None else set(words))
+        if not hits:
+            return []
+        found: list[ClassInfo] = []
+        n = len(words)
+        resume = 0  # words before this index are part of a name already found
+        for i in [i for i, w in enumerate(words) if w in hits]:
+            if i < resume:
+                continue
+            for width in starts[words[i]]:
+                if i + width <= n:
+                    hit = phrases.get(" ".join(words[i : i + width]))
+                    if hit is not None:
+                        found.extend(c for c in hit if c not in found)
+                        resume = i + width
+                        break
+        return found
+
+    def find_name(self, name: str) -> list[ClassInfo]:
+        return self.find(name, "loose")
+
+
+def _starts(phrases: Mapping[str, object]) -> dict[str, list[int]]:
+    """First word -> widths (in words) of the phrases it starts, longest first."""
+    widths: dict[str, set[int]] = {}
+    for phrase in phrases:
+        words = phrase.split()
+        widths.setdefault(words[0], set()).add(len(words))
+    return {w: sorted(ws, reverse=True) for w, ws in widths.items()}

@@ -352,3 +352,42 @@ def test_cli_run_and_compare_with_the_paper_rows(teacher_server, export, tmp_pat
     assert "74.80" in open_part  # Fine-R1-7B's open-world Avg
     bad = runner.invoke(app, ["eval", "run", "--data", str(export), "--out", str(out)])
     assert bad.exit_code != 0 and "either --model" in bad.output
+
+
+def test_a_real_export_is_evaluated(tmp_path):
+    """What `finecot export` writes (eval_open / eval_closed of a run) feeds `finecot eval run`."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from export_fixtures import make_run
+
+    from curation.export import export_stage
+
+    run, recipe = make_run(tmp_path / "run")
+    export_stage(recipe, run)
+    closed = ev.load_exported(run.root, "eval_closed")
+    registry = ev.exported_registry(run.root, closed)
+    assert len(registry) == len(Registry.load(run.registry))  # the run's registry.json is used
+    with FirstOptionServer() as server:
+        result = CliRunner().invoke(app, ["eval", "run", "--data", str(run.root), "--endpoint",
+                                          server.base_url, "--mode", "closed", "--out", str(tmp_path / "ev")])
+        assert result.exit_code == 0, result.output
+        assert server.requests == len(closed) > 0
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())["results"]["closed"]
+    assert metrics["position"]["accuracy"] == pytest.approx(np.mean([i.answer_index == 0 for i in closed]))
+    assert {r["class_split"] for r in metrics["per_class"]} == {i.class_split for i in closed}
+
+
+def test_an_unreadable_image_fails_its_item_and_the_run_goes_on(start_teacher, loaded, tmp_path):
+    items, registry = loaded
+    broken = ev.Item(id="broken", dataset="synthetic", label=items["open"][0].label, class_split="seen",
+                     question=QUESTION, image=b"not an image at all", super_category="bird")
+    server = start_teacher()
+    backend = EndpointModel(TeacherConfig(model="scripted", base_urls=[server.base_url], temperature=0))
+    metrics = ev.evaluate({"open": [broken, *items["open"][:5]]}, registry, backend, tmp_path, ev.Settings())
+    block = metrics["results"]["open"]
+    assert block["n"] == 6 and block["not_answered"] == 1
+    assert sum(c["n"] for sides in block["cells"].values() for c in sides.values()) == 5
+    rows = {r["id"]: r for r in pq.read_table(tmp_path / "responses_open.parquet").to_pylist()}
+    assert rows["broken"]["status_request"] == "failed" and rows["broken"]["response"] is None
+    assert server.stats(log=False)["counts"]["requests"] == 5

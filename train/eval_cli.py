@@ -157,7 +157,8 @@ def _print_summary(metrics: dict, out: Path) -> None:
         out_console.print(table)
         if block["not_answered"]:
             console.print(f"[yellow]{block['not_answered']} {mode}-world item(s) not answered "
-                          "(budget or failures): rerun the same command to finish")
+                          "(budget, unreadable image or endpoint failure; see responses_*.parquet): rerun the "
+                          "same command to finish")
     console.print(f"new requests: {metrics['ledger']['new_keys']}; report: {out / 'report.md'}")
 
 

@@ -37,11 +37,14 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Request:
-    """One evaluation question: the image (encoded file bytes), the user text, its key."""
+    """One evaluation question: the image (encoded file bytes or a file), the user text, its key."""
 
     key: str
-    image: bytes
+    image: bytes | Path
     text: str
+
+    def image_bytes(self) -> bytes:
+        return self.image if isinstance(self.image, bytes) else Path(self.image).read_bytes()
 
 
 OnResult = Callable[[Request, Completion], None]
@@ -107,7 +110,7 @@ class EndpointModel:
             async def one(request: Request) -> None:
                 nonlocal sent
                 try:
-                    url = data_url(request.image, cfg.image_max_side, cfg.image_max_pixels, cfg.jpeg_quality)
+                    url = data_url(request.image_bytes(), cfg.image_max_side, cfg.image_max_pixels, cfg.jpeg_quality)
                 except (OSError, ValueError, Image.DecompressionBombError) as err:
                     on_result(request, Completion(status="failed", error=f"image: {err}"))
                     return
@@ -167,21 +170,28 @@ class LocalModel:
         for start in range(0, len(requests), self.batch_size):
             if gate():
                 break
-            batch = requests[start:start + self.batch_size]
-            for request, completion in zip(batch, self.generate(batch), strict=True):
-                on_result(request, completion)
+            batch, images = [], []
+            for request in requests[start:start + self.batch_size]:
+                try:  # an unreadable image fails its own item, not the batch
+                    with Image.open(io.BytesIO(request.image_bytes())) as img:
+                        images.append(ImageOps.exif_transpose(img).convert("RGB"))
+                    batch.append(request)
+                except (OSError, ValueError, Image.DecompressionBombError) as err:
+                    on_result(request, Completion(status="failed", error=f"image: {err}"))
+            if batch:
+                for request, completion in zip(batch, self.generate(batch, images), strict=True):
+                    on_result(request, completion)
             done += len(batch)
         return done
 
-    def generate(self, batch: Sequence[Request]) -> list[Completion]:
+    def generate(self, batch: Sequence[Request], images: Sequence[Image.Image]) -> list[Completion]:
+        """Greedy answers of one batch (the images already decoded, RGB)."""
         import time
 
         import torch
 
-        images, texts = [], []
+        texts = []
         for request in batch:
-            with Image.open(io.BytesIO(request.image)) as img:
-                images.append(ImageOps.exif_transpose(img).convert("RGB"))
             messages = [{"role": "user", "content": [{"type": "image"},
                                                       {"type": "text", "text": request.text}]}]
             texts.append(self.processor.apply_chat_template(messages, add_generation_prompt=True))

@@ -70,7 +70,7 @@ class Item:
     label: str
     class_split: str
     question: str
-    image: bytes
+    image: bytes | Path  # encoded file bytes, or a file read only when the item is sent
     super_category: str | None = None
     options: list[str] | None = None
     answer_index: int | None = None
@@ -79,7 +79,18 @@ class Item:
 
     def __post_init__(self) -> None:
         if not self.image_sha256:
-            self.image_sha256 = hashlib.sha256(self.image).hexdigest()
+            self.image_sha256 = file_sha256(self.image)
+
+
+def file_sha256(image: bytes | Path) -> str:
+    """sha256 of image bytes, or of a file read in 1 MB chunks (bounded memory)."""
+    if isinstance(image, bytes):
+        return hashlib.sha256(image).hexdigest()
+    digest = hashlib.sha256()
+    with open(image, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 @dataclass
@@ -165,7 +176,8 @@ def load_fine_r1(folder: str | Path, roots: dict[str, Path], seed: int = 0, shuf
                  limit: int | None = None) -> tuple[list[Item], list[Item], list[dict]]:
     """(open items, closed items, skipped) from the paper's eval/*.jsonl for the datasets in
     `roots` (short name -> folder holding the paper's image_path layout). Options shuffled per
-    item with `seed` (the files put the gold first). Missing images are skipped with a reason."""
+    item with `seed` (the files put the gold first). Missing images are skipped with a reason.
+    Images stay on disk (hashed once here, read again only when sent): memory stays small."""
     folder = Path(folder)
     unknown = set(roots) - set(m.COARSE)
     if unknown:
@@ -183,7 +195,7 @@ def load_fine_r1(folder: str | Path, roots: dict[str, Path], seed: int = 0, shuf
                 row = json.loads(line)
                 path = Path(root) / row["image_path"]
                 try:
-                    data = path.read_bytes()
+                    sha = file_sha256(path)
                 except OSError as err:
                     skipped.append({"file": file.name, "line": number + 1, "image_path": str(path),
                                     "reason": "image_missing", "detail": type(err).__name__})
@@ -195,8 +207,8 @@ def load_fine_r1(folder: str | Path, roots: dict[str, Path], seed: int = 0, shuf
                 if shuffle:
                     options, index = shuffled_options(options, gold, seed, item_id)
                 common = dict(id=item_id, dataset=short, label=gold, class_split=side,
-                              question=row["question"], image=data, super_category=short,
-                              paper_path=row["image_path"])
+                              question=row["question"], image=path, super_category=short,
+                              paper_path=row["image_path"], image_sha256=sha)
                 opens.append(Item(**common))
                 closeds.append(Item(**common, options=options, answer_index=index))
     if skipped:
@@ -331,7 +343,9 @@ def cached_embed(embed: m.Embed) -> m.Embed:
 
 def summarise(rows: Sequence[dict[str, Any]], mode: str) -> dict[str, Any]:
     """metrics.json's block of one mode: the table, per-class accuracy, confusions, positions."""
-    answered = [r for r in rows if r["status_request"] != "not_sent"]
+    # not sent (budget) or failed (unreadable image, endpoint errors): reported, not scored,
+    # and asked again by a rerun
+    answered = [r for r in rows if r["status_request"] not in ("not_sent", "failed")]
     metrics = ["accuracy", "format"]
     for r in answered:
         r["accuracy"] = r["correct"]

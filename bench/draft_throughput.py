@@ -118,6 +118,12 @@ def start_server(latency: float) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("the scripted teacher did not start")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc), to see who the bottleneck is."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def server_requests(root: str) -> int:
     with urllib.request.urlopen(f"{root}/stats?log=0", timeout=30) as resp:
         return json.loads(resp.read())["counts"]["requests"]
@@ -169,7 +175,7 @@ def main() -> None:
         if not args.cold:
             draft_stage(recipe(base, root, 256, "aiohttp", model="warm-up"), RunDir(base))
         print(f"{'transport':>9} {'C':>4} {'sent':>5} {'wall s':>7} {'req/s':>7} {'ideal':>6} "
-              f"{'ratio':>6} {'cpu ms/req':>10}")
+              f"{'ratio':>6} {'client cpu ms/req':>17} {'server cpu ms/req':>17}")
         last = None
         for transport in args.transport:
             for c in args.concurrency:
@@ -177,13 +183,14 @@ def main() -> None:
                 run.mkdir(parents=True)
                 for name in ("pool.parquet", "registry.json", "split.json"):
                     (run / name).write_bytes((base / name).read_bytes())
-                before = server_requests(root)
+                before, server_cpu = server_requests(root), cpu_seconds(proc.pid)
                 wall, cpu, report = timed_draft(recipe(run, root, c, transport))
                 sent = server_requests(root) - before
+                server_cpu = cpu_seconds(proc.pid) - server_cpu
                 ideal = c / args.latency
                 print(f"{transport:>9} {c:>4} {sent:>5} {wall:>7.2f} {sent / wall:>7.1f} "
-                      f"{ideal:>6.0f} {sent / wall / ideal:>6.2f} {cpu / max(sent, 1) * 1000:>10.2f}",
-                      flush=True)
+                      f"{ideal:>6.0f} {sent / wall / ideal:>6.2f} {cpu / max(sent, 1) * 1000:>17.2f} "
+                      f"{server_cpu / max(sent, 1) * 1000:>17.2f}", flush=True)
                 last = (run, transport, c)
         run, transport, c = last
         before = server_requests(root)

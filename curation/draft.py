@@ -24,6 +24,7 @@ exists only while its request is in flight.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
 import signal
@@ -207,14 +208,12 @@ class Drafter:
             batch = self._next_round()
 
     def _add(self, wanted: Iterable[tuple[int, str]], count: int) -> list[Sample]:
-        """Schedule `count` new sample indices for each (row, strategy), with their keys."""
+        """Schedule `count` new sample indices for each (row, strategy); keys come in _send."""
         added = []
         for row, strategy in wanted:
             start = self.next_index[(row, strategy)]
             self.next_index[(row, strategy)] = start + count
-            indices = range(start, start + count)
-            keys = self.requests.keys(row, strategy, indices)
-            added += [Sample(row, i, strategy, k) for i, k in zip(indices, keys, strict=True)]
+            added += [Sample(row, i, strategy) for i in range(start, start + count)]
         self.schedule += added
         self.progress.add_total(len(added))
         return added
@@ -253,7 +252,7 @@ class Drafter:
                     draft.strategy == "blind-then-hinted" and row not in rows_blind_ok)
                 wanted.append((row, "hinted" if hinted else "blind"))
         added: list[Sample] = []
-        for row_strategy in wanted:
+        for row_strategy in sorted(wanted):  # an item's new samples side by side: one request
             added += self._add([row_strategy], 1)
         return added
 
@@ -269,29 +268,34 @@ class Drafter:
     # -- sending ----------------------------------------------------------------------------
 
     async def _send(self, batch: list[Sample]) -> None:
-        """Send what the ledger does not answer, at most `concurrency`-ish jobs at a time."""
-        known = self.ledger.statuses(s.key for s in batch)
+        """Key each item's samples, send what the ledger does not answer, `concurrency`-ish
+        jobs at a time. Keys are computed as the loop goes, so the first requests leave at
+        once and overlap with the keying of the rest."""
         retry = self.recipe.draft.retry_failed
-        jobs: dict[tuple[int, str], list[Sample]] = defaultdict(list)
-        cached = 0
-        for s in batch:
-            status = known.get(s.key)
-            if status is None or (retry and status == "failed"):
-                jobs[(s.row, s.strategy)].append(s)
-            else:
-                cached += 1
-        self.report.cached += cached
-        self.progress.on_cached(cached)
-        if jobs and self.client is None:  # a fully cached run never opens a connection
-            self.client = await TeacherClient(self.recipe.teacher).__aenter__()
         limit = self.recipe.teacher.concurrency + self.recipe.teacher.concurrency // 4 + 2
         pending: set[asyncio.Task] = set()
-        for (row, strategy), samples in jobs.items():
-            if self.stop_reason():
-                break
+        for count, ((row, strategy), group) in enumerate(
+                itertools.groupby(batch, key=lambda s: (s.row, s.strategy))):
+            samples = list(group)
+            keys = self.requests.keys(row, strategy, [s.index for s in samples])
+            for sample, key in zip(samples, keys, strict=True):
+                sample.key = key
+            known = self.ledger.statuses(keys)
+            todo = [s for s in samples if known.get(s.key) is None
+                    or (retry and known[s.key] == "failed")]
+            if len(todo) < len(samples):
+                self.report.cached += len(samples) - len(todo)
+                self.progress.on_cached(len(samples) - len(todo))
+            if not todo or self.stop_reason():  # stopped: keep keying, so cached rows count
+                self.requests.release(row, strategy)
+                continue
+            if self.client is None:  # a fully cached run never opens a connection
+                self.client = await TeacherClient(self.recipe.teacher).__aenter__()
             while len(pending) >= limit:
                 _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            pending.add(asyncio.create_task(self._job(row, strategy, samples)))
+            pending.add(asyncio.create_task(self._job(row, strategy, todo)))
+            if count % 32 == 0:
+                await asyncio.sleep(0)  # let the first requests leave while keying goes on
         if pending:
             await asyncio.gather(*pending)
 
@@ -328,6 +332,7 @@ class Drafter:
 
     def _drafts(self, samples: list[Sample]) -> Iterable[tuple[Sample, dict]]:
         """(sample, draft row) for the samples the ledger answers, in chunks of 1,000."""
+        samples = [s for s in samples if s.key]  # no key: never reached (interrupted)
         for start in range(0, len(samples), 1000):
             chunk = samples[start : start + 1000]
             known = self.ledger.get_many((s.key for s in chunk), meta=False)

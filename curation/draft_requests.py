@@ -166,6 +166,10 @@ class Requests:
         del self._encoded[(row, strategy)]  # sent once per round: no need to keep it
         return encoded.replace(self.image_ref(self.pool[row]), data_url, 1)
 
+    def release(self, row: int, strategy: str) -> None:
+        """Drop one cached message text (nothing to send for it)."""
+        self._encoded.pop((row, strategy), None)
+
     def forget(self) -> None:
         """Drop the cached message texts (end of a round): memory stays bounded."""
         self._encoded.clear()

@@ -8,6 +8,7 @@ They are no substitute for a real teacher model on real images.
     draw.py       the canonical bird (polygons) and its rendering with nuisance variation
     read.py       attributes read back from pixels (what the teacher "sees")
     rationale.py  the teacher's four-part rationale, with scripted mistakes
+    script.py     the teacher's mind: `Behaviour` flags, perception, scripted answers, counts
     teacher.py    the aiohttp server speaking the Chat Completions API, and `TeacherServer`
     cli.py        `finecot synthetic make | teacher`
 """

@@ -171,6 +171,7 @@ def card_context(
         else {},
         "triplet_model": recipe.export.triplet_model,
         "fine_r1_prompts": recipe.export.system_prompt is None,
+        "eval_in_train": summary.get("eval_in_train", 0),
         "options_seed": recipe.export.seed,
         "options_methods": dict(options_methods.most_common()),
     }

@@ -340,6 +340,11 @@ def export_stage(recipe: Recipe, run: RunDir, progress: Progress | None = None) 
     # eval_open / eval_closed
     test_total = pq.ParquetFile(run.test).metadata.num_rows
 
+    # Training images are pool images (sft rows are drafts over the pool): an evaluation image
+    # with the same bytes is a leak, counted for the card.
+    test_sha = pd.read_parquet(run.test, columns=["image_sha256"])["image_sha256"]
+    summary["eval_in_train"] = int(test_sha.isin(set(pool["image_sha256"])).sum())
+
     def eval_row(record: dict[str, Any]) -> dict[str, Any]:
         row = {k: record[k] for k in EVAL_COLUMNS if k in record and k != "images"}
         row.update(

@@ -293,3 +293,17 @@ def test_empty_config_is_left_out_of_the_header(tmp_path):
     assert "(empty: not declared" in card.text
     rl = load_config(run.path("dataset"), "rl", tmp_path)["train"]
     assert len(rl) == len(pd.read_parquet(run.pool))
+
+
+def test_card_counts_evaluation_images_identical_to_training_ones(tmp_path):
+    run, recipe = make_run(tmp_path)
+    pool = pd.read_parquet(run.pool)
+    test = pd.read_parquet(run.test)
+    test.loc[test.index[:2], "image_sha256"] = pool["image_sha256"].iloc[:2].to_numpy()  # a leak
+    test.to_parquet(run.test)
+    summary = export_stage(recipe, run)
+    assert summary["eval_in_train"] == 2
+    assert (
+        "**2 of them have the same bytes (sha256) as a training image**"
+        in run.path("dataset/README.md").read_text()
+    )

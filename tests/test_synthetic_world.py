@@ -18,6 +18,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from curation.cli import app
+from curation.config import load_recipe
+from curation.labels import Registry
+from curation.pipeline import run_recipe
 from curation.synthetic.draw import render
 from curation.synthetic.read import read_image
 from curation.synthetic.world import (
@@ -27,6 +30,7 @@ from curation.synthetic.world import (
     make_world,
     world_classes,
 )
+from curation.tables import read_table
 
 
 def _digests(root: Path) -> dict[str, str]:
@@ -144,3 +148,17 @@ def test_cli_make_writes_the_world_and_refuses_bad_sizes(tmp_path):
     assert len(json.loads((out / "classes.json").read_text())) == 6
     result = runner.invoke(app, ["synthetic", "make", str(tmp_path / "x"), "--classes", "500"])
     assert result.exit_code == 2 and "--classes must be between" in result.output
+
+
+def test_the_world_goes_through_the_normal_ingest_path(synthetic_world, tmp_path):
+    recipe = load_recipe(None, ["sources.0.kind=imagefolder", f"sources.0.root={synthetic_world}",
+                                "sources.0.dataset=synthetic", f"run_dir={tmp_path / 'run'}"])
+    run = run_recipe(recipe, ["ingest"])
+    classes = json.loads((synthetic_world / "classes.json").read_text())
+    registry = Registry.load(run.registry)
+    assert [c.name for c in registry] == [c["name"] for c in classes]
+    assert [c.attributes for c in registry] == [c["attributes"] for c in classes]
+    assert {c.super_category for c in registry} == {"warbler", "finch", "tern"}
+    items = read_table(run.items).to_pylist()
+    assert len(items) == 24 * 4 and all(i["width"] == 96 for i in items)
+    assert read_table(run.quarantine).num_rows == 0

@@ -92,11 +92,11 @@ _NAME_PARTS: dict[str, Callable[[str], str]] = {
     "beak_shape": lambda v: {"stubby": "Stubby", "long": "Long", "hooked": "Hook"}[v] + "-billed",
 }
 _PHRASES: dict[str, Callable[[str], str]] = {
-    "body_colour": lambda v: f"a {v} body",
-    "crown_colour": lambda v: f"a {v} crown",
+    "body_colour": lambda v: f"{'an' if v[0] in 'aeiou' else 'a'} {v} body",
+    "crown_colour": lambda v: f"{'an' if v[0] in 'aeiou' else 'a'} {v} crown",
     "wing_colour": lambda v: f"{v} wings",
     "wing_bars": lambda v: "a broad pale wing bar" if v == "barred" else "no wing bar",
-    "breast_colour": lambda v: f"a {v} breast",
+    "breast_colour": lambda v: f"{'an' if v[0] in 'aeiou' else 'a'} {v} breast",
     "tail_shape": lambda v: f"a {v} tail",
     "beak_shape": lambda v: f"a {v} bill",
 }

@@ -124,7 +124,11 @@ class DraftReport:
 
 def draft_stage(recipe: Recipe, run: RunDir, progress: DraftProgress | None = None) -> DraftReport:
     """Draft rationales for run.pool into run.path("drafts.parquet"); see the module doc."""
-    return asyncio.run(Drafter(recipe, run, progress or DraftProgress()).run())
+    progress = progress or DraftProgress()
+    try:
+        return asyncio.run(Drafter(recipe, run, progress).run())
+    finally:
+        progress.close()
 
 
 class Drafter:
@@ -154,6 +158,8 @@ class Drafter:
     def stop_reason(self) -> str | None:
         if self.interrupted:
             return "interrupted"
+        if self.client is not None and self.client.refused:
+            return "refused"
         spent, tokens = self.ledger.totals()
         draft = self.recipe.draft
         if draft.budget_usd is not None and spent >= draft.budget_usd:
@@ -190,7 +196,6 @@ class Drafter:
         finally:
             if handled:
                 loop.remove_signal_handler(signal.SIGINT)
-            self.progress.close()
         return self.report
 
     async def _rounds(self) -> None:
@@ -393,6 +398,11 @@ class Drafter:
         done = f"{r.drafts} drafts written, {r.not_sent} scheduled requests not sent"
         if r.stopped == "interrupted":
             return f"interrupted: {done}. Rerun the same command to resume."
+        if r.stopped == "refused":
+            t = self.recipe.teacher
+            return (f"the teacher refused the requests ({self.client.refused}); {done}. Check "
+                    f"the API key in ${t.api_key_env}, teacher.base_urls and teacher.model "
+                    f"({t.model!r}), then rerun the same command.")
         limit = (f"${d.budget_usd:.4f}" if d.budget_usd is not None
                  and r.cost_usd >= d.budget_usd else f"{d.budget_tokens} tokens")
         return (f"budget reached: spent ${r.cost_usd:.4f} and {r.tokens} tokens (limit {limit}); "

@@ -130,6 +130,10 @@ def draft_command(
     except DraftStopped as err:
         console.print(f"[yellow]stopped:[/yellow] {err}")
         raise typer.Exit(3) from None
+    except KeyboardInterrupt:  # a second Ctrl-C
+        console.print("[yellow]stopped at once[/yellow]: every answered request is in the "
+                      "ledger; rerun the same command to resume")
+        raise typer.Exit(130) from None
     except (FileNotFoundError, ValueError) as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2) from None

@@ -5,9 +5,10 @@ configuration: base URL, auth and default headers, and, with transport "sdk", th
 itself (`client.post(..., cast_to=httpx2.Response)`). The default transport "aiohttp" sends
 the same pre-built body with those same headers over one aiohttp session: at high
 concurrency the client's CPU per request sets the pace, and the SDK's per-call work (option
-copies, request building) cost ~0.4 ms per request here (bench/draft_throughput.py measures both).
+copies, request building) about doubles it (bench/draft_throughput.py measures both).
 
 What it does around each request:
+- 401/403/404 (a wrong key, URL or model) set `refused`: the caller stops sending;
 - a concurrency limit (a semaphore held only while a request is on the wire, not while
   it waits to be retried) and RPM/TPM token buckets that adapt to 429 + Retry-After;
 - retries with exponential backoff and jitter for 429, 408/409/5xx, timeouts, connection
@@ -55,6 +56,7 @@ from curation.ratelimit import RateLimits
 log = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
+REFUSED_STATUS = {401, 403, 404}  # wrong key, no access, wrong URL or model: stop, do not burn
 _DATA_URL = re.compile(r'"data:[^"]*"')
 
 
@@ -193,6 +195,7 @@ class TeacherClient:
         self._turn = 0
         self.n_supported: bool | None = None if config.use_n else False
         self.counts: Counter[str] = Counter()  # sent, retried, failed, reasons...
+        self.refused: str | None = None  # set on 401/403/404: the caller should stop sending
         self._params = {"model": config.model, "temperature": config.temperature,
                         "top_p": config.top_p, "max_tokens": config.max_tokens}
 
@@ -309,6 +312,8 @@ class TeacherClient:
             self.counts[f"error {error.split(':')[0]}"] += 1
             if reply.status == 429:
                 self.limits.on_throttle(reply.retry_after)
+            if reply.status in REFUSED_STATUS and self.refused is None:
+                self.refused = self._scrub(error)  # every request would fail the same way
             if not retry:
                 break
             if attempts < cfg.max_attempts:

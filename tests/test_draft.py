@@ -392,3 +392,15 @@ def test_sigint_finishes_in_flight_and_exits_cleanly(tmp_path, synthetic_world, 
         assert ledger.problems() == []
     draft_stage(spec(run, server, teacher={"concurrency": 4}), run)
     assert sent(server) == n and len(drafts(run)) == n
+
+
+def test_a_refusing_endpoint_stops_the_run_instead_of_failing_every_item(
+        tmp_path, synthetic_world, start_teacher):
+    server = start_teacher()
+    run = make_run(tmp_path, synthetic_world, per_class=2)
+    wrong = type("Wrong", (), {"base_url": server.root_url + "/no-such-api/v1"})()  # 404s
+    with pytest.raises(DraftStopped, match=r"refused the requests \(http 404.*teacher.base_urls"):
+        draft_stage(spec(run, wrong, teacher={"concurrency": 4}), run)
+    rows = drafts(run)
+    assert 0 < len(rows) <= 4 and all(r["error"].startswith("http 404") for r in rows.values())
+    assert len(rows) < pool_size(run)

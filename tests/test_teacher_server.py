@@ -275,6 +275,7 @@ def test_models_list_the_flags_and_stats_count_and_reset(start_teacher, urls):
     model = client.models.list().data[0]
     assert model.id == "finecot-synthetic-teacher"
     assert model.model_extra["finecot_behaviour"]["leak_rate"] == 0.25
+    assert client.models.retrieve(model.id).model_extra["finecot_behaviour"]["max_concurrency"] == 2
     asyncio.run(_many(server.base_url, [{"messages": _messages(u)} for u, _ in urls[:12]], concurrency=12))
     stats = server.stats()
     assert stats["counts"]["requests"] == 12 == len(stats["log"])

@@ -92,9 +92,11 @@ def teacher(
     except (ValueError, FileNotFoundError) as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(code=2) from None
-    console.print(f"scripted teacher: [bold]http://{host}:{port}/v1[/bold] (Ctrl-C to stop)")
+    def ready(bound: int) -> None:
+        console.print(f"scripted teacher: [bold]http://{host}:{bound}/v1[/bold] (Ctrl-C to stop)")
+
     try:
-        serve(behaviour, host, port)
+        serve(behaviour, host, port, on_ready=ready)
     except KeyboardInterrupt:
         pass
     except OSError as err:

@@ -34,6 +34,7 @@ import struct
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict
 
 from aiohttp import web
@@ -137,13 +138,21 @@ def make_app(behaviour: Behaviour) -> web.Application:
             teacher.outcomes[entry["outcome"]] = teacher.outcomes.get(entry["outcome"], 0) + 1
             teacher.log.append(entry)
 
+    card = {"id": behaviour.model, "object": "model", "created": 0, "owned_by": "finecot",
+            "finecot_behaviour": asdict(behaviour)}
+
     async def models(request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{
-            "id": behaviour.model, "object": "model", "created": 0, "owned_by": "finecot",
-            "finecot_behaviour": asdict(behaviour)}]})
+        return web.json_response({"object": "list", "data": [card]})
+
+    async def model(request: web.Request) -> web.Response:
+        return web.json_response({**card, "id": request.match_info["name"]})
 
     async def stats(request: web.Request) -> web.Response:
-        last = int(request.query.get("log", behaviour.log_size))
+        try:
+            last = int(request.query.get("log", behaviour.log_size))
+        except ValueError:
+            return _error(400, "log must be an integer (how many log entries to return)",
+                          "invalid_request_error")
         entries = list(teacher.log)[-last:] if last > 0 else []
         return web.json_response({"behaviour": asdict(behaviour),
                                   "counts": {**teacher.counts, "in_flight": teacher.in_flight},
@@ -158,6 +167,7 @@ def make_app(behaviour: Behaviour) -> web.Application:
 
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_get("/v1/models", models)
+    app.router.add_get("/v1/models/{name:.+}", model)
     app.router.add_get("/stats", stats)
     app.router.add_post("/stats/reset", reset)
     app.router.add_get("/health", health)
@@ -175,12 +185,15 @@ async def _start(behaviour: Behaviour, host: str, port: int) -> tuple[web.AppRun
 
 
 def serve(behaviour: Behaviour, host: str = "127.0.0.1", port: int = 8000,
-          ready: threading.Event | None = None) -> None:
-    """Run the teacher in the foreground until interrupted (the CLI command)."""
+          on_ready: Callable[[int], None] | None = None) -> None:
+    """Run the teacher in the foreground until interrupted (the CLI command); `on_ready`
+    gets the bound port (the OS picks one for port 0)."""
 
     async def main() -> None:
         runner, bound = await _start(behaviour, host, port)
         log.info("scripted teacher on http://%s:%d/v1 (model %s)", host, bound, behaviour.model)
+        if on_ready is not None:
+            on_ready(bound)
         try:
             await asyncio.Event().wait()
         finally:

@@ -208,3 +208,29 @@ def test_markdown_table_layout():
 def test_compare_of_nothing_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="finecot eval run"):
         compare([tmp_path / "missing"])
+
+
+def test_a_local_text_model_embeds_for_the_relative_similarity(tmp_path):
+    """A tiny random BERT saved locally (the loader refuses anything but a local folder):
+    rows are unit vectors, identical texts embed identically, and the score is the formula."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    from train.eval_models import load_text_embedder
+
+    words = ["laysan albatross", "sooty albatross", "bird", "object", "gull"]
+    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(words, trainers.WordLevelTrainer(special_tokens=["[PAD]", "[UNK]"]))
+    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]").save_pretrained(tmp_path)
+    BertModel(BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=16, num_hidden_layers=1,
+                         num_attention_heads=2, intermediate_size=32)).save_pretrained(tmp_path)
+    embed = load_text_embedder(str(tmp_path))
+    e = embed(words + ["laysan albatross"])
+    assert e.shape == (6, 16) and np.allclose(np.linalg.norm(e, axis=1), 1.0)
+    assert np.allclose(e[0], e[5], atol=1e-6)
+    gold, coarse, pred = e[0], e[2], e[1]
+    by_hand = max(0.0, (pred @ gold - coarse @ gold) / (1 - coarse @ gold))
+    assert m.relative_similarity(words[1], words[0], "bird", embed) == pytest.approx(by_hand, abs=1e-6)
+    with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
+        load_text_embedder("google/siglip-base-patch16-256")

@@ -92,10 +92,9 @@ def run_command(
 ) -> None:
     """Evaluate one model. Answers are cached in the ledger: a rerun sends nothing already answered.
 
-    Closed-world: 4 options (shuffled with a recorded seed); correct = the answer names
-    exactly one option, the gold. Open-world: the matcher's accuracy, the paper's relative
-    semantic similarity, and per-level accuracy where the registry has levels. Writes
-    metrics.json, report.md, plot.png and responses_{open,closed}.parquet to --out.
+    Closed-world: 4 options (shuffled with a recorded seed); correct = the answer names exactly one option, the gold. Open-world: the matcher's accuracy, the paper's relative semantic similarity, and per-level accuracy where the registry has levels.
+
+    Writes metrics.json, report.md, plot.png and responses_{open,closed}.parquet to --out.
     """
     from curation.config import Price, TeacherConfig
     from curation.splits import fine_r1_registry
@@ -169,8 +168,10 @@ def compare_command(
     paper_model: Annotated[list[str] | None, typer.Option("--paper-model", help="only these paper rows, e.g. Fine-R1-7B (repeatable)")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="also write the comparison as Markdown here")] = None,
 ) -> None:
-    """Put runs side by side in the paper's layout (S-Avg, U-Avg, Avg), optionally with the
-    paper's own rows: closed-world accuracy and open-world relative similarity."""
+    """Put runs side by side in the paper's layout (S-Avg, U-Avg, Avg), optionally with the paper's own rows.
+
+    The paper's rows are closed-world accuracy and open-world relative similarity (Fine-R1, arXiv 2602.07605).
+    """
     from curation.tables import write_text_atomic
     from train.eval_report import compare
 

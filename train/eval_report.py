@@ -138,9 +138,9 @@ def write_plot(path: Path, metrics: dict[str, Any]) -> None:
             ax.bar([x + offset for x in xs], [100 * row[side].get(c, 0.0) for c in columns], width=0.4,
                    label=side)
         ax.set_xticks(list(xs), columns, rotation=30, ha="right")
-        ax.set_ylim(0, 100)
+        ax.set_ylim(0, 115)  # headroom for the legend above 100%
         ax.set_title(f"{mode}-world {metric} (%)")
-        ax.legend()
+        ax.legend(ncol=2, loc="upper center")
     fig.suptitle(metrics["model"][:80])
     fig.tight_layout()
     with atomic_path(path) as tmp:

@@ -12,6 +12,8 @@ are imported inside the commands so `finecot --help` stays fast.
 from __future__ import annotations
 
 import json
+import logging
+import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -45,6 +47,9 @@ class RichDraftProgress:
         )
         self._task = self._bar.add_task("draft", total=0, line="")
         self._bar.start()
+        # Log lines go above the bar: point stderr log handlers at rich's redirected stderr.
+        self._handlers = [(h, h.setStream(sys.stderr)) for h in logging.getLogger().handlers
+                          if type(h) is logging.StreamHandler and h.stream is sys.__stderr__]
 
     def __getattr__(self, name: str):
         return getattr(self._counts, name)
@@ -76,6 +81,9 @@ class RichDraftProgress:
     def close(self) -> None:
         self.refresh(force=True)
         self._bar.stop()
+        for handler, stream in self._handlers:
+            handler.setStream(stream)
+        self._handlers = []
 
 
 def draft_command(

@@ -404,3 +404,22 @@ def test_a_refusing_endpoint_stops_the_run_instead_of_failing_every_item(
     rows = drafts(run)
     assert 0 < len(rows) <= 4 and all(r["error"].startswith("http 404") for r in rows.values())
     assert len(rows) < pool_size(run)
+
+
+def test_finecot_run_stage_draft_and_its_budget_exit_code(tmp_path, synthetic_world, start_teacher):
+    from typer.testing import CliRunner
+
+    from curation.cli import app
+    from curation.config import dump_recipe
+
+    server = start_teacher()
+    run = make_run(tmp_path, synthetic_world)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(dump_recipe(spec(run, server, draft={"budget_usd": 0.0})))
+    stopped = CliRunner().invoke(app, ["run", str(recipe), "--stages", "draft"])
+    assert stopped.exit_code == 3 and "budget reached" in stopped.output
+    assert sent(server) == 0
+    done = CliRunner().invoke(app, ["run", str(recipe), "--stages", "draft",
+                                    "--set", "draft.budget_usd=null"])
+    assert done.exit_code == 0, done.output
+    assert sent(server) == pool_size(run) == len(drafts(run))

@@ -316,6 +316,27 @@ def test_duplicates_of_an_accepted_draft_are_rejected(ctx):
     assert judge(different, ctx).accepted
 
 
+def test_minhash_estimates_jaccard_of_shingles():
+    import random
+
+    from curation.dedup import signature, similarity
+
+    rng = random.Random(0)
+    vocab = [f"w{i}" for i in range(3000)]
+    errors = []
+    for _ in range(200):
+        a = [rng.choice(vocab) for _ in range(300)]
+        b = list(a)
+        for _ in range(rng.randint(0, 80)):
+            b[rng.randrange(300)] = rng.choice(vocab)
+        sa, sb = ({tuple(x[i:i + 3]) for i in range(298)} for x in (a, b))
+        exact = len(sa & sb) / len(sa | sb)
+        errors.append(abs(similarity(signature(a), signature(b)) - exact))
+    assert sum(errors) / len(errors) < 0.06 and max(errors) < 0.25
+    assert similarity(signature(a), signature(list(a))) == 1.0
+    assert signature([]) is None
+
+
 def test_duplicate_scope_class():
     context = build_context(REGISTRY, FilterConfig(min_words=20, duplicate_scope="class"), SPLITS)
     assert judge(draft(draft_id="a#0", item_id="a"), context).accepted

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import numpy as np
@@ -267,6 +268,15 @@ def test_n_max_tokens_usage_seed_and_file_urls(start_teacher, urls, tmp_path):
     assert len(one.choices) == 1
     with pytest.raises(openai.BadRequestError, match="data URL or a file"):
         client.chat.completions.create(model="t", messages=_messages("http://example.com/x.png"))
+    with pytest.raises(openai.BadRequestError, match="n must be an integer"):
+        client.chat.completions.create(model="t", messages=_messages(url), n="three")
+    with pytest.raises(openai.BadRequestError, match="not a readable image"):
+        client.chat.completions.create(model="t", messages=_messages("data:image/png;base64,AAAA"))
+    request = urllib.request.Request(f"{server.base_url}/chat/completions", data=b"{not json",
+                                     headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError, match="400"):
+        urllib.request.urlopen(request, timeout=10)
+    assert server.stats(log=False)["outcomes"]["bad_request"] == 4
 
 
 def test_models_list_the_flags_and_stats_count_and_reset(start_teacher, urls):

@@ -92,11 +92,25 @@ def load_world(path: str | Path) -> list[dict]:
         path = path / "classes.json"
     if not path.exists():
         raise FileNotFoundError(f"no world class list at {path}: run `finecot synthetic make` first")
-    return json.loads(path.read_text(encoding="utf-8"))
+    rows = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(rows, list) or not all(
+            isinstance(r, dict) and {"name", "super_category", "attributes"} <= set(r) for r in rows):
+        raise ValueError(f"{path} is not a synthetic world's classes.json (each class needs "
+                         "name, super_category and attributes): make one with `finecot synthetic make`")
+    return rows
 
 
 class BadRequest(Exception):
     """The request cannot be answered as sent (HTTP 400 with this message)."""
+
+
+def _integer(req: dict, key: str) -> int | None:
+    value = req.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRequest(f"{key} must be an integer (got {value!r})")
+    return value
 
 
 class Teacher:
@@ -116,6 +130,8 @@ class Teacher:
         self._readings: OrderedDict[str, tuple] = OrderedDict()
         self._near: dict[str, list[dict]] = {}
         self._attempts: OrderedDict[str, int] = OrderedDict()
+        self.in_flight = 0  # HTTP requests being handled (kept across /stats/reset)
+        self.active = 0  # of those, past the concurrency limit
         self.reset()
 
     def reset(self) -> None:
@@ -126,8 +142,6 @@ class Teacher:
                                        "max_active": 0}
         self.outcomes: dict[str, int] = {}
         self.log: deque[dict] = deque(maxlen=self.behaviour.log_size)
-        self.in_flight = 0
-        self.active = 0
 
     # -- perception ---------------------------------------------------------------------
 
@@ -228,12 +242,12 @@ class Teacher:
                         url = url.get("url") if isinstance(url, dict) else url
                         images.append(self._image(str(url)))
         prompt = "\n".join(texts)
-        n = int(req.get("n") or 1)
+        n = _integer(req, "n") or 1
         if not 1 <= n <= 128:
             raise BadRequest("n must be between 1 and 128")
         if not self.behaviour.honour_n:
             n = 1
-        max_tokens = req.get("max_completion_tokens") or req.get("max_tokens")
+        max_tokens = _integer(req, "max_completion_tokens") or _integer(req, "max_tokens")
         seed = req.get("seed")
         deterministic = seed is not None or req.get("temperature") == 0
 
@@ -250,8 +264,8 @@ class Teacher:
             finish = "stop"
             if truth["format_error"] == "truncated":
                 finish = "length"
-            if max_tokens is not None and rationale.count_tokens(text) > int(max_tokens):
-                text, finish = rationale.truncate_tokens(text, int(max_tokens)), "length"
+            if max_tokens is not None and rationale.count_tokens(text) > max_tokens:
+                text, finish = rationale.truncate_tokens(text, max_tokens), "length"
                 truth["format_error"] = "truncated"
             truth["index"] = index
             choices.append({"index": index, "finish_reason": finish, "logprobs": None,

@@ -292,6 +292,14 @@ def test_paper_lists_skip_missing_images_and_paper_compat_coarse_words(start_tea
                               ev.Settings(paper_compat=compat), skipped=skipped)
         rows = pq.read_table(out / "responses_open.parquet").to_pylist()
         assert {r["dataset"]: r["coarse"] for r in rows} == expected
+        assert ("paper_accuracy" in metrics["results"]["open"]["metrics"]) is compat
+        if compat:  # the release's rule, by hand: gold substring (cars: minus the last 2 words)
+            def rule(r):
+                gold = r["label"].lower()
+                gold = " ".join(gold.split()[:-2]) if r["dataset"] == "car" else gold
+                return float(gold in _answer(r["response"]).lower())
+
+            assert _cells(metrics["results"]["open"], "paper_accuracy") == pytest.approx(_by_cell(rows, rule))
         assert metrics["skipped_count"] == 6
         assert metrics["settings"]["template_sha"] == ev.template_sha(compat)
     assert ev.prompt(opens[0], "open", True) != ev.prompt(opens[0], "open", False)

@@ -116,6 +116,26 @@ def level_hits(answer: str, gold: ClassInfo | None, registry: Registry) -> dict[
     return hits
 
 
+def paper_rule_correct(response: str | None, gold: str, mode: str, short: str | None = None) -> bool:
+    """The release's own scoring (eval/evaluation.py), for --paper-compat tables only: the
+    lower-cased gold is a substring of the answer (closed: of the <answer> span, none ->
+    wrong; open: of the answer or, without tags, the whole output; cars: the gold minus its
+    last two words). Hackable by listing several classes; THE matcher is the real metric.
+
+    >>> paper_rule_correct("<answer>laysan albatross or sooty albatross</answer>", "Sooty Albatross", "closed")
+    True
+    >>> paper_rule_correct("Acura TL", "Acura TL Sedan 2012", "open", "car")
+    True
+    """
+    found = re.search(r"<answer>(.*)</answer>", response or "", re.DOTALL)
+    if found is None and mode == "closed":
+        return False
+    text = (found.group(1).strip() if found else (response or "")).lower()
+    if mode == "open" and short == "car":
+        return " ".join(gold.lower().split()[:-2]) in text
+    return gold.lower().replace("_", " ") in text.replace("_", " ")
+
+
 # -- relative semantic similarity ------------------------------------------------------------
 
 

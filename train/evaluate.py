@@ -317,8 +317,10 @@ def score(items: Sequence[Item], entries: dict[str, Entry], mode: str, registry:
                 row[f"level_{level}"] = float(hit)
         row.update(answer=ans, status=status, predicted=predicted,
                    correct=float(status == "correct"))
+        short = FINE_R1_DATASETS.get(item.dataset)
+        if paper_compat:  # the release's substring rule, next to THE matcher's accuracy
+            row["paper_accuracy"] = float(m.paper_rule_correct(response, item.label, mode, short))
         if mode == "open" and embed is not None:
-            short = FINE_R1_DATASETS.get(item.dataset)
             coarse = m.coarse_word(short, item.super_category, paper_compat, item.paper_path)
             row.update(coarse=coarse,
                        relative_similarity=m.relative_similarity(ans, item.label, coarse, embed))
@@ -347,6 +349,7 @@ def summarise(rows: Sequence[dict[str, Any]], mode: str) -> dict[str, Any]:
     # and asked again by a rerun
     answered = [r for r in rows if r["status_request"] not in ("not_sent", "failed")]
     metrics = ["accuracy", "format"]
+    metrics += ["paper_accuracy"] if any("paper_accuracy" in r for r in answered) else []
     for r in answered:
         r["accuracy"] = r["correct"]
     if mode == "open":

@@ -13,10 +13,12 @@ then hinted samples for the items none of whose blind drafts was accepted). With
 `draft.target_per_class K`, later rounds draft new sample indices (new keys) for the classes
 with fewer than K accepted drafts, until each has K, or `draft.max_per_class` samples, or
 the budget is spent; the report names the classes that fell short. Acceptance is the filter's
-`judge()` (curation/filters.py) when it is there, else the fallback below.
+`judge()` (curation/filters.py), else a fallback (curation/draft_requests.py); verdicts are
+computed only when the quota loop or blind-then-hinted acts on them.
 
 The budget (USD or tokens, over the whole ledger) stops new requests, lets those in flight
-finish, writes what is answered and raises DraftStopped with what to do; so does SIGINT.
+finish, writes what is answered and raises DraftStopped with what to do; so do SIGINT and
+an endpoint that refuses the requests (401/403/404).
 Items stream through the loop with bounded memory: a request body (with its encoded image)
 exists only while its request is in flight.
 """
@@ -58,11 +60,11 @@ DRAFT_FIELDS = [
 
 
 class DraftStopped(StageStopped):
-    """The stage stopped early on purpose (budget, interrupt); rerun the command to resume."""
+    """The stage stopped early on purpose (budget, interrupt, refused); rerun to resume."""
 
 
 class DraftProgress:
-    """Counters the stage keeps up to date; the CLI's rich bar subclasses it to show them."""
+    """Counters the stage keeps up to date; the CLI's rich bar (draft_cli.py) shows them."""
 
     def __init__(self) -> None:
         self.total = self.answered = self.failed = self.cached = self.tokens = 0
@@ -310,7 +312,7 @@ class Drafter:
         meta = {"item_id": str(item["item_id"]), "strategy": strategy,
                 "template": self.requests.prompts.name}
         try:
-            url = self.images.get(item["image_path"], item.get("width"), item.get("height"))
+            url = await self.images.get(item["image_path"], item.get("width"), item.get("height"))
         except (OSError, ValueError, Image.DecompressionBombError) as err:
             for s in samples:
                 self._record(s, meta, Completion(status="failed", error=f"image: {err}"))

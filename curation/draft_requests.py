@@ -17,6 +17,7 @@ prompt templates' sha: everything that shapes the answer, nothing that does not.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -201,14 +202,19 @@ class ImageCache:
         self.teacher, self.max_bytes, self.size = recipe.teacher, max_bytes, 0
         self._urls: OrderedDict[str, str] = OrderedDict()
 
-    def get(self, path: str, width: int = 0, height: int = 0) -> str:
+    async def get(self, path: str, width: int = 0, height: int = 0) -> str:
+        """The image's data URL. A file that fits goes as-is (no decode, in the loop); one
+        that needs resizing is done in a worker thread (PIL releases the GIL), so a large
+        photo never stalls the requests in flight."""
         url = self._urls.get(path)
         if url is not None:
             self._urls.move_to_end(path)
             return url
         t = self.teacher
-        url = (_fast_data_url(path, width or 0, height or 0, t.image_max_side, t.image_max_pixels)
-               or image_data_url(path, t.image_max_side, t.image_max_pixels, t.jpeg_quality))
+        url = _fast_data_url(path, width or 0, height or 0, t.image_max_side, t.image_max_pixels)
+        if url is None:
+            url = await asyncio.to_thread(image_data_url, path, t.image_max_side,
+                                          t.image_max_pixels, t.jpeg_quality)
         self._urls[path] = url
         self.size += len(url)
         while self.size > self.max_bytes and len(self._urls) > 1:

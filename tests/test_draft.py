@@ -191,6 +191,11 @@ def test_changes_rerequest_only_what_changed(tmp_path, synthetic_world, start_te
     assert sent(server) == 4 * n
     assert {r["prompt_sha"] for r in drafts(run).values()}.isdisjoint(edited_sha)
 
+    full = {k: r["prompt_tokens"] for k, r in drafts(run).items()}
+    draft_stage(spec(run, server, teacher={"image_max_side": 48}), run)  # resized: new images
+    assert sent(server) == 5 * n
+    assert all(r["prompt_tokens"] < full[k] for k, r in drafts(run).items())
+
 
 # -- acceptance 2: faults -------------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ from curation.synthetic import rationale
 from curation.synthetic.read import decode, read_image
 from curation.synthetic.world import ATTRIBUTES, all_classes, class_name
 
-HINT = re.compile(r'the correct sub-category is\s+"([^"]+)"', re.IGNORECASE)
+HINT = re.compile(r'the correct sub-category is\s+["\u201c]([^"\u201d]+)["\u201d]', re.IGNORECASE)
 CANDIDATES = re.compile(r"^\s*Candidates:\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE)
 FAULTS = ("429", "500", "503", "hang", "reset", "malformed")
 

@@ -343,6 +343,36 @@ def report(run_dir: RunOption, recipe: RecipeOption = None, overrides: SetOption
     console.print(f"[green]done[/green]: report {index}")
 
 
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="run directory of the demo")] = Path("runs/demo"),
+    train: Annotated[bool, typer.Option(help="also train the tiny model (minutes on CPU)")] = False,
+    overrides: SetOption = None,
+) -> None:
+    """The whole pipeline on the built-in synthetic world with the scripted teacher.
+
+    No GPU, no API key, no download: a world of synthetic birds is drawn, a scripted
+    OpenAI-compatible teacher (with recorded error rates) drafts rationales, and the run goes
+    through ingest, split, draft, filter, export and report. Rerun to resume.
+    """
+    from curation.demo import run_demo
+
+    try:
+        result = run_demo(out, train=train, overrides=overrides)
+    except (RecipeError, FileNotFoundError, ValueError) as err:
+        raise _fail(str(err)) from None
+    funnel = result["funnel"]
+    if funnel:
+        console.print(
+            f"drafts [bold]{funnel.get('drafts')}[/bold] -> accepted "
+            f"[bold]{funnel.get('accepted')}[/bold] (rejections by reason in funnel.json)"
+        )
+    for what in ("dataset", "card", "report"):
+        console.print(f"{what:>8}: {result[what]}")
+    if "train" in result:
+        console.print(f"   model: {result['train']['tapo']}")
+
+
 def _saved_recipe(run_dir: Path) -> Path | None:
     """A run directory remembers its recipe: later stages start from it."""
     saved = run_dir / "recipe.yaml"

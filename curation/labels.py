@@ -32,6 +32,23 @@ _APOSTROPHES = re.compile(r"[\u0027\u2019\u2018\u02bc`´]")
 _NON_WORD = re.compile(r"[^0-9a-z]+")
 
 
+# Letters with no decomposition to ASCII: the usual transliterations.
+_TRANSLIT = {"ø": "o", "đ": "d", "ł": "l", "æ": "ae", "œ": "oe", "þ": "th", "ð": "d", "ß": "ss"}
+
+
+@lru_cache(maxsize=4096)
+def _ascii_letter(ch: str) -> str:
+    """`ch` if ASCII; else its transliteration, or the ASCII its upper case decomposes to
+    (dotless ı -> I -> i), so that case never changes what survives; else nothing."""
+    if ch.isascii():
+        return ch
+    if ch in _TRANSLIT:
+        return _TRANSLIT[ch]
+    upper = unicodedata.normalize("NFKD", ch.upper())
+    stripped = "".join(c for c in upper if not unicodedata.combining(c))
+    return stripped.casefold() if stripped.isascii() else " "
+
+
 @lru_cache(maxsize=65536)
 def normalize(text: str) -> str:
     """Case, diacritics, punctuation, underscores, hyphens and whitespace folded away.
@@ -43,9 +60,8 @@ def normalize(text: str) -> str:
     >>> normalize("Bohémien Águila")
     'bohemien aguila'
     """
-    text = unicodedata.normalize("NFKD", text)
-    text = "".join(ch for ch in text if not unicodedata.combining(ch))
-    text = _APOSTROPHES.sub("", text.casefold())
+    text = _APOSTROPHES.sub("", unicodedata.normalize("NFKD", text.casefold()))
+    text = "".join(_ascii_letter(ch) for ch in text if not unicodedata.combining(ch))
     text = text.replace("&", " and ")
     return _NON_WORD.sub(" ", text).strip()
 
@@ -216,7 +232,7 @@ def _with_more_aliases(info: ClassInfo, more: Sequence[str]) -> ClassInfo:
 
 
 def match(
-    answer: str | None,
+    answer: str | None | float,
     gold: str | ClassInfo,
     registry: Registry,
     dataset: str | None = None,
@@ -239,7 +255,7 @@ def match(
     >>> match("Boeing 737-300 or Boeing 737-400", "Boeing 737-300", reg).status
     'ambiguous'
     """
-    if answer is None or not normalize(answer):
+    if not isinstance(answer, str) or not normalize(answer):  # None, NaN from pandas, ...
         return MatchResult("empty")
     if isinstance(gold, ClassInfo):
         gold_info: ClassInfo | None = gold

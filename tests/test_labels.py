@@ -139,3 +139,8 @@ def test_registry_round_trip_and_synonyms(tmp_path):
 def test_duplicate_label_ids_are_refused():
     with pytest.raises(ValueError, match="duplicate label_id"):
         Registry([ClassInfo(0, "A", "d", "x"), ClassInfo(0, "B", "d", "x")])
+
+
+@pytest.mark.parametrize("missing", [None, float("nan"), 3])
+def test_match_treats_missing_answers_as_empty(missing):
+    assert match(missing, "Brewer's Blackbird", _registry(), "bird").status == "empty"

@@ -399,3 +399,16 @@ def test_an_unreadable_image_fails_its_item_and_the_run_goes_on(start_teacher, l
     rows = {r["id"]: r for r in pq.read_table(tmp_path / "responses_open.parquet").to_pylist()}
     assert rows["broken"]["status_request"] == "failed" and rows["broken"]["response"] is None
     assert server.stats(log=False)["counts"]["requests"] == 5
+
+
+def test_a_repeated_image_and_question_is_asked_once_and_scored_twice(start_teacher, loaded, tmp_path):
+    items, registry = loaded
+    first = items["open"][0]
+    twin = ev.Item(**{**first.__dict__, "id": "twin"})
+    server = start_teacher()
+    backend = EndpointModel(TeacherConfig(model="scripted", base_urls=[server.base_url], temperature=0))
+    metrics = ev.evaluate({"open": [first, twin]}, registry, backend, tmp_path, ev.Settings())
+    assert server.stats(log=False)["counts"]["requests"] == 1
+    rows = pq.read_table(tmp_path / "responses_open.parquet").to_pylist()
+    assert rows[0]["response"] == rows[1]["response"] is not None
+    assert metrics["results"]["open"]["not_answered"] == 0

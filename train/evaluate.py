@@ -253,18 +253,18 @@ def request_key(model_id: str, image_ref: str, text: str, sampling: dict[str, An
 def answer(items: Sequence[Item], mode: str, backend, ledger: Ledger, settings: Settings,
            progress: EvalProgress) -> dict[str, Entry]:
     """{item id: ledger entry} for every answered item; asks the backend only what is new."""
-    requests: dict[str, Request] = {}
-    by_key: dict[str, str] = {}
+    requests: dict[str, Request] = {}  # key -> request: a repeated image + question asks once
+    by_key: dict[str, list[str]] = {}
     for item in items:
         text = prompt(item, mode, settings.paper_compat)
         key = request_key(backend.model_id, f"sha256:{item.image_sha256};{backend.image_spec}",
                           text, backend.sampling)
-        requests[item.id] = Request(key, item.image, text)
-        by_key[key] = item.id
+        requests.setdefault(key, Request(key, item.image, text))
+        by_key.setdefault(key, []).append(item.id)
     known = ledger.get_many(by_key)
     todo = [r for r in requests.values() if r.key not in known
             or (settings.retry_failed and known[r.key].status == "failed")]
-    progress.start(mode, len(requests), len(requests) - len(todo))
+    progress.start(mode, len(requests), len(requests) - len(todo))  # distinct requests
 
     def over_budget() -> bool:
         spent, tokens = ledger.totals()
@@ -278,14 +278,14 @@ def answer(items: Sequence[Item], mode: str, backend, ledger: Ledger, settings: 
             error=c.error, response=c.text, finish_reason=c.finish_reason,
             prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
             latency_s=c.latency_s, cost_usd=cost, endpoint=c.endpoint,
-            meta={"item_id": by_key[request.key], "purpose": f"eval-{mode}"},
+            meta={"item_id": by_key[request.key][0], "purpose": f"eval-{mode}"},
         ))
         progress.advance()
 
     if todo:
         backend.run(todo, on_result=record, gate=over_budget)
     found = ledger.get_many(by_key)
-    return {by_key[k]: e for k, e in found.items()}
+    return {item_id: e for k, e in found.items() for item_id in by_key[k]}
 
 
 def score(items: Sequence[Item], entries: dict[str, Entry], mode: str, registry: Registry,

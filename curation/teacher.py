@@ -140,8 +140,10 @@ class Endpoint:
 
 
 def resolve_api_key(config: TeacherConfig) -> str:
-    """The key from env (the recipe's variable, then OPENAI_API_KEY); "EMPTY" for local servers."""
-    key = os.environ.get(config.api_key_env) or os.environ.get("OPENAI_API_KEY")
+    """The key from the variable named by teacher.api_key_env (default OPENAI_API_KEY), and
+    only from it: a key meant for one provider must not travel to another's URL. "EMPTY"
+    when unset (local servers need none)."""
+    key = os.environ.get(config.api_key_env)
     if not key:
         log.warning("no API key in $%s: sending none (fine for local servers)", config.api_key_env)
         return "EMPTY"
@@ -216,12 +218,6 @@ class TeacherClient:
             self._session = None
         for endpoint in self.endpoints:
             await endpoint.client.close()
-
-    @property
-    def sampling(self) -> dict[str, Any]:
-        """The sampling params that go into request keys."""
-        return {"temperature": self.config.temperature, "top_p": self.config.top_p,
-                "max_tokens": self.config.max_tokens, "seed": self.config.seed}
 
     # -- the public call ----------------------------------------------------------------------
 
@@ -299,7 +295,7 @@ class TeacherClient:
                 began = time.monotonic()
                 reply = await self._send(endpoint, payload)
                 latency = time.monotonic() - began
-            completions, error, retry = self._interpret(reply, n)
+            completions, error, retry = self._interpret(reply)
             if completions is not None:
                 endpoint.failures = 0
                 self.limits.on_success()
@@ -349,7 +345,7 @@ class TeacherClient:
             return await self._send_sdk(endpoint, payload)
         except (TimeoutError, asyncio.TimeoutError):  # distinct classes before 3.11
             return _Reply(error="timeout: no answer within teacher.timeout_s")
-        except aiohttp.ClientError as err:
+        except (aiohttp.ClientError, OSError) as err:
             return _Reply(error=f"connection: {type(err).__name__}")
         finally:
             endpoint.inflight -= 1
@@ -370,7 +366,7 @@ class TeacherClient:
         except openai.APIConnectionError as err:
             return _Reply(error=f"connection: {type(err.__cause__ or err).__name__}")
 
-    def _interpret(self, reply: _Reply, n: int) -> tuple[list[Completion] | None, str, bool]:
+    def _interpret(self, reply: _Reply) -> tuple[list[Completion] | None, str, bool]:
         """(completions, error, retryable): completions is None when the attempt failed."""
         if reply.error:
             return None, reply.error, True

@@ -1,8 +1,9 @@
 """What the draft stage asks the teacher: messages, request keys, images, and acceptance.
 
     requests = Requests(recipe, registry, pool_rows)
-    requests.keys(row, "blind", [0, 1])      # request keys, without reading any image
-    requests.messages(pool_rows[row], "blind", ImageCache(recipe).get(path))
+    requests.keys(row, "blind", [0, 1])          # request keys, without reading any image
+    url = await ImageCache(recipe).get(path, width, height)
+    requests.for_send(row, "blind", url)         # the messages JSON that goes out
 
 A request key is the sha256 of the canonical JSON of the model, the messages (the image as
 its file sha256 plus the resize settings), the sampling params, the sample index and the
@@ -41,8 +42,8 @@ _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S | re.I)
 
 
 def fallback_accept(registry: Registry) -> Callable[[Mapping[str, Any]], bool]:
-    """FALLBACK acceptance, used only while curation.filters is missing: the last <answer>
-    of a finished draft names the gold class (curation.labels.match)."""
+    """FALLBACK acceptance, used only when curation.filters or the run's registry.json is
+    missing: the last <answer> of a finished draft names the gold (curation.labels.match)."""
 
     def accept(draft: Mapping[str, Any]) -> bool:
         if draft.get("status") != "ok":

@@ -374,7 +374,7 @@ STOPWORDS: dict[str, frozenset[str]] = {
     )),
 }
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")
-_LANGUAGE_SAMPLE = 400  # words; enough for a stable share, cheap on long rationales
+_LANGUAGE_SAMPLE = 200  # words; enough for a stable share, cheap on long rationales
 
 
 def check_language(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evidence) -> Outcome:

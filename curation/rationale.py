@@ -248,10 +248,14 @@ _MIN_IMPLICIT_COMPARISON_WORDS = 12
 
 
 def _clean_name(raw: str) -> str:
-    name = _MARKUP.sub("", raw).strip()
-    name = _DESCRIPTION.sub("", name).strip()
-    name = _REMARK.sub("", name).strip()
-    return name.strip(" \t.,;:!?\"'“”").strip()
+    name = raw
+    if "*" in name or "_" in name or "`" in name:  # (each regex only where it can apply)
+        name = _MARKUP.sub("", name)
+    if ":" in name or "-" in name or "–" in name or "—" in name:
+        name = _DESCRIPTION.sub("", name.strip())
+    if "(" in name:
+        name = _REMARK.sub("", name.strip())
+    return name.strip().strip(" \t.,;:!?\"'“”").strip()
 
 
 def parse_candidates(text: str) -> list[str]:

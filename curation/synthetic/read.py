@@ -92,6 +92,7 @@ AREAS, CENTRES, THETAS, GRID, GRID_INSIDE = _silhouettes()
 N_COARSE = len(_grid(-2.3, 2.5, -1.25, 1.05, 0.2))  # GRID's first points: the coarse grid
 TAIL_ZONE, BEAK_ZONE = GRID[:, 0] < -0.75, GRID[:, 0] > 1.3
 BEAK_LUM = sum(BEAK_COLOUR) / 3
+THIRDS = np.full(3, 1 / 3, np.float32)  # mean over the channels as a product (fast)
 OFF_X = (GRID[None, :, 0] - CENTRES[:, None, 0]).astype(np.float32)  # (combos, points)
 OFF_Y = (GRID[None, :, 1] - CENTRES[:, None, 1]).astype(np.float32)
 
@@ -140,27 +141,27 @@ PART_POINTS = np.array([p for points in POINTS.values() for p in points], np.flo
 
 
 @functools.lru_cache(maxsize=64)
-def _border(h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Border pixel indices of an h x w image, its plane design matrix and pseudo-inverse."""
+def _border(h: int, w: int) -> tuple[np.ndarray, ...]:
+    """For an h x w image: border pixel indices, the plane's design matrix on them, its
+    pseudo-inverse (float32), and the x and y ramps that span the plane over the image."""
     b = max(1, min(h, w) // 40)
     border = np.zeros((h, w), bool)
     border[:b], border[-b:], border[:, :b], border[:, -b:] = True, True, True, True
     ys, xs = np.nonzero(border)
-    design = np.stack([xs / w, ys / h, np.ones(len(xs))], 1)
-    return np.flatnonzero(border), design, np.linalg.pinv(design)
+    design = np.stack([xs / w, ys / h, np.ones(len(xs))], 1).astype(np.float32)
+    ramp_x = (np.arange(w, dtype=np.float32) / w)[None, :, None]
+    ramp_y = (np.arange(h, dtype=np.float32) / h)[:, None, None]
+    return np.flatnonzero(border), design, np.linalg.pinv(design), ramp_x, ramp_y
 
 
 def _background(img: np.ndarray) -> tuple[np.ndarray, float]:
     """A plane per channel fitted to the image border, and the border's residual noise."""
     h, w = img.shape[:2]
-    index, design, pinv = _border(h, w)
+    index, design, pinv, ramp_x, ramp_y = _border(h, w)
     values = img.reshape(-1, 3)[index]
     coef = pinv @ values
     noise = float((values - design @ coef).std())
-    coef = coef.astype(np.float32)
-    bg = ((np.arange(w, dtype=np.float32) / w)[None, :, None] * coef[0]
-          + (np.arange(h, dtype=np.float32) / h)[:, None, None] * coef[1] + coef[2])
-    return bg, noise
+    return ramp_x * coef[0] + ramp_y * coef[1] + coef[2], noise
 
 
 def read_image(data: bytes | np.ndarray) -> Reading | None:
@@ -200,7 +201,7 @@ def read_image(data: bytes | np.ndarray) -> Reading | None:
     tail = COMBOS[int(score(TAIL_ZONE).argmax())][0]
     # The bill by darkness, not by the mask: JPEG halos around a dark bill widen the mask.
     zone = flat[:, BEAK_ZONE]
-    lum, bg_lum = img.reshape(-1, 3)[zone].mean(-1), bg.reshape(-1, 3)[zone].mean(-1)
+    lum, bg_lum = img.reshape(-1, 3)[zone] @ THIRDS, bg.reshape(-1, 3)[zone] @ THIRDS
     dark = lum < bg_lum - 0.4 * (bg_lum - BEAK_LUM)
     expect, valid = GRID_INSIDE[:, BEAK_ZONE], ok[:, BEAK_ZONE]
     # Balanced: a thin bill counts as much as the background around it.

@@ -72,6 +72,7 @@ def teacher(
     rate_500: Annotated[float, typer.Option(help="share answered 500")] = 0.0,
     rate_503: Annotated[float, typer.Option(help="share answered 503")] = 0.0,
     rate_hang: Annotated[float, typer.Option(help="share never answered (until the client times out)")] = 0.0,
+    hang_seconds: Annotated[float, typer.Option(help="how long a hung request hangs before a 504")] = 600.0,
     rate_reset: Annotated[float, typer.Option(help="share whose connection is reset")] = 0.0,
     rate_malformed: Annotated[float, typer.Option(help="share answered 200 with an invalid JSON body")] = 0.0,
     honour_n: Annotated[bool, typer.Option(help="--no-honour-n: ignore n > 1 and return one choice")] = True,
@@ -88,6 +89,7 @@ def teacher(
             leak_rate=leak_rate, latency=latency, latency_median=latency_median,
             latency_p99=latency_p99, max_concurrency=max_concurrency, rate_429=rate_429,
             retry_after=retry_after, rate_500=rate_500, rate_503=rate_503, rate_hang=rate_hang,
+            hang_seconds=hang_seconds,
             rate_reset=rate_reset, rate_malformed=rate_malformed, honour_n=honour_n)
     except (ValueError, FileNotFoundError) as err:
         console.print(f"[red]error:[/red] {err}")

@@ -48,8 +48,11 @@ class RichDraftProgress:
         self._task = self._bar.add_task("draft", total=0, line="")
         self._bar.start()
         # Log lines go above the bar: point stderr log handlers at rich's redirected stderr.
-        self._handlers = [(h, h.setStream(sys.stderr)) for h in logging.getLogger().handlers
+        # (setStream returns None when the stream is unchanged: keep the old one ourselves.)
+        self._handlers = [(h, h.stream) for h in logging.getLogger().handlers
                           if type(h) is logging.StreamHandler and h.stream is sys.__stderr__]
+        for handler, _ in self._handlers:
+            handler.setStream(sys.stderr)
 
     def __getattr__(self, name: str):
         return getattr(self._counts, name)

@@ -428,3 +428,17 @@ def test_finecot_run_stage_draft_and_its_budget_exit_code(tmp_path, synthetic_wo
                                     "--set", "draft.budget_usd=null"])
     assert done.exit_code == 0, done.output
     assert sent(server) == pool_size(run) == len(drafts(run))
+
+
+def test_without_registry_the_fallback_judges_the_quota(tmp_path, synthetic_world, start_teacher):
+    server = start_teacher(perception_error_rate=0.5)
+    run = make_run(tmp_path, synthetic_world)
+    run.registry.unlink()  # a hand-made pool: no ingest, no registry.json -> fallback verdicts
+    report = draft_stage(spec(run, server, draft={"target_per_class": 1, "max_per_class": 6}), run)
+    expected: dict[str, int] = {}
+    for row in drafts(run).values():
+        answer = row["response"].rsplit("<answer>", 1)[-1].split("</answer>")[0].strip()
+        name = f"{row['dataset']}/{row['label']}"
+        expected[name] = expected.get(name, 0) + (answer == row["label"])
+    assert report.judged and report.accepted_per_class == expected
+    assert all(n >= 1 for n in expected.values()) or report.short_classes

@@ -208,3 +208,16 @@ def test_rpm_limit_spaces_requests(synthetic_world, start_teacher):
     assert len(results) == 5
     starts = sorted(e["t"] for e in server.stats()["log"])
     assert starts[-1] - starts[0] >= 1.0
+
+
+def test_tpm_limit_spaces_requests_by_their_tokens(synthetic_world, start_teacher):
+    """A request is estimated at ~320 tokens and really uses ~130 (the estimate is settled
+    with the usage): at 7,800 TPM (130/s, burst 130) three cannot start within a second."""
+    server = start_teacher()
+    results, client = _draw(server, _messages(_image(synthetic_world)), indices=(0, 1, 2),
+                            tpm=7_800, max_tokens=100, image_max_pixels=256 * 256, use_n=False)
+    used = sum(c.prompt_tokens + c.completion_tokens for c in results.values())
+    assert used > 2 * 130  # what the bucket must have waited for
+    assert len(results) == 3 and all(c.status in ("ok", "length") for c in results.values())
+    starts = sorted(e["t"] for e in server.stats()["log"])
+    assert starts[-1] - starts[0] >= 1.0

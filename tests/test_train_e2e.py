@@ -94,6 +94,16 @@ def test_tapo_runs_from_the_cli_changes_parameters_and_saves(pipeline_dirs, sft_
     assert model.generate(**inputs, max_new_tokens=4).shape[1] > inputs["input_ids"].shape[1]
 
 
+def test_tiny_loop_writes_three_loadable_models(pipeline_dirs, tmp_path):
+    _, data = pipeline_dirs
+    result = runner.invoke(app, ["train", "tiny-loop", "--dataset", str(data), "--out", str(tmp_path),
+                                 "--sft-epochs", "1", "--tapo-steps", "1"])
+    assert result.exit_code == 0, result.output
+    for name in ("tiny", "sft", "tapo"):
+        assert AutoModelForImageTextToText.from_pretrained(tmp_path / name) is not None
+    assert [e for e in _state(tmp_path / "tapo") if "loss" in e]
+
+
 def test_bad_recipe_field_is_a_clear_error(pipeline_dirs, sft_dir):
     _, data = pipeline_dirs
     result = runner.invoke(app, ["train", "tapo", "--model", str(sft_dir), "--dataset", str(data),

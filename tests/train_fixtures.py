@@ -73,8 +73,14 @@ def build_dataset(
     size: int = 56,
     unseen: int = 0,
     test_per_class: int = 2,
+    uniform_prompt: bool = False,
 ) -> Path:
-    """Write the dataset under `out`; return `out`. The last `unseen` classes get no training rows."""
+    """Write the dataset under `out`; return `out`. The last `unseen` classes get no training rows.
+
+    As exported, SFT prompts are system + question and RL prompts are question + format
+    instruction (Fine-R1's layout). `uniform_prompt` gives every config the system prompt and
+    the instruction, for a tiny model that cannot bridge the two.
+    """
     out = Path(out)
     world = out / "world"
     try:
@@ -92,6 +98,8 @@ def build_dataset(
         same = [c for c in seen if c["super_category"] == info["super_category"] and c is not info]
         return rng.choice(same or [c for c in seen if c is not info])
 
+    sft_question = f"{QUESTION} {FORMAT_INSTRUCTION}" if uniform_prompt else QUESTION
+    system = [{"role": "system", "content": [{"type": "text", "text": FINE_R1_SYSTEM}]}] if uniform_prompt else []
     sft, rl = [], []
     for info in seen:
         train_images = images[info["name"]][:per_class]
@@ -102,7 +110,7 @@ def build_dataset(
                 "messages": [
                     {"role": "system", "content": [{"type": "text", "text": FINE_R1_SYSTEM}]},
                     {"role": "user", "content": [{"type": "image", "text": None},
-                                                 {"type": "text", "text": QUESTION}]},
+                                                 {"type": "text", "text": sft_question}]},
                     {"role": "assistant", "content": [{"type": "text", "text": _rationale(info, rival)}]},
                 ],
                 "images": [_cell(path)],
@@ -113,7 +121,7 @@ def build_dataset(
             negative = images[rival["name"]][k % per_class]
             rl.append({
                 "id": f"{info['name']}#{k}",
-                "prompt": [{"role": "user", "content": [
+                "prompt": [*system, {"role": "user", "content": [
                     {"type": "image", "text": None},
                     {"type": "text", "text": f"{QUESTION} {FORMAT_INSTRUCTION}"}]}],
                 "answer": info["name"],

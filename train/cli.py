@@ -3,6 +3,7 @@
     finecot train tiny-model runs/tiny --dataset runs/demo/dataset
     finecot train sft --recipe sft_tiny_cpu --model runs/tiny --dataset runs/demo/dataset --output runs/tiny-sft
     finecot train tapo --recipe tapo_tiny_cpu --model runs/tiny-sft --dataset runs/demo/dataset --output runs/tiny-tapo
+    finecot train tiny-loop --dataset runs/demo/dataset --out runs/demo/train   # all three, minutes
     finecot train recipes
 
 On GPUs, the same commands under accelerate (DeepSpeed ZeRO-3 config shipped):
@@ -146,6 +147,27 @@ def tapo(
     last = result["history"][-1] if result["history"] else {}
     console.print(f"[green]{'GRPO' if plain_grpo else 'TAPO'} done[/green]: {result['steps']} steps, "
                   f"last reward {last.get('reward', float('nan')):.3f}, saved to {result['output_dir']}")
+
+
+@app.command("tiny-loop")
+def tiny_loop(
+    dataset: Annotated[str, typer.Option("--dataset", help="exported dataset folder or run folder")],
+    out: Annotated[Path, typer.Option("--out", help="folder for tiny/, sft/ and tapo/")],
+    sft_epochs: Annotated[int, typer.Option(help="SFT epochs")] = 8,
+    tapo_steps: Annotated[int, typer.Option(help="TAPO optimizer steps")] = 4,
+    overrides: SetOpt = None,
+) -> None:
+    """The whole loop on CPU in minutes: tiny model -> SFT -> TAPO (the demo's last step)."""
+    from train.loop import run_tiny_loop
+
+    try:
+        result = run_tiny_loop(dataset, out, sft_epochs, tapo_steps, overrides,
+                               callbacks=[rich_progress("train")])
+    except (ValueError, FileNotFoundError) as err:
+        raise _fail(str(err)) from None
+    losses = result["sft"]["losses"]
+    console.print(f"[green]done[/green]: SFT loss {losses[0]:.3f} -> {losses[-1]:.3f}, "
+                  f"TAPO {result['tapo']['steps']} steps; models under {out}")
 
 
 @app.command()

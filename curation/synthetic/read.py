@@ -227,7 +227,7 @@ def read_image(data: bytes | np.ndarray) -> Reading | None:
     breast, d_breast = _nearest(chroma["breast"], PART_CHROMA)
     wing, d_wing = _nearest(chroma["wing"], PART_CHROMA)
     barred = np.linalg.norm(chroma["bar"] - BAR_CHROMA) < np.linalg.norm(chroma["bar"] - chroma["wing"])
-    if max(d_body, d_crown, d_breast, d_wing) > 0.12 or not kinds:
+    if max(d_body, d_crown, d_breast, d_wing) > 0.2 or not kinds:
         return None  # colours of no part of any synthetic bird
 
     attributes = {

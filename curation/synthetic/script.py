@@ -1,7 +1,7 @@
 """The scripted teacher's mind: behaviour flags, perception from pixels, scripted answers.
 
 `Teacher.complete(request, key, occurrence)` turns one Chat Completions request body into a
-response body: it reads the first image's attributes (read.py, cached by content), picks
+response body: it reads the last image's attributes (read.py, cached by content), picks
 the class, and writes one rationale per choice (rationale.py), making the mistakes the
 `Behaviour` flags ask for with a random generator seeded by the request (its body, `seed`
 and, without a seed, how often it was seen). teacher.py serves it over HTTP.
@@ -254,7 +254,8 @@ class Teacher:
         hint = HINT.search(prompt)
         listed = CANDIDATES.search(prompt)
         listed = [c.strip() for c in listed.group(1).split(";") if c.strip()] if listed else []
-        reading, reason, _, _ = images[0] if images else (None, "no image was sent", 0, 0)
+        # The last image is the query (few-shot prompts put their examples first).
+        reading, reason, _, _ = images[-1] if images else (None, "no image was sent", 0, 0)
         truth_class = self._class_of(reading.super_category, reading.attributes) if reading else None
 
         choices, truths = [], []

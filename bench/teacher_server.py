@@ -6,7 +6,11 @@ with a raw aiohttp client (pre-built JSON bodies, one 64 px PNG per request):
 1. sustained requests/s with zero injected latency, with distinct images (every request a
    new image: decode + read each time) and with a pool of images sent again and again
    (the server's perception cache, as when a client asks for several samples per image);
-2. the latency the server adds on top of an injected fixed latency (p50 / p99).
+2. the latency the server adds on top of an injected fixed latency (p50 / p99), at a
+   concurrency low enough that neither side saturates.
+
+Also printed: the server's CPU time per request (from /proc), which does not depend on what
+else runs on the machine: 1 / that is what one free core sustains.
 
     .venv/bin/python bench/teacher_server.py                   # defaults below
     .venv/bin/python bench/teacher_server.py --requests 20000 --concurrency 128
@@ -110,6 +114,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64, help="image side in pixels")
     parser.add_argument("--pool", type=int, default=64, help="distinct images of the cached run")
     parser.add_argument("--latency", type=float, default=0.05, help="injected latency of run 2 (s)")
+    parser.add_argument("--latency-concurrency", type=int, default=16,
+                        help="concurrency of run 2 (low enough that neither side saturates)")
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; client: raw aiohttp, concurrency {args.concurrency}; "
           f"{args.size} px PNG images")
@@ -137,11 +143,12 @@ def main() -> None:
     server = start_server(port, "--latency", str(args.latency))
     try:
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
-        n = min(args.requests, 4000)
-        wall, lat = asyncio.run(drive(url, pool, n, args.concurrency))
+        n = min(args.requests, 3000)
+        c = args.latency_concurrency
+        wall, lat = asyncio.run(drive(url, pool, n, c))
         added = (np.array(lat) - args.latency) * 1000
-        print(f"injected latency {args.latency * 1000:.0f} ms: {n / wall:.0f} req/s "
-              f"(ideal {args.concurrency / args.latency:.0f}); added latency p50 "
+        print(f"injected latency {args.latency * 1000:.0f} ms, concurrency {c}: {n / wall:.0f} req/s "
+              f"(ideal {c / args.latency:.0f}); added latency p50 "
               f"{np.percentile(added, 50):.1f} ms, p99 {np.percentile(added, 99):.1f} ms")
     finally:
         server.terminate()

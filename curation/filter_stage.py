@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import pyarrow as pa
@@ -104,7 +105,11 @@ class Funnel:
 
 
 def filter_stage(recipe: Recipe, run: RunDir, progress: Progress | None = None) -> dict[str, Any]:
-    """drafts.parquet -> accepted.parquet, rejected.parquet, funnel.json (all atomic)."""
+    """drafts.parquet -> accepted.parquet, rejected.parquet, funnel.json (all atomic).
+
+    With filters.judge on, the drafts that pass every local filter wait (in memory) for the
+    judge's second teacher call (curation/judge.py) before they are written.
+    """
     ctx = make_context(recipe, run)
     drafts = read_table(run.require(run.path("drafts.parquet"), "draft"))
     if "draft_id" in drafts.column_names:  # a fixed order: the duplicate filter keeps the first
@@ -112,19 +117,38 @@ def filter_stage(recipe: Recipe, run: RunDir, progress: Progress | None = None) 
     schema = pa.schema(
         [f for f in drafts.schema if f.name not in {p.name for p in PARSED_FIELDS}] + PARSED_FIELDS
     )
-    funnel = Funnel(ctx.enabled)
+    use_judge = recipe.filters.judge
+    missing = {"draft_id", "image_path", "image_sha256"} - set(drafts.column_names)
+    if use_judge and missing:
+        raise ValueError(f"filters.judge needs drafts with {sorted(missing)}: run `finecot draft`")
+    funnel = Funnel([*ctx.enabled, "judge"] if use_judge else ctx.enabled)
     total = drafts.num_rows
+    waiting: list[tuple[dict, Verdict]] = []  # accepted so far, for the judge
     with ParquetStreamWriter(run.path("accepted.parquet"), schema) as accepted, \
             ParquetStreamWriter(run.path("rejected.parquet"), schema) as rejected:
         done = 0
         for batch in drafts.to_batches(max_chunksize=2048):
             for row in batch.to_pylist():
                 v = judge(row, ctx)
+                if use_judge and v.accepted:
+                    waiting.append((row, v))
+                    continue
                 funnel.add(row, v)
                 (accepted if v.accepted else rejected).write({**row, **verdict_columns(v)})
             done += batch.num_rows
             if progress:
                 progress("filter", done, total)
+        if waiting:
+            from curation.judge import judge_rows  # the network, only when asked for
+
+            rows = [{**row, "visual_analysis": v.parsed.visual_analysis} for row, v in waiting]
+            outcome = judge_rows(recipe, run, rows, progress)
+            for row, v in waiting:
+                reason = outcome.get(row["draft_id"], "judge_failed")
+                if reason is not None:
+                    v = replace(v, accepted=False, reasons=(reason,))
+                funnel.add(row, v)
+                (accepted if v.accepted else rejected).write({**row, **verdict_columns(v)})
     summary = {**funnel.as_dict(), "settings": recipe.filters.model_dump()}
     write_json_atomic(run.path("funnel.json"), summary)
     log.info("filter: %d drafts, %d accepted", funnel.drafts, funnel.accepted)

@@ -21,6 +21,8 @@ recipe's `filters:` section (curation/config.py FilterConfig).
     length, language         word bounds; expected language (stopword share)
     duplicate                near-duplicate of an accepted rationale of the same image/class
                              (curation/dedup.py)
+    judge (optional, off)    a second teacher call: does the visual analysis match the image?
+                             Runs in the filter stage only (curation/judge.py)
 
 Every reason code, with the filter that emits it and what it means, is in REASONS below.
 
@@ -128,11 +130,6 @@ def build_context(
     if unknown:
         raise RecipeError(
             f"filters.disabled names unknown filter(s) {unknown}; known: {', '.join(FILTERS)}"
-        )
-    if settings.judge:
-        raise RecipeError(
-            "filters.judge=true needs a second teacher call, which this version does not "
-            "implement yet; set filters.judge=false"
         )
     if settings.min_candidates > settings.max_candidates:
         raise RecipeError("filters.min_candidates must not exceed filters.max_candidates")
@@ -484,6 +481,9 @@ REASONS: dict[str, tuple[str, str]] = {
     "too_long": ("length", "more than filters.max_words words in <think>"),
     "wrong_language": ("language", "not in filters.language"),
     "near_duplicate": ("duplicate", "a near copy of an accepted rationale (same image/class)"),
+    "judge_mismatch": ("judge", "the judge (a second teacher call) says the visual analysis "
+                       "does not match the image"),
+    "judge_failed": ("judge", "the judgement failed, was unreadable or was not sent (budget)"),
 }
 REASON_FILTER = {code: name for code, (name, _) in REASONS.items() if name != "format"}
 

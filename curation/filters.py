@@ -82,6 +82,11 @@ class FilterContext:
     _words: dict[str, list[str]] = field(default_factory=dict)  # of the draft being judged
     _word_sets: dict[str, set[str]] = field(default_factory=dict)
 
+    def begin_draft(self) -> None:
+        """Forget the previous draft's texts (the per-draft caches below)."""
+        self._words.clear()
+        self._word_sets.clear()
+
     def words(self, text: str) -> list[str]:
         """normalized_words(text), computed once per draft (several filters read a text)."""
         found = self._words.get(text)
@@ -430,8 +435,7 @@ def run_filters(
     """({filter name: reason codes} of the filters that failed, evidence); all filters run."""
     evidence: Evidence = {}
     failed: dict[str, list[str]] = {}
-    ctx._words.clear()
-    ctx._word_sets.clear()
+    ctx.begin_draft()
     for name in ctx.enabled:
         outcome = FILTERS[name](draft, parsed, ctx, evidence)
         if outcome:
@@ -440,7 +444,11 @@ def run_filters(
 
 
 def judge(draft: Mapping, ctx: FilterContext) -> Verdict:
-    """Parse and filter one draft. An accepted draft is remembered for the duplicate filter."""
+    """Parse and filter one draft. An accepted draft is remembered for the duplicate filter.
+
+    Local filters only: the optional second-call judge (filters.judge) needs the network
+    and runs in the filter stage (curation/filter_stage.py, curation/judge.py).
+    """
     r = parse(draft.get("response"))
     failed, evidence = run_filters(draft, ctx, r)
     reasons: list[str] = []

@@ -6,7 +6,8 @@
 Endpoint: the scripted teacher in its own process answering after --latency seconds; for
 each concurrency C, items/s of a whole open-world `evaluate()` call (keys, ledger lookups,
 image encoding, requests, scoring, responses parquet, report) vs the ideal C / latency, and
-then the cached rerun (zero requests). Images are 224 px JPEGs of the synthetic world, one
+our process's CPU per item (the whole call: encoding, client, ledger, scoring, report), then
+the cached rerun (zero requests). Images are 224 px JPEGs of the synthetic world, one
 distinct image per item. A warm-up pass under another model name lets the server cache its
 pixel readings, so the timed runs measure our side, not the scripted teacher.
 
@@ -90,21 +91,23 @@ def endpoint_bench(args, items, registry, workdir: Path) -> None:
         warm = EndpointModel(TeacherConfig(model="warm-up", base_urls=[f"{root}/v1"], temperature=0,
                                            concurrency=64))
         ev.evaluate({"open": items}, registry, warm, workdir / "warm", ev.Settings())
-        print(f"{'C':>5} {'items/s':>9} {'ideal':>7} {'ratio':>6} {'cached rerun items/s':>22}")
+        print(f"{'C':>5} {'items/s':>9} {'ideal':>7} {'ratio':>6} {'cpu ms/item':>12} "
+              f"{'cached rerun items/s':>22}")
         for c in args.concurrency:
             backend = EndpointModel(TeacherConfig(model=f"bench-c{c}", base_urls=[f"{root}/v1"],
                                                   temperature=0, concurrency=c))
             out = workdir / f"c{c}"
             before = server_requests(root)
-            began = time.perf_counter()
+            began, cpu = time.perf_counter(), time.process_time()
             ev.evaluate({"open": items}, registry, backend, out, ev.Settings())
-            took = time.perf_counter() - began
+            took, cpu = time.perf_counter() - began, time.process_time() - cpu
             sent = server_requests(root) - before
             began = time.perf_counter()
             ev.evaluate({"open": items}, registry, backend, out, ev.Settings())
             cached = time.perf_counter() - began
             rate, ideal = len(items) / took, c / args.latency
-            print(f"{c:>5} {rate:>9.1f} {ideal:>7.1f} {rate / ideal:>6.2f} {len(items) / cached:>22.0f}"
+            print(f"{c:>5} {rate:>9.1f} {ideal:>7.1f} {rate / ideal:>6.2f} {1000 * cpu / len(items):>12.2f} "
+                  f"{len(items) / cached:>22.0f}"
                   f"   ({sent} requests)", flush=True)
     finally:
         proc.terminate()

@@ -82,6 +82,7 @@ def run_command(
     batch_size: Annotated[int, typer.Option("--batch-size", help="local model: images per generate() call")] = 8,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="answer length cap (the paper: 2048)")] = 1024,
     max_pixels: Annotated[int | None, typer.Option("--max-pixels", help="local model: image pixel cap for the processor")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="local model: cuda, cuda:1, cpu (default: cuda when available; bf16 on GPU, fp32 on CPU)")] = None,
     concurrency: Annotated[int, typer.Option("--concurrency", help="endpoint: requests in flight")] = 64,
     temperature: Annotated[float, typer.Option("--temperature", help="endpoint sampling temperature (0: greedy)")] = 0.0,
     budget_usd: Annotated[float | None, typer.Option("--budget-usd", help="stop sending at this total ledger cost")] = None,
@@ -124,7 +125,7 @@ def run_command(
     items = {m: items[m] for m in modes}
     if model is not None:
         backend = LocalModel(model, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                             max_pixels=max_pixels)
+                             device=device, max_pixels=max_pixels)
     else:
         if api_key_env not in os.environ:
             console.print(f"[yellow]no ${api_key_env}: sending no API key (fine for local servers)")

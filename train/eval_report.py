@@ -103,8 +103,9 @@ def report_markdown(metrics: dict[str, Any]) -> str:
             for p in sorted(pos["picked"], key=lambda k: (not k.isdigit(), k)):
                 lines.append(f"| {p} | {_pct(pos['gold'].get(p))} | {_pct(pos['picked'][p])} | "
                              f"{_pct(pos['accuracy_by_gold_position'].get(p))} |")
-            lines += ["", f"Position-debiased accuracy: {_pct(pos['debiased_accuracy'])} "
-                      f"(plain: {_pct(pos['accuracy'])}).", ""]
+            lines += ["", f"Over all items pooled: position-debiased accuracy "
+                      f"{_pct(pos['debiased_accuracy'])}, plain {_pct(pos['accuracy'])} (the "
+                      "tables above average per dataset and split, as the paper).", ""]
         worst = block["per_class"][:10]
         if worst:
             lines += ["### weakest classes", "", "| dataset | class | split | n | accuracy |", "|---|---|---|---|---|"]

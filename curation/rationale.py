@@ -187,7 +187,8 @@ _INLINE_BREAK = re.compile(
 )
 _PARAGRAPH_CHARS = 160  # mean line length above which a text may hide inline headings
 _PARAGRAPH = re.compile(r"\n[ \t]*\n")
-_RULE = re.compile(r"^[ \t]*(?:[-*_=]{3,}|#+)[ \t]*$", re.MULTILINE)
+_RULE = re.compile(r"[ \t]*(?:[-*_=]{3,}|#+)[ \t]*")
+_RULE_MARKS = ("---", "***", "___", "===", "\n#", "#\n")
 
 
 # Cheap gate before the heading regex: after decoration, a heading starts with one of these.
@@ -228,8 +229,14 @@ def _blocks(body: str) -> list[tuple[str, str, bool]]:
         inline = (m.group("inline") or "").strip().strip("*_").strip()
         start = pos
     out.append((kind, f"{inline}\n{body[start:]}".strip(), bool(inline)))
-    return [(k, _RULE.sub("", t).strip() if "--" in t or "#" in t or "**" in t or "__" in t
-             or "==" in t else t, i) for k, t, i in out]
+    return [(k, _without_rules(t), i) for k, t, i in out]
+
+
+def _without_rules(text: str) -> str:
+    """`text` without horizontal rules ("---", "***") and bare "#" lines."""
+    if not any(mark in text for mark in _RULE_MARKS):
+        return text
+    return "\n".join(line for line in text.split("\n") if not _RULE.fullmatch(line)).strip()
 
 
 # -- candidate lists ------------------------------------------------------------------------

@@ -77,7 +77,7 @@ def _text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):  # OpenAI/TRL content parts
-        return "".join(p.get("text", "") for p in content if isinstance(p, Mapping))
+        return "".join(p.get("text") or "" for p in content if isinstance(p, Mapping))
     return "" if content is None else str(content)
 
 

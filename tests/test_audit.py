@@ -191,3 +191,22 @@ def test_cli_filter_stage(tmp_path):
     assert funnel["accepted"] == 3 and funnel["settings"]["min_words"] == 10
     missing = CliRunner().invoke(app, ["filter", "--run", str(tmp_path / "nothing")])
     assert missing.exit_code == 2 and "finecot ingest" in missing.stderr
+
+
+def test_parquet_in_trl_conversational_form(tmp_path):
+    """Our own SFT export: messages with content parts, the image as a part, a label column."""
+    def part(text):
+        return [{"type": "text", "text": text}]
+
+    rows = [{"messages": [{"role": "system", "content": part("You identify birds.")},
+                          {"role": "user", "content": [{"type": "image", "text": None},
+                                                       {"type": "text", "text": "Which bird?"}]},
+                          {"role": "assistant", "content": part(GOOD)}],
+             "label": label, "dataset": "birds"} for label in ("Red Warbler", "Blue Warbler")]
+    path = tmp_path / "train-00000-of-00001.parquet"
+    write_parquet_atomic(path, pa.Table.from_pylist(rows))
+    corpus = load_corpus(path)
+    assert corpus[0]["question"] == "Which bird?" and corpus[0]["response"] == GOOD
+    summary = audit_file(path, REGISTRY, None, FilterConfig(min_words=10))
+    assert summary["parse_rate"] == 1.0
+    assert summary["funnel"]["accepted"] == 1 and summary["funnel"]["reasons"] == {"wrong_answer": 1}

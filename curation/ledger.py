@@ -30,7 +30,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from curation.tables import atomic_path, write_parquet_atomic
+from curation.tables import ParquetStreamWriter, atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -292,20 +292,25 @@ class Ledger:
         )
 
     def export(self, path: str | Path) -> int:
-        """Write every row to Parquet (.parquet) or JSON lines (.jsonl); return the row count."""
+        """Stream every row to Parquet (.parquet) or JSON lines (.jsonl), atomically; return
+        the row count. Memory stays flat however large the ledger."""
         path = Path(path)
-        rows = [asdict(e) for e in self.rows()]
-        for row in rows:
-            row["meta"] = json.dumps(row["meta"], sort_keys=True)
+        if path.suffix not in (".parquet", ".jsonl"):
+            raise ValueError(f"ledger export: unknown format {path.suffix!r}; use .parquet or .jsonl")
+        count = 0
         if path.suffix == ".jsonl":
             with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as out:
-                for row in rows:
-                    out.write(json.dumps(row, ensure_ascii=False) + "\n")
-        elif path.suffix == ".parquet":
-            write_parquet_atomic(path, pa.Table.from_pylist(rows, schema=EXPORT_SCHEMA))
-        else:
-            raise ValueError(f"ledger export: unknown format {path.suffix!r}; use .parquet or .jsonl")
-        return len(rows)
+                for entry in self.rows():
+                    out.write(json.dumps(asdict(entry), ensure_ascii=False) + "\n")
+                    count += 1
+            return count
+        with ParquetStreamWriter(path, EXPORT_SCHEMA) as out:
+            for entry in self.rows():
+                row = asdict(entry)
+                row["meta"] = json.dumps(row["meta"], sort_keys=True)
+                out.write(row)
+            count = out.count
+        return count
 
 
 EXPORT_SCHEMA = pa.schema([

@@ -131,7 +131,7 @@ def test_export_parquet_and_jsonl(tmp_path):
     table = pq.read_table(tmp_path / "out.parquet")
     assert sorted(table.column("key").to_pylist()) == ["k0", "k1", "k2"]
     lines = (tmp_path / "out.jsonl").read_text().splitlines()
-    assert json.loads(json.loads(lines[0])["meta"])["item_id"] == "i0"
+    assert json.loads(lines[0])["meta"]["item_id"] == "i0"  # an object in JSON lines
 
 
 def test_cost_from_the_price_table():

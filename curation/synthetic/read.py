@@ -164,6 +164,49 @@ def _background(img: np.ndarray) -> tuple[np.ndarray, float]:
     return ramp_x * coef[0] + ramp_y * coef[1] + coef[2], noise
 
 
+def _project(cx: float, cy: float, thetas: np.ndarray, scales: np.ndarray, h: int,
+             w: int) -> tuple[np.ndarray, np.ndarray]:
+    """GRID placed in the image under each combination's pose: (inside image, flat pixel index)."""
+    sc, ss = (scales * np.cos(thetas))[:, None], (scales * np.sin(thetas))[:, None]
+    xi = (cx + sc * OFF_X - ss * OFF_Y).astype(np.int32)
+    yi = (cy + ss * OFF_X + sc * OFF_Y).astype(np.int32)
+    ok = (xi.view(np.uint32) < w) & (yi.view(np.uint32) < h)  # negatives wrap: out
+    return ok, np.where(ok, yi * w + xi, 0)
+
+
+def _beak_scores(img: np.ndarray, bg: np.ndarray, ok: np.ndarray, flat: np.ndarray) -> np.ndarray:
+    """How well each combination's bill explains the dark pixels in front of the head.
+
+    By darkness, not by the mask: JPEG halos around a dark bill widen the mask. Balanced: a
+    thin bill counts as much as the background around it."""
+    zone = flat[:, BEAK_ZONE]
+    lum, bg_lum = img.reshape(-1, 3)[zone] @ THIRDS, bg.reshape(-1, 3)[zone] @ THIRDS
+    dark = lum < bg_lum - 0.4 * (bg_lum - BEAK_LUM)
+    expect, valid = GRID_INSIDE[:, BEAK_ZONE], ok[:, BEAK_ZONE]
+    return ((dark & expect & valid).sum(1) / np.maximum((expect & valid).sum(1), 1)
+            + (~dark & ~expect & valid).sum(1) / np.maximum((~expect & valid).sum(1), 1))
+
+
+_STEPS = np.array([(dx, dy, dt, ds) for dx in (-0.7, 0, 0.7) for dy in (-0.7, 0, 0.7)
+                   for dt in (-0.06, 0, 0.06) for ds in (0.95, 1, 1.05)], np.float32)
+
+
+def _refine(mask: np.ndarray, combo: int, cx: float, cy: float, theta: float,
+            scale: float) -> tuple[float, float, float, float]:
+    """The pose nudge (sub-pixel shift, a few degrees, a few percent) whose silhouette agrees
+    best with the mask: moments alone drift when JPEG or resizing blurs the edges."""
+    h, w = mask.shape
+    t = theta + _STEPS[:, 2:3]
+    s = scale * _STEPS[:, 3:4]
+    ox, oy = OFF_X[combo][None, :], OFF_Y[combo][None, :]
+    xi = (cx + _STEPS[:, 0:1] + s * (np.cos(t) * ox - np.sin(t) * oy)).astype(np.int32)
+    yi = (cy + _STEPS[:, 1:2] + s * (np.sin(t) * ox + np.cos(t) * oy)).astype(np.int32)
+    ok = (xi.view(np.uint32) < w) & (yi.view(np.uint32) < h)
+    hits = ((mask.ravel()[np.where(ok, yi * w + xi, 0)] == GRID_INSIDE[combo]) & ok).sum(1)
+    dx, dy, dt, ds = _STEPS[int(hits.argmax())]
+    return float(dx), float(dy), float(dt), float(ds)
+
+
 def read_image(data: bytes | np.ndarray) -> Reading | None:
     """The bird's super-category and attributes, or None when the image shows no synthetic bird."""
     img = decode(data)[0] if isinstance(data, bytes | bytearray) else np.asarray(data, np.float32)
@@ -188,36 +231,31 @@ def read_image(data: bytes | np.ndarray) -> Reading | None:
     theta_img = 0.5 * math.atan2(2 * (dx * dy).mean(), (dx**2 - dy**2).mean())
     thetas = theta_img - THETAS  # (combos,)
     scales = np.sqrt(len(mx) / AREAS)
-    sc, ss = (scales * np.cos(thetas))[:, None], (scales * np.sin(thetas))[:, None]
-    xi = (cx + sc * OFF_X - ss * OFF_Y).astype(np.int32)
-    yi = (cy + ss * OFF_X + sc * OFF_Y).astype(np.int32)
-    ok = (xi.view(np.uint32) < w) & (yi.view(np.uint32) < h)  # negatives wrap: out
-    flat = np.where(ok, yi * w + xi, 0)
+    ok, flat = _project(cx, cy, thetas, scales, h, w)
     hits = (mask.ravel()[flat] == GRID_INSIDE) & ok
-
-    def score(zone: np.ndarray) -> np.ndarray:
-        return hits[:, zone].sum(1) / np.maximum(ok[:, zone].sum(1), 1)
-
-    tail = COMBOS[int(score(TAIL_ZONE).argmax())][0]
-    # The bill by darkness, not by the mask: JPEG halos around a dark bill widen the mask.
-    zone = flat[:, BEAK_ZONE]
-    lum, bg_lum = img.reshape(-1, 3)[zone] @ THIRDS, bg.reshape(-1, 3)[zone] @ THIRDS
-    dark = lum < bg_lum - 0.4 * (bg_lum - BEAK_LUM)
-    expect, valid = GRID_INSIDE[:, BEAK_ZONE], ok[:, BEAK_ZONE]
-    # Balanced: a thin bill counts as much as the background around it.
-    beak_score = ((dark & expect & valid).sum(1) / np.maximum((expect & valid).sum(1), 1)
-                  + (~dark & ~expect & valid).sum(1) / np.maximum((~expect & valid).sum(1), 1))
-    best = max((k for k, c in enumerate(COMBOS) if c[0] == tail), key=lambda k: beak_score[k])
-    shape = hits[best, :N_COARSE].sum() / max(ok[best, :N_COARSE].sum(), 1)
+    tail_score = hits[:, TAIL_ZONE].sum(1) / np.maximum(ok[:, TAIL_ZONE].sum(1), 1)
+    tail = COMBOS[int(tail_score.argmax())][0]
+    same_tail = [k for k, c in enumerate(COMBOS) if c[0] == tail]
+    first_look = _beak_scores(img, bg, ok, flat)
+    guess = max(same_tail, key=lambda k: first_look[k])
+    shape = hits[guess, :N_COARSE].sum() / max(ok[guess, :N_COARSE].sum(), 1)
     if shape < 0.9:
         return None  # the mask is not bird-shaped
+
+    # Nudge the pose, then judge the bill again under it.
+    dx, dy, dt, ds = _refine(mask, guess, cx, cy, float(thetas[guess]), float(scales[guess]))
+    cx, cy, thetas, scales = cx + dx, cy + dy, thetas + dt, scales * ds
+    ok, flat = _project(cx, cy, thetas, scales, h, w)
+    beak_score = _beak_scores(img, bg, ok, flat)
+    best = max(same_tail, key=lambda k: beak_score[k])
     beak = COMBOS[best][1]
+    theta, scale = float(thetas[best]), float(scales[best])
 
     # Every part's sample points in one batch; the median colour of each part.
     q = PART_POINTS - CENTRES[best]
-    cos1, sin1 = math.cos(thetas[best]), math.sin(thetas[best])
-    px = np.floor(cx + scales[best] * (q[:, 0] * cos1 - q[:, 1] * sin1)).astype(int)
-    py = np.floor(cy + scales[best] * (q[:, 0] * sin1 + q[:, 1] * cos1)).astype(int)
+    cos1, sin1 = math.cos(theta), math.sin(theta)
+    px = np.floor(cx + scale * (q[:, 0] * cos1 - q[:, 1] * sin1)).astype(int)
+    py = np.floor(cy + scale * (q[:, 0] * sin1 + q[:, 1] * cos1)).astype(int)
     rgb = img[np.clip(py, 0, h - 1), np.clip(px, 0, w - 1)].reshape(len(POINTS), -1, 3)
     colours = dict(zip(POINTS, np.median(rgb, axis=1), strict=True))
     chroma = {part: _chroma(c) for part, c in colours.items()}

@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 # Saturated part colours, far apart in chromaticity so JPEG and lighting cannot swap them.
 COLOURS: dict[str, tuple[int, int, int]] = {
     "crimson": (205, 24, 52),
-    "orange": (240, 128, 24),
-    "golden": (240, 200, 28),
+    "orange": (238, 104, 16),
+    "golden": (236, 212, 24),
     "emerald": (22, 165, 80),
     "azure": (30, 110, 232),
     "violet": (135, 50, 205),

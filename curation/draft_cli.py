@@ -130,6 +130,10 @@ def draft_command(
     if base_url:  # the listed URLs replace the recipe's, not merge with them by position
         spec.teacher.base_urls = list(base_url)
 
+    if not (spec.directory / "pool.parquet").exists():
+        console.print(f"[red]error:[/red] {spec.directory / 'pool.parquet'} does not exist: run "
+                      f"`finecot split --run {run_dir}` first")
+        raise typer.Exit(2)
     from curation.draft import DraftStopped, draft_stage
     from curation.rundir import RunDir
 

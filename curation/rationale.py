@@ -144,9 +144,10 @@ _DECOR = r"[ \t]*(?:>[ \t]*)?(?:#{1,6}[ \t]*)?(?:[-*•][ \t]+)?(?:\*\*|__|\*)?[
 
 _PHRASES = {
     # order matters: "analysis of candidate subcategories" is a candidates heading
-    "candidates": r"(?:the[ \t]+)?(?:analysis[ \t]+of[ \t]+(?:the[ \t]+)?)?(?:potential[ \t]+|possible[ \t]+|"
-    r"plausible[ \t]+|likely[ \t]+|top[ \t]+|main[ \t]+|relevant[ \t]+|\d[ \t]+|(?:two|three|four|five|six)[ \t]+)?candidates?(?:[ \t]+(?:sub-?[ \t]?categor(?:y|ies)|"
-    r"classes|species|breeds|models|types|varieties|list|options))?(?:[ \t]+(?:considered|include|are))?"
+    "candidates": r"(?:the[ \t]+)?(?:analysis[ \t]+of[ \t]+(?:the[ \t]+)?)?"
+    r"(?:(?:potential|possible|plausible|likely|top|main|relevant|\d|two|three|four|five|six)[ \t]+)?"
+    r"candidates?(?:[ \t]+(?:sub-?[ \t]?categor(?:y|ies)|classes|species|breeds|models|types|"
+    r"varieties|list|options))?(?:[ \t]+(?:considered|include|are))?"
     r"|(?:possible|potential|plausible|likely)[ \t]+(?:sub-?[ \t]?categor(?:y|ies)|classes|species|breeds|models)",
     "comparison": r"(?:detailed[ \t]+|the[ \t]+)?comparison(?:[ \t]+(?:process|of[ \t]+[^:\n]{0,60}|"
     r"between[ \t]+[^:\n]{0,60}|with[ \t]+[^:\n]{0,60}|and[ \t]+[^:\n]{0,40}))?"
@@ -193,16 +194,16 @@ _RULE_MARKS = ("---", "***", "___", "===", "\n#", "#\n")
 
 # Cheap gate before the heading regex: after decoration, a heading starts with one of these.
 _DECOR_CHARS = " \t>#*_-•0123456789.)("
-_HEADING_STARTS = (
+_HEADING_STARTS = (  # compared with the first 14 characters, lower-cased
     "the analy", "the candid", "the predic", "the final", "the compar", "the visual",
-    "the image analy", "the image featu", "the possib", "the poten", "the likely", "the key",
-    "the detailed", "the observ", "the main", "the top", "the relevant", "the feature", "analy", "candidat", "potential", "possible", "plausible", "likely", "top", "main",
+    "the image anal", "the image feat", "the possib", "the poten", "the likely", "the key",
+    "the detailed", "the observ", "the main", "the top", "the relevant", "the feature",
+    "analy", "candidat", "potential", "possible", "plausible", "likely", "top", "main",
     "relevant", "two", "three", "four", "five", "six", "compar", "detailed", "now", "let",
     "key", "differen", "contrast", "elimination", "evaluation", "reasoning", "discussion",
-    "final", "predict", "conclusion",
-    "identification", "classification", "summary", "visual", "image", "feature", "observ",
-    "distinctive", "discriminative", "traits", "step", "part", "section", "stage", "i.", "ii",
-    "iii", "iv", "v.", "i)", "v)",
+    "final", "predict", "conclusion", "identification", "classification", "summary",
+    "visual", "image", "feature", "observ", "distinctive", "discriminative", "traits",
+    "step", "part", "section", "stage", "i.", "ii", "iii", "iv", "v.", "i)", "v)",
 )
 
 

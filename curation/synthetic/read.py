@@ -181,10 +181,11 @@ def _beak_scores(img: np.ndarray, bg: np.ndarray, ok: np.ndarray, flat: np.ndarr
     thin bill counts as much as the background around it."""
     zone = flat[:, BEAK_ZONE]
     lum, bg_lum = img.reshape(-1, 3)[zone] @ THIRDS, bg.reshape(-1, 3)[zone] @ THIRDS
-    dark = lum < bg_lum - 0.4 * (bg_lum - BEAK_LUM)
+    dark = np.clip((bg_lum - lum) / np.maximum(bg_lum - BEAK_LUM, 1), 0, 1)
     expect, valid = GRID_INSIDE[:, BEAK_ZONE], ok[:, BEAK_ZONE]
-    return ((dark & expect & valid).sum(1) / np.maximum((expect & valid).sum(1), 1)
-            + (~dark & ~expect & valid).sum(1) / np.maximum((~expect & valid).sum(1), 1))
+    inside, outside = expect & valid, ~expect & valid
+    return ((dark * inside).sum(1) / np.maximum(inside.sum(1), 1)
+            - (dark * outside).sum(1) / np.maximum(outside.sum(1), 1))
 
 
 _STEPS = np.array([(dx, dy, dt, ds) for dx in (-0.7, 0, 0.7) for dy in (-0.7, 0, 0.7)

@@ -26,13 +26,17 @@ exists only while its request is in flight.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import itertools
 import logging
 import math
+import os
 import signal
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -187,7 +191,7 @@ class Drafter:
         except (RuntimeError, ValueError, NotImplementedError):  # not the main thread
             handled = False
         try:
-            with Ledger(self.run_dir.ledger) as ledger:
+            with _exclusive(self.run_dir.path(".draft.lock")), Ledger(self.run_dir.ledger) as ledger:
                 self.ledger = ledger
                 try:
                     await self._rounds()
@@ -410,6 +414,25 @@ class Drafter:
         return (f"budget reached: spent ${r.cost_usd:.4f} and {r.tokens} tokens (limit {limit}); "
                 f"{done}. Raise draft.budget_usd / draft.budget_tokens (--budget-usd, "
                 "--budget-tokens) and rerun the same command: answered requests are not paid again.")
+
+
+@contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """One draft process per run directory: two would send (and pay for) the same requests.
+    An flock dies with its process, so a SIGKILLed run never leaves a stale lock."""
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            raise DraftStopped(
+                f"another `finecot draft` (pid {handle.read().strip() or '?'}) is working on "
+                f"{path.parent}; wait for it to finish or stop it, then rerun") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
 
 
 def _class_name(item: Mapping[str, Any]) -> str:

@@ -59,7 +59,7 @@ LABEL_CONFIG = Path(__file__).with_name("data") / "review_config.xml"
 REJECT_REASONS = ("wrong_traits", "wrong_class", "leaks_label", "incoherent", "other")
 LABEL_WRONG = "gold label is wrong"
 MEDIA_CONFIG = '<View><Image name="image" value="$image"/></View>'
-UPLOAD_FILES_PER_REQUEST = 50
+UPLOAD_FILES_PER_REQUEST = 100  # Django DATA_UPLOAD_MAX_NUMBER_FILES default
 Progress = Callable[[int], None]
 
 # Run-directory files of this stage.
@@ -91,12 +91,14 @@ def project_title(recipe: Recipe) -> str:
     return recipe.review.project_title or f"finecot {recipe.name}"
 
 
-def label_config(registry: Registry | None, datasets: Sequence[str] = ()) -> str:
-    """The shipped review interface with the registry's classes as correction choices."""
+def label_config(registry: Registry | None, datasets: Sequence[str] = (), labels: Sequence[str] = ()) -> str:
+    """The shipped review interface with the classes (registry + row labels) as choices."""
     names: list[str] = []
     for info in registry or ():
         if not datasets or info.dataset in datasets:
             names.append(info.name)
+    names += [n for n in labels if n]
+    names = names or ["(no classes)"]  # Label Studio refuses an empty <Choices>
     choices = "\n".join(f"      <Choice value={quoteattr(n)}/>" for n in dict.fromkeys(names))
     return LABEL_CONFIG.read_text(encoding="utf-8").replace("<!-- CLASS_CHOICES -->", choices)
 
@@ -256,7 +258,8 @@ def push(recipe: Recipe, run: RunDir, progress: Progress | None = None) -> PushR
     state = _project_state(run)
     known = cfg.project_id or (state.get("project_id") if state.get("url") == client.url else None)
     datasets = sorted({r["dataset"] for r in rows if r.get("dataset")})
-    project_id = client.ensure_project(title, label_config(_registry(run), datasets), known, cfg.overlap)
+    xml = label_config(_registry(run), datasets, sorted({r.get("label") or "" for r in rows}))
+    project_id = client.ensure_project(title, xml, known, cfg.overlap)
     images = Images(client, cfg, project_id, title)
     write_json_atomic(run.path(PROJECT_FILE), {
         "url": client.url, "title": title, "project_id": project_id,

@@ -113,7 +113,7 @@ class Client:
     # -- tasks ----------------------------------------------------------------------------
 
     def iter_tasks(
-        self, project_id: int, page_size: int = 1000, ids: Sequence[int] | None = None
+        self, project_id: int, page_size: int = 500, ids: Sequence[int] | None = None
     ) -> Iterator[dict]:
         """Every task of the project (or those `ids`) as {"id", "data"}: compact, paged."""
         extra = {}

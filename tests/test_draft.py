@@ -442,3 +442,19 @@ def test_without_registry_the_fallback_judges_the_quota(tmp_path, synthetic_worl
         expected[name] = expected.get(name, 0) + (answer == row["label"])
     assert report.judged and report.accepted_per_class == expected
     assert all(n >= 1 for n in expected.values()) or report.short_classes
+
+
+def test_a_second_draft_on_the_same_run_is_refused(tmp_path, synthetic_world, start_teacher):
+    import fcntl
+
+    server = start_teacher()
+    run = make_run(tmp_path, synthetic_world)
+    with open(run.path(".draft.lock"), "a+") as held:  # as a running `finecot draft` holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("4242")
+        held.flush()
+        with pytest.raises(DraftStopped, match=r"another `finecot draft` \(pid 4242\)"):
+            draft_stage(spec(run, server), run)
+    assert sent(server) == 0
+    draft_stage(spec(run, server), run)  # released: the run goes on
+    assert sent(server) == pool_size(run)

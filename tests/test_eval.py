@@ -79,7 +79,7 @@ def export(synthetic_world, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def loaded(export):
     items = {mode: ev.load_exported(export, f"eval_{mode}") for mode in ev.MODES}
-    return items, ev.exported_registry(export, items["open"])
+    return items, ev.exported_registry(export)
 
 
 def _answer(text: str | None) -> str:
@@ -374,7 +374,7 @@ def test_a_real_export_is_evaluated(tmp_path):
     run, recipe = make_run(tmp_path / "run")
     export_stage(recipe, run)
     closed = ev.load_exported(run.root, "eval_closed")
-    registry = ev.exported_registry(run.root, closed)
+    registry = ev.exported_registry(run.root)
     assert len(registry) == len(Registry.load(run.registry))  # the run's registry.json is used
     with FirstOptionServer() as server:
         result = CliRunner().invoke(app, ["eval", "run", "--data", str(run.root), "--endpoint",
@@ -412,3 +412,17 @@ def test_a_repeated_image_and_question_is_asked_once_and_scored_twice(start_teac
     rows = pq.read_table(tmp_path / "responses_open.parquet").to_pylist()
     assert rows[0]["response"] == rows[1]["response"] is not None
     assert metrics["results"]["open"]["not_answered"] == 0
+
+
+def test_exported_items_stream_in_chunks_with_the_same_results(start_teacher, export, loaded, tmp_path):
+    """A generator of items in chunks of 7 scores exactly like the whole list at once."""
+    items, registry = loaded
+    assert ev.count_exported(export, "eval_open") == 96 and ev.count_exported(export, "eval_open", 10) == 10
+    assert len(ev.exported_registry(export)) == 24
+    server = start_teacher(perception_error_rate=0.3)
+    backend = EndpointModel(TeacherConfig(model="scripted", base_urls=[server.base_url], temperature=0))
+    whole = ev.evaluate({"open": items["open"]}, registry, backend, tmp_path / "whole", ev.Settings())
+    streamed = ev.evaluate({"open": ev.iter_exported(export, "eval_open")}, registry, backend,
+                           tmp_path / "streamed", ev.Settings(), chunk_size=7)
+    assert streamed["results"]["open"]["cells"] == whole["results"]["open"]["cells"]
+    assert server.stats(log=False)["counts"]["requests"] == 2 * 96  # two ledgers: asked twice

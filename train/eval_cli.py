@@ -43,8 +43,8 @@ class RichEvalProgress:
         self.task = None
         self.bar.start()
 
-    def start(self, mode: str, total: int, cached: int) -> None:
-        self.task = self.bar.add_task(f"{mode}-world", total=total, completed=cached)
+    def start(self, mode: str, total: int | None) -> None:
+        self.task = self.bar.add_task(f"{mode}-world", total=total)
 
     def advance(self, count: int = 1) -> None:
         self.bar.advance(self.task, count)
@@ -110,6 +110,7 @@ def run_command(
     if any(m not in ev.MODES for m in modes):
         raise typer.BadParameter(f"--mode must be open, closed or both (got {mode!r})")
     skipped: list[dict] = []
+    totals = None
     if fine_r1 is not None:
         roots = _roots(fine_r1_root or [])
         if not roots:
@@ -119,8 +120,10 @@ def run_command(
         registry, _ = fine_r1_registry()
         source = str(fine_r1)
     else:
-        items = {m: ev.load_exported(data, f"eval_{m}", limit) for m in modes}
-        registry = ev.exported_registry(data, [i for group in items.values() for i in group])
+        # streamed: only a chunk of images is in memory at a time
+        items = {m: ev.iter_exported(data, f"eval_{m}", limit) for m in modes}
+        totals = {m: ev.count_exported(data, f"eval_{m}", limit) for m in modes}
+        registry = ev.exported_registry(data, [f"eval_{m}" for m in modes])
         source = str(data)
     items = {m: items[m] for m in modes}
     if model is not None:
@@ -139,7 +142,8 @@ def run_command(
         prices={backend.model_id: Price(input_per_m=price_in, output_per_m=price_out)},
     )
     metrics = ev.evaluate(items, registry, backend, out, settings, ledger_path=ledger,
-                          progress=RichEvalProgress(), source=source, skipped=skipped)
+                          progress=RichEvalProgress(), source=source, skipped=skipped,
+                          totals=totals)
     _print_summary(metrics, out)
 
 

@@ -28,7 +28,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,11 +108,11 @@ class Settings:
 class EvalProgress:
     """Counters; the CLI's rich bar overrides the hooks."""
 
-    def start(self, mode: str, total: int, cached: int) -> None:
-        """A mode begins: `total` items, `cached` of them answered already."""
+    def start(self, mode: str, total: int | None) -> None:
+        """A mode begins: `total` items (None: unknown)."""
 
     def advance(self, count: int = 1) -> None:
-        """`count` more items answered."""
+        """`count` more items done (answered now, or found in the ledger)."""
 
     def close(self) -> None:
         """The run is over."""
@@ -121,15 +121,26 @@ class EvalProgress:
 # -- inputs: exported configs ------------------------------------------------------------------
 
 
-def load_exported(source: str | Path, config: str, limit: int | None = None) -> list[Item]:
-    """Items of an exported eval_open / eval_closed config (images as their file bytes)."""
+def exported_files(source: str | Path, config: str) -> list[str]:
     from train.data import shard_files
 
     files = shard_files(source, config, "test")
     if not files:
         raise FileNotFoundError(f"{source}: no exported dataset or Parquet shards; run `finecot export`")
-    items: list[Item] = []
-    for file in files:
+    return files
+
+
+def count_exported(source: str | Path, config: str, limit: int | None = None) -> int:
+    """Rows of an exported config, from the shards' footers (no data read)."""
+    total = sum(pq.ParquetFile(f).metadata.num_rows for f in exported_files(source, config))
+    return total if limit is None else min(total, limit)
+
+
+def iter_exported(source: str | Path, config: str, limit: int | None = None) -> Iterator[Item]:
+    """Items of an exported eval_open / eval_closed config, streamed 256 rows at a time (an
+    item's image bytes live only while its chunk is evaluated)."""
+    count = 0
+    for file in exported_files(source, config):
         for batch in pq.ParquetFile(file).iter_batches(batch_size=256):
             for row in batch.to_pylist():
                 images = row.get("images") or []
@@ -140,20 +151,26 @@ def load_exported(source: str | Path, config: str, limit: int | None = None) -> 
                 index = row.get("answer_index")
                 if options is not None and index is None:
                     index = list(options).index(row["answer"])
-                items.append(Item(
-                    id=str(row.get("id") or len(items)), dataset=row.get("dataset") or "data",
+                count += 1
+                yield Item(
+                    id=str(row.get("id") or count), dataset=row.get("dataset") or "data",
                     label=row["answer"], class_split=row.get("class_split") or "seen",
                     question=row["question"], image=images[0]["bytes"],
                     super_category=row.get("super_category"), options=options,
                     answer_index=index, image_sha256=row.get("image_sha256") or "",
-                ))
-                if limit is not None and len(items) >= limit:
-                    return items
-    return items
+                )
+                if limit is not None and count >= limit:
+                    return
 
 
-def exported_registry(source: str | Path, items: Sequence[Item]) -> Registry:
-    """The run's registry.json next to the export, else one built from golds and options."""
+def load_exported(source: str | Path, config: str, limit: int | None = None) -> list[Item]:
+    """All items of an exported config in memory (tests, small sets); see iter_exported."""
+    return list(iter_exported(source, config, limit))
+
+
+def exported_registry(source: str | Path, configs: Sequence[str] = ("eval_open", "eval_closed")) -> Registry:
+    """The run's registry.json next to the export, else one built from the golds and options
+    of the exported configs (their text columns only)."""
     from train.data import dataset_root
 
     root = dataset_root(source)
@@ -161,9 +178,18 @@ def exported_registry(source: str | Path, items: Sequence[Item]) -> Registry:
         if candidate.exists():
             return Registry.load(candidate)
     names: dict[str, dict[str, str | None]] = {}
-    for item in items:
-        for name in [item.label, *(item.options or [])]:
-            names.setdefault(item.dataset, {}).setdefault(name, item.super_category)
+    for config in configs:
+        try:
+            files = exported_files(source, config)
+        except FileNotFoundError:
+            continue
+        for file in files:
+            have = set(pq.read_schema(file).names)
+            wanted = [c for c in ("answer", "options", "dataset", "super_category") if c in have]
+            for row in pq.read_table(file, columns=wanted).to_pylist():
+                dataset = row.get("dataset") or "data"
+                for name in [row["answer"], *(row.get("options") or [])]:
+                    names.setdefault(dataset, {}).setdefault(name, row.get("super_category"))
     return Registry(ClassInfo(i, name, dataset, sc or dataset)
                     for dataset, found in names.items()
                     for i, (name, sc) in enumerate(sorted(found.items())))
@@ -264,7 +290,7 @@ def answer(items: Sequence[Item], mode: str, backend, ledger: Ledger, settings: 
     known = ledger.get_many(by_key)
     todo = [r for r in requests.values() if r.key not in known
             or (settings.retry_failed and known[r.key].status == "failed")]
-    progress.start(mode, len(requests), len(requests) - len(todo))  # distinct requests
+    progress.advance(len(items) - sum(len(by_key[r.key]) for r in todo))  # answered already
 
     def over_budget() -> bool:
         spent, tokens = ledger.totals()
@@ -280,7 +306,7 @@ def answer(items: Sequence[Item], mode: str, backend, ledger: Ledger, settings: 
             latency_s=c.latency_s, cost_usd=cost, endpoint=c.endpoint,
             meta={"item_id": by_key[request.key][0], "purpose": f"eval-{mode}"},
         ))
-        progress.advance()
+        progress.advance(len(by_key[request.key]))
 
     if todo:
         backend.run(todo, on_result=record, gate=over_budget)
@@ -379,11 +405,26 @@ def _averages(cells: dict[str, Any], metric: str) -> dict[str, float | None]:
     return {"S-Avg": seen, "U-Avg": unseen, "Avg": m.mean_of([seen, unseen])}
 
 
-def evaluate(items: dict[str, list[Item]], registry: Registry, backend, out: str | Path,
+def chunks(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
+    chunk: list[Item] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def evaluate(items: dict[str, Iterable[Item]], registry: Registry, backend, out: str | Path,
              settings: Settings, ledger_path: str | Path | None = None,
              progress: EvalProgress | None = None, source: str = "",
-             skipped: Sequence[dict] = ()) -> dict[str, Any]:
-    """Answer, score and report every mode in `items` ({"open": [...], "closed": [...]})."""
+             skipped: Sequence[dict] = (), totals: dict[str, int] | None = None,
+             chunk_size: int = 1024) -> dict[str, Any]:
+    """Answer, score and report every mode in `items` ({"open": items, "closed": items}).
+
+    Items stream through in chunks of `chunk_size` (lists or generators such as
+    iter_exported): only a chunk's images are in memory. `totals` sizes the progress bars."""
     from train.eval_report import write_reports
 
     out = Path(out)
@@ -398,8 +439,12 @@ def evaluate(items: dict[str, list[Item]], registry: Registry, backend, out: str
     with Ledger(ledger_path or out / "ledger.sqlite") as ledger:
         before = ledger.stats()["requests"]
         for mode, mode_items in items.items():
-            entries = answer(mode_items, mode, backend, ledger, settings, progress)
-            rows = score(mode_items, entries, mode, registry, embed, settings.paper_compat)
+            total = len(mode_items) if isinstance(mode_items, Sequence) else (totals or {}).get(mode)
+            progress.start(mode, total)
+            rows: list[dict[str, Any]] = []
+            for chunk in chunks(mode_items, chunk_size):
+                entries = answer(chunk, mode, backend, ledger, settings, progress)
+                rows += score(chunk, entries, mode, registry, embed, settings.paper_compat)
             write_parquet_atomic(out / f"responses_{mode}.parquet", pa.Table.from_pylist(rows))
             results[mode] = summarise(rows, mode)
         spent, tokens = ledger.totals()

@@ -158,7 +158,9 @@ class PromptConfig(Section):
     user: str = Field("draft_user.jinja", description="user prompt template")
     directory: str | None = Field(None, description="template folder (default: the project's prompts/)")
     questions: str | None = Field(None, description="question bank YAML (default: prompts/questions.yaml)")
-    candidates: int = Field(0, ge=0, description="show N candidate classes (gold + N-1 others); 0: none")
+    candidates: int = Field(0, ge=0, description=(
+        "show N candidate classes: the gold + N-1 classes of the pool, same super-category "
+        "first (held-out classes are never named); 0: none"))
     describe: bool = Field(False, description="hinted: also show the class description/attributes")
 
 

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from curation.config import Recipe
+from curation.filters import judge, make_context
 from curation.labels import ClassInfo, Registry, match
 from curation.prompts import load_prompts, load_questions, pick_candidates, pick_question
 from curation.rundir import RunDir
@@ -42,8 +43,8 @@ _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S | re.I)
 
 
 def fallback_accept(registry: Registry) -> Callable[[Mapping[str, Any]], bool]:
-    """FALLBACK acceptance, used only when curation.filters or the run's registry.json is
-    missing: the last <answer> of a finished draft names the gold (curation.labels.match)."""
+    """FALLBACK acceptance, used only when the run's registry.json is missing: the last
+    <answer> of a finished draft names the gold (curation.labels.match)."""
 
     def accept(draft: Mapping[str, Any]) -> bool:
         if draft.get("status") != "ok":
@@ -57,12 +58,7 @@ def fallback_accept(registry: Registry) -> Callable[[Mapping[str, Any]], bool]:
 
 
 def make_accept(recipe: Recipe, run: RunDir, registry: Registry) -> Callable[[Mapping], bool]:
-    """The filter's verdict when curation.filters offers make_context/judge, else the fallback."""
-    try:
-        from curation.filters import judge, make_context
-    except ImportError:
-        log.info("curation.filters not available: accepting drafts whose <answer> matches the gold")
-        return fallback_accept(registry)
+    """The filter's verdict (curation.filters); without a registry.json, the fallback."""
     if not run.registry.exists():
         log.info("%s missing: the filters need it; accepting drafts whose <answer> matches the "
                  "gold", run.registry)
@@ -103,9 +99,14 @@ class Requests:
         self._systems: dict[str, str] = {}
         self._encoded: dict[tuple[int, str], str] = {}
         self._users: dict[str, str] = {}
+        # Candidates come from the pool's (seen) classes only: naming a held-out class in a
+        # prompt would put it into training rationales. Same super-category first.
+        pool_classes = {(r["dataset"], r.get("super_category") or "object", r["label"]) for r in pool}
+        self._rivals: dict[tuple[str, str], list[str]] = defaultdict(list)
         self._names: dict[str, list[str]] = defaultdict(list)
-        for info in registry:
-            self._names[info.dataset].append(info.name)
+        for dataset, domain, label in sorted(pool_classes):
+            self._rivals[dataset, domain].append(label)
+            self._names[dataset].append(label)
 
     def question(self, row: dict) -> str:
         return pick_question(self.bank, row.get("super_category") or "object", str(row["item_id"]))
@@ -124,8 +125,9 @@ class Requests:
             hint=row["label"] if hinted else None,
             description=(info.description or None) if describe else None,
             attributes=(info.attributes or None) if describe else None,
-            candidates=pick_candidates(row["label"], self._names[row["dataset"]],
-                                       self.recipe.prompts.candidates, str(row["item_id"])),
+            candidates=pick_candidates(row["label"], self._rivals[row["dataset"], domain],
+                                       self.recipe.prompts.candidates, str(row["item_id"]),
+                                       fallback=self._names[row["dataset"]]),
         )
         # Blind prompts repeat (a few questions per domain): render each distinct one once.
         signature = json.dumps(variables, sort_keys=True)

@@ -137,20 +137,26 @@ def pick_question(bank: Mapping[str, Sequence[str]], super_category: str, item_i
     return choices[index].replace("{super_category}", super_category or "object")
 
 
-def pick_candidates(gold: str, others: Sequence[str], size: int, item_id: str) -> list[str] | None:
-    """`size` candidates: the gold plus others of its dataset, in an item-seeded order.
+def pick_candidates(gold: str, rivals: Sequence[str], size: int, item_id: str,
+                    fallback: Sequence[str] = ()) -> list[str] | None:
+    """`size` candidates: the gold plus `rivals` (its super-category's classes), topped up from
+    `fallback` (the dataset's other classes) when there are too few, in an item-seeded order.
 
     >>> pick_candidates("A", ["B", "C", "D"], 3, "i") == pick_candidates("A", ["D", "C", "B"], 3, "i")
     True
     >>> "A" in pick_candidates("A", ["B", "C", "D"], 2, "i")
     True
+    >>> sorted(pick_candidates("A", ["B"], 3, "i", fallback=["B", "X", "Y"]))[:2]
+    ['A', 'B']
     >>> pick_candidates("A", ["B"], 0, "i") is None
     True
     """
     if size <= 0:
         return None
     rng = random.Random(_sha256(item_id))
-    pool = sorted(set(others) - {gold})
-    chosen = rng.sample(pool, min(size - 1, len(pool))) + [gold]
+    pool = sorted(set(rivals) - {gold})
+    chosen = rng.sample(pool, min(size - 1, len(pool)))
+    spare = sorted(set(fallback) - {gold} - set(chosen))
+    chosen += rng.sample(spare, min(size - 1 - len(chosen), len(spare))) + [gold]
     rng.shuffle(chosen)
     return chosen

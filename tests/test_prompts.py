@@ -93,3 +93,27 @@ def test_candidates_include_gold_and_are_stable():
     assert len(chosen) == 5 and "gold" in chosen
     assert chosen == pick_candidates("gold", list(reversed(others)), 5, "item-1")
     assert pick_candidates("gold", others, 5, "item-2") != chosen
+
+
+def test_prompt_candidates_are_pool_classes_of_the_same_super_category_first():
+    """Held-out classes are never named to the teacher (they would leak into training
+    rationales); rivals come from the gold's super-category, then the rest of the pool."""
+    from curation.config import Recipe
+    from curation.draft_requests import Requests
+    from curation.labels import ClassInfo, Registry
+
+    classes = [("Tern A", "tern"), ("Tern B", "tern"), ("Tern C", "tern"), ("Finch A", "finch"),
+               ("Finch B", "finch"), ("Unseen Tern", "tern")]
+    registry = Registry(ClassInfo(i, name, "birds", sc) for i, (name, sc) in enumerate(classes))
+    pool = [{"item_id": f"{name}/{j}", "dataset": "birds", "label": name, "super_category": sc,
+             "label_id": i} for i, (name, sc) in enumerate(classes[:5]) for j in range(4)]
+    recipe = Recipe.model_validate({"name": "t", "prompts": {"candidates": 4}})
+    requests = Requests(recipe, registry, pool)
+    for row in pool:
+        user = requests.messages(row, "blind", "data:,")[1]["content"][-1]["text"]
+        named = [name for name, _ in classes if f"{name}" in user]
+        assert "Unseen Tern" not in user and row["label"] in named and len(named) == 4
+        if row["super_category"] == "tern":  # all three terns, then one finch
+            assert {"Tern A", "Tern B", "Tern C"} <= set(named)
+        else:
+            assert {"Finch A", "Finch B"} <= set(named)

@@ -157,7 +157,8 @@ def card_context(
         "configs": [
             {"name": n, **c, "what": CONFIG_TEXT[n]} for n, c in summary["configs"].items()
         ],
-        "split": {k: split.get(k, "n/a") for k in ("mode", "seed", "seen_ratio", "k")},
+        # fine-r1 mode has no seen ratio (the paper's lists decide): "n/a", never "None"
+        "split": {k: "n/a" if split.get(k) is None else split[k] for k in ("mode", "seed", "seen_ratio", "k")},
         "split_counts": split_counts,
         "fine_r1_split": split.get("mode") == "fine-r1",
         "hygiene": hygiene_rows,

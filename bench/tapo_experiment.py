@@ -5,7 +5,8 @@
 2. a tiny Qwen2.5-VL, CoT SFT on the seen classes;
 3. from the same SFT checkpoint: TAPO (n anchor + n positive rollouts, negative-image term)
    and plain GRPO (TRL's stock trainer, 2n anchor rollouts), same steps, rollouts per step,
-   learning rate, lengths and seeds;
+   learning rate, lengths and seeds; `--variants tapo-no-terms` adds TAPO without its
+   negative-image and entropy terms (an ablation);
 4. greedy decoding on the held-out test images, accuracy with THE matcher
    (curation.labels.match: the <answer> must name exactly the gold class), seen and unseen
    separately, plus the format rate. Repeated over --seeds (the RL runs' seeds).
@@ -16,7 +17,8 @@ fixture's `uniform_prompt`).
 
 Prints a table; docs/tapo_experiment.md records a run. Steps are cached in --workdir.
 
-    .venv/bin/python bench/tapo_experiment.py --workdir runs/tapo-exp --rl-steps 30 --seeds 0 1
+    .venv/bin/python bench/tapo_experiment.py --workdir runs/tapo-exp60 --rl-steps 60 \
+        --seeds 0 1 2 3 --variants grpo tapo tapo-no-terms
 """
 
 from __future__ import annotations
@@ -49,6 +51,14 @@ from train.tapo import build_trainer as build_rl  # noqa: E402
 from train.tiny import build_tiny_model, load_processor  # noqa: E402
 
 CPU = ["use_cpu=true", "bf16=false", "dtype=float32", "disable_tqdm=true"]
+# RL runs from the SFT checkpoint: name -> overrides of the tapo_tiny_cpu recipe.
+VARIANTS = {
+    "grpo": [],  # TRL's stock GRPOTrainer (build_rl(plain_grpo=True))
+    "tapo": [],  # the paper's coefficients
+    # TAPO's grouping (anchor + positive rollouts) and dynamic sampling, without the
+    # negative-image (gamma) and entropy (eta) terms: what the two terms add on their own.
+    "tapo-no-terms": ["tapo_gamma=0", "tapo_eta=0"],
+}
 
 
 def evaluate(model_dir: Path, data: Path, max_new_tokens: int, batch: int = 16) -> dict[str, float]:
@@ -112,7 +122,7 @@ def train_rl(kind: str, seed: int, root: Path, data: Path, sft: Path, args: argp
         f"model_name_or_path={sft}", f"dataset={data}", f"output_dir={out}", f"seed={seed}",
         f"max_steps={args.rl_steps}", f"learning_rate={args.rl_lr}", f"num_generations={args.group}",
         f"per_device_train_batch_size={args.batch}", f"max_completion_length={args.length}",
-        "logging_steps=1", *CPU,
+        "logging_steps=1", *CPU, *VARIANTS[kind],
     ])
     trainer = build_rl(cfg, plain_grpo=(kind == "grpo"))
     trainer.remove_callback(PrinterCallback)
@@ -150,6 +160,8 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=64)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--variants", nargs="+", default=["grpo", "tapo"], choices=list(VARIANTS),
+                        help="RL runs from the SFT checkpoint, each over --seeds")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
@@ -166,16 +178,16 @@ def main() -> None:
     sft = train_sft(root, data, tiny, args)
     results: dict[str, list[dict[str, float]]] = {"SFT": [evaluate(sft, data, args.length)]}
     for seed in args.seeds:
-        for kind in ("grpo", "tapo"):
+        for kind in args.variants:
             model = train_rl(kind, seed, root, data, sft, args)
             results.setdefault(f"SFT+{kind.upper()}", []).append(evaluate(model, data, args.length))
 
-    print(f"\n{'model':10} {'runs':>4} {'acc seen':>9} {'acc unseen':>11} {'format':>7}")
+    print(f"\n{'model':18} {'runs':>4} {'acc seen':>9} {'acc unseen':>11} {'format':>7}")
     for name, runs in results.items():
         def mean(key: str, runs=runs) -> str:
             values = [r[key] for r in runs if key in r]
             return f"{statistics.mean(values):.3f}" if values else "-"
-        print(f"{name:10} {len(runs):4d} {mean('acc_seen'):>9} {mean('acc_unseen'):>11} {mean('format'):>7}")
+        print(f"{name:18} {len(runs):4d} {mean('acc_seen'):>9} {mean('acc_unseen'):>11} {mean('format'):>7}")
     (root / "results.json").write_text(json.dumps(results, indent=1))
 
 

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -378,6 +379,19 @@ def _saved_recipe(run_dir: Path) -> Path | None:
     saved = run_dir / "recipe.yaml"
     return saved if saved.exists() else None
 
+
+def _one_line_summaries(typer_app: typer.Typer) -> None:
+    """Command lists show each docstring's first paragraph on one line (docstrings wrap at
+    100 columns, and Typer would keep those breaks mid-sentence)."""
+    for command in typer_app.registered_commands:
+        doc = inspect.getdoc(command.callback) or ""
+        if command.short_help is None and doc:
+            command.short_help = " ".join(doc.split("\n\n")[0].split())
+    for group in typer_app.registered_groups:
+        _one_line_summaries(group.typer_instance)
+
+
+_one_line_summaries(app)
 
 if __name__ == "__main__":
     app()

@@ -37,7 +37,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # paths are never broken across lines
 app.add_typer(review_app, name="review")
 app.command("draft")(draft_command)
 app.add_typer(ledger_app, name="ledger")

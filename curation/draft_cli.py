@@ -25,7 +25,7 @@ from rich.table import Table
 
 from curation.config import RecipeError, load_recipe
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # paths are never broken across lines
 
 RunOption = Annotated[
     Path, typer.Option("--run", "-r", help="run directory (all files of the run live there)")

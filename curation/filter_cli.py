@@ -20,7 +20,7 @@ from rich.table import Table
 
 from curation.config import RecipeError, load_recipe
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # paths are never broken across lines
 
 
 def _progress() -> Progress:

@@ -28,7 +28,7 @@ review_app = typer.Typer(
     "named by review.api_key_env).",
     no_args_is_help=True,
 )
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # paths are never broken across lines
 
 RunOption = Annotated[Path, typer.Option("--run", "-r", help="run directory")]
 SetOption = Annotated[

@@ -29,7 +29,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # paths are never broken across lines
 
 RecipeOpt = Annotated[str | None, typer.Option("--recipe", help="recipe YAML, or a shipped recipe name (see `finecot train recipes`)")]
 ModelOpt = Annotated[str | None, typer.Option("--model", help="model folder or Hub id (recipe field model_name_or_path)")]

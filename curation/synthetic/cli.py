@@ -22,7 +22,7 @@ app = typer.Typer(
     "Not a substitute for a real teacher model.",
     no_args_is_help=True,
 )
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # paths are never broken across lines
 
 
 @app.command()

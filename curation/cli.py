@@ -371,7 +371,10 @@ def demo(
     for what in ("dataset", "card", "report"):
         console.print(f"{what:>8}: {result[what]}")
     if "train" in result:
-        console.print(f"   model: {result['train']['tapo']}")
+        from train.loop import describe
+
+        console.print(f"   model: {result['train']['tapo']['output_dir']}")
+        console.print(f"   train: {describe(result['train'])}")
 
 
 def _saved_recipe(run_dir: Path) -> Path | None:

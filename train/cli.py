@@ -158,16 +158,14 @@ def tiny_loop(
     overrides: SetOpt = None,
 ) -> None:
     """The whole loop on CPU in minutes: tiny model -> SFT -> TAPO (the demo's last step)."""
-    from train.loop import run_tiny_loop
+    from train.loop import describe, run_tiny_loop
 
     try:
         result = run_tiny_loop(dataset, out, sft_epochs, tapo_steps, overrides,
                                callbacks=[rich_progress("train")])
     except (ValueError, FileNotFoundError) as err:
         raise _fail(str(err)) from None
-    losses = result["sft"]["losses"]
-    console.print(f"[green]done[/green]: SFT loss {losses[0]:.3f} -> {losses[-1]:.3f}, "
-                  f"TAPO {result['tapo']['steps']} steps; models under {out}")
+    console.print(f"[green]done[/green]: {describe(result)}; models under {out}")
 
 
 @app.command()

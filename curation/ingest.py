@@ -26,6 +26,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -76,6 +77,7 @@ REASONS = {
     "unknown_split": "the split is not train, val or test",
     "label_conflict": "the same image (sha256) appears under two different labels",
     "duplicate_item": "the layout lists the same file twice (the first listing is kept)",
+    "worker_crashed": "decoding the image killed its worker process (the run went on)",
 }
 
 CHUNK = 64  # images per worker task
@@ -159,6 +161,52 @@ def _materialise(item: RawItem, run: RunDir, dataset: str) -> RawItem:
     return RawItem(item.key, str(target.resolve()), item.label, item.split)
 
 
+class _Inspectors:
+    """The worker pool, replaced when a worker dies (a decoder crash takes its process down,
+    and with it the pool): batches that were in flight run again on the new pool, and the one
+    that crashed is split in halves until the image that kills a worker is found and
+    quarantined (`worker_crashed`). Everything else comes through."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self.pool = self._new_pool()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"))
+
+    def submit(self, paths: list[str], max_pixels: int) -> tuple[ProcessPoolExecutor, Future]:
+        return self.pool, self.pool.submit(inspect_many, paths, max_pixels)
+
+    def results(self, submitted: tuple[ProcessPoolExecutor, Future], paths: list[str],
+                max_pixels: int) -> list[Inspection]:
+        pool, future = submitted
+        try:
+            return future.result()
+        except BrokenProcessPool:
+            if pool is self.pool:  # the first news of this crash: a fresh pool for the rest
+                self._replace()
+            return self._isolate(paths, max_pixels)
+
+    def _isolate(self, paths: list[str], max_pixels: int) -> list[Inspection]:
+        try:
+            return self.pool.submit(inspect_many, paths, max_pixels).result()
+        except BrokenProcessPool:
+            self._replace()
+        if len(paths) == 1:
+            log.warning("a worker process died reading %s: quarantined", paths[0])
+            return [Inspection("worker_crashed", "the image decoder crashed its process "
+                               "(a malformed file, or a bug in a decoder library)")]
+        half = len(paths) // 2
+        return self._isolate(paths[:half], max_pixels) + self._isolate(paths[half:], max_pixels)
+
+    def _replace(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pool = self._new_pool()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _inspected(
     pending: Iterator[_Pending], max_pixels: dict[str, int], workers: int
 ) -> Iterator[tuple[_Pending, Inspection]]:
@@ -167,28 +215,31 @@ def _inspected(
         for p in pending:
             yield p, inspect(p.item.path, max_pixels[p.dataset])
         return
-    in_flight: deque[tuple[list[_Pending], Future]] = deque()
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+    in_flight: deque[tuple[list[_Pending], tuple[ProcessPoolExecutor, Future]]] = deque()
+    inspectors = _Inspectors(workers)
+
+    def done(batch: list[_Pending], submitted: tuple[ProcessPoolExecutor, Future]) -> Iterator:
+        # One max_pixels per task: a batch never mixes datasets with different limits.
+        paths, limit = [p.item.path for p in batch], max_pixels[batch[0].dataset]
+        return zip(batch, inspectors.results(submitted, paths, limit), strict=True)
+
+    try:
         chunk: list[_Pending] = []
-
-        def submit(batch: list[_Pending]) -> None:
-            # One max_pixels per task: a batch never mixes datasets with different limits.
-            limit = max_pixels[batch[0].dataset]
-            in_flight.append((batch, pool.submit(inspect_many, [p.item.path for p in batch], limit)))
-
         for p in pending:
             if chunk and (len(chunk) >= CHUNK or chunk[0].dataset != p.dataset):
-                submit(chunk)
+                in_flight.append((chunk, inspectors.submit([c.item.path for c in chunk],
+                                                           max_pixels[chunk[0].dataset])))
                 chunk = []
                 while len(in_flight) > 3 * workers:  # bounded: memory stays flat
-                    batch, future = in_flight.popleft()
-                    yield from zip(batch, future.result(), strict=True)
+                    yield from done(*in_flight.popleft())
             chunk.append(p)
         if chunk:
-            submit(chunk)
+            in_flight.append((chunk, inspectors.submit([c.item.path for c in chunk],
+                                                       max_pixels[chunk[0].dataset])))
         while in_flight:
-            batch, future = in_flight.popleft()
-            yield from zip(batch, future.result(), strict=True)
+            yield from done(*in_flight.popleft())
+    finally:
+        inspectors.close()
 
 
 def _worker_count(workers: int | None, total: int) -> int:

@@ -58,6 +58,8 @@ def bad_folder(root: Path) -> tuple[Path, dict[str, str], list[Path]]:
     good.append(warbler / "whole.jpg")
     put("azure_finch/cut.jpg", "truncated", (warbler / "whole.jpg").read_bytes()[:2500])
     put("azure_finch/empty.jpg", "empty_file")
+    os.mkfifo(root / "azure_finch" / "pipe.jpg")  # opening it would block forever
+    bad["azure_finch/pipe.jpg"] = "unreadable"
     put("azure_finch/cmyk.jpg", "unsupported_mode", image=Image.new("CMYK", (20, 20), (0, 50, 90, 10)))
     put("azure_finch/deep.png", "unsupported_mode", image=Image.new("I;16", (20, 20), 40000))
     palette = Image.new("P", (20, 20), 0)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 
@@ -80,6 +81,8 @@ def _transparent(image: Image.Image) -> bool:
 def inspect(path: str, max_pixels: int) -> Inspection:
     """Read, hash and fully decode one image file; never raises."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # open() on a pipe would wait forever
+            return Inspection("unreadable", "not a regular file (a folder, pipe or device)")
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             if size <= IN_MEMORY_BYTES:  # the usual case: one read serves hash and decoder

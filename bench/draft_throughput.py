@@ -26,18 +26,18 @@ import logging
 import os
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from teacher_process import cpu_seconds, server_requests, start_teacher  # noqa: E402
 
 from curation.config import parse_recipe  # noqa: E402
 from curation.draft import draft_stage  # noqa: E402
@@ -96,37 +96,12 @@ def make_run(root: Path, images: list[Path], classes: list[dict], items: int) ->
     return root
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
-def start_server(latency: float) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    code = ("from curation.synthetic.teacher import Behaviour, serve; "
-            f"serve(Behaviour(latency={latency}), port={port})")
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent)
-    root = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            with urllib.request.urlopen(f"{root}/health", timeout=1):
-                return proc, root
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("the scripted teacher did not start")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process (Linux /proc), to see who the bottleneck is."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def server_requests(root: str) -> int:
-    with urllib.request.urlopen(f"{root}/stats?log=0", timeout=30) as resp:
-        return json.loads(resp.read())["counts"]["requests"]
 
 
 def recipe(run: Path, root: str, concurrency: int, transport: str, model: str = "teacher"):
@@ -167,7 +142,7 @@ def main() -> None:
 
     images, classes = make_images(args.workdir, args.requests)
     stamp = f"{os.getpid()}-{int(time.time())}"
-    proc, root = start_server(args.latency)
+    proc, root = start_teacher("--latency", str(args.latency))
     try:
         print(f"scripted teacher at {root}, latency {args.latency}s; {len(images)} images; "
               f"load average {os.getloadavg()[0]:.1f}", flush=True)

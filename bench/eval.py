@@ -20,15 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from teacher_process import server_requests, start_teacher  # noqa: E402
 
 from curation.config import TeacherConfig  # noqa: E402
 from curation.labels import ClassInfo, Registry  # noqa: E402
@@ -57,35 +56,14 @@ def make_items(workdir: Path, count: int) -> tuple[list[ev.Item], Registry]:
     return items[:count], registry
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
-def start_server(latency: float) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    code = ("from curation.synthetic.teacher import Behaviour, serve; "
-            f"serve(Behaviour(latency={latency}), port={port})")
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent)
-    root = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            with urllib.request.urlopen(f"{root}/health", timeout=1):
-                return proc, root
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("the scripted teacher did not start")
 
 
-def server_requests(root: str) -> int:
-    with urllib.request.urlopen(f"{root}/stats?log=0", timeout=30) as resp:
-        return json.loads(resp.read())["counts"]["requests"]
 
 
 def endpoint_bench(args, items, registry, workdir: Path) -> None:
-    proc, root = start_server(args.latency)
+    proc, root = start_teacher("--latency", str(args.latency))
     try:
         print(f"scripted teacher at {root}, latency {args.latency}s, {len(items)} items (open-world)")
         warm = EndpointModel(TeacherConfig(model="warm-up", base_urls=[f"{root}/v1"], temperature=0,

@@ -24,48 +24,14 @@ import base64
 import io
 import json
 import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import aiohttp
 import numpy as np
+from teacher_process import cpu_seconds, start_teacher
 
 from curation.synthetic.draw import render
 from curation.synthetic.world import world_classes
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(port: int, *flags: str) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "curation.cli", "synthetic", "teacher",
-                             "--port", str(port), *flags],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(300):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read()
-            return proc
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("the teacher server did not start")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux /proc): load-independent server cost."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        fields = stat.rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return float("nan")
 
 
 def bodies(count: int, size: int) -> list[bytes]:
@@ -122,10 +88,9 @@ def main() -> None:
 
     distinct = bodies(args.requests, args.size)
     pool = distinct[: args.pool]
-    port = free_port()
-    server = start_server(port)
+    server, root = start_teacher()
     try:
-        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        url = f"{root}/v1/chat/completions"
         asyncio.run(drive(url, pool, 500, args.concurrency))  # warm-up
         for name, payloads in (("distinct images", distinct), (f"pool of {args.pool} images", pool)):
             cpu0 = cpu_seconds(server.pid)
@@ -139,10 +104,9 @@ def main() -> None:
         server.terminate()
         server.wait(10)
 
-    port = free_port()
-    server = start_server(port, "--latency", str(args.latency))
+    server, root = start_teacher("--latency", str(args.latency))
     try:
-        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        url = f"{root}/v1/chat/completions"
         n = min(args.requests, 3000)
         c = args.latency_concurrency
         wall, lat = asyncio.run(drive(url, pool, n, c))

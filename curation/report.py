@@ -176,8 +176,11 @@ def run_stats(recipe: Recipe, run: RunDir) -> dict[str, Any]:
     stats["rejection_reasons"] = dict(reasons.most_common())
     stats["accepted"] = len(accepted)
     stats["rejected"] = len(rejected)
-    funnel = [("drafts", len(drafts)), ("teacher answered", stats["status"].get("ok", 0))]
-    funnel += [("parsed and judged", len(accepted) + len(rejected)), ("accepted", len(accepted))]
+    # answered: the teacher sent text back (a reply cut at max_tokens counts; the filters
+    # reject it); failed requests never reach the filters
+    answered = sum(n for status, n in stats["status"].items() if status in ("ok", "length"))
+    funnel = [("drafts", len(drafts)), ("teacher answered", answered)]
+    funnel += [("accepted", len(accepted))]
     if reviewed is not None:
         status = reviewed.get("review_status", pd.Series(["kept"] * len(reviewed)))
         kept = int((~status.astype(str).str.lower().isin(["rejected", "reject"])).sum())

@@ -62,6 +62,10 @@ def _think_words(path: Path) -> list[int]:
     return out
 
 
+# (unit, seconds per unit, longest span shown in it): a demo takes seconds, a run days
+_TIME_UNITS = (("seconds", 1.0, 120.0), ("minutes", 60.0, 7200.0), ("hours", 3600.0, float("inf")))
+
+
 def _cost_curve(run: RunDir, drafts: pd.DataFrame) -> dict[str, list[float]]:
     """Cumulative cost over wall-clock time from the ledger when it has timestamps, else over
     requests in draft order (x = request number)."""
@@ -80,12 +84,14 @@ def _cost_curve(run: RunDir, drafts: pd.DataFrame) -> dict[str, list[float]]:
                     ).fetchall()
                     if rows:
                         t0 = float(rows[0][0])
+                        span = float(rows[-1][0]) - t0
+                        unit, scale = next((u, s) for u, s, longest in _TIME_UNITS if span <= longest)
                         total, xs, ys = 0.0, [], []
                         for t, c in rows:
                             total += float(c)
-                            xs.append((float(t) - t0) / 60.0)
+                            xs.append((float(t) - t0) / scale)
                             ys.append(total)
-                        return {"x": xs, "y": ys, "x_label": "minutes since first request"}
+                        return {"x": xs, "y": ys, "x_label": f"{unit} since first request"}
         except (sqlite3.Error, ValueError, TypeError) as err:
             log.info("report: ledger timestamps not usable (%s); cost over requests", err)
     costs = (

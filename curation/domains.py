@@ -122,6 +122,28 @@ def _search_near(pattern: re.Pattern, text: str, nouns: set[str]) -> re.Match | 
     return None
 
 
+def _negated(words: list[str], negations: set[str], nouns: frozenset[str]) -> bool:
+    """Whether one of `negations` is followed within four words by one of `nouns`.
+
+    (list.index finds the few negations in C; a Python loop over every word does not.)
+
+    >>> _negated("it is not really a plane".split(), {"not"}, frozenset({"plane"}))
+    True
+    >>> _negated("not the tail of a large plane".split(), {"not"}, frozenset({"plane"}))
+    False
+    """
+    for negation in negations:
+        at = -1
+        try:
+            while True:
+                at = words.index(negation, at + 1)
+                if not nouns.isdisjoint(words[at + 1 : at + 5]):
+                    return True
+        except ValueError:
+            pass
+    return False
+
+
 def excluded_nouns(class_phrases: Iterable[str]) -> frozenset[str]:
     """Domain nouns that occur inside a class name of the dataset ("tornado" in the Tornado
     aircraft, "bird" in the bird of paradise flower): they never count as another domain.
@@ -153,11 +175,9 @@ def off_domain_phrase(
         words = normalize(text).split()
     present = set(words)
     hit = None
-    if present & _NEGATIONS and present & own_words:
-        near = [i for i, w in enumerate(words) if w in _NEGATIONS
-                and not own_words.isdisjoint(words[i + 1 : i + 5])]
-        if near:
-            hit = _search_near(denial, text, own_words & present)
+    negations = present & _NEGATIONS
+    if negations and present & own_words and _negated(words, negations, own_words):
+        hit = _search_near(denial, text, own_words & present)
     if hit is None and present & other_words:
         hit = _search_near(naming, text, other_words & present)
     return re.sub(r"\s+", " ", hit.group(0)).strip() if hit else None

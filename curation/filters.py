@@ -81,6 +81,7 @@ class FilterContext:
     _names: dict[tuple[str, str], list[ClassInfo]] = field(default_factory=dict)
     _words: dict[str, list[str]] = field(default_factory=dict)  # of the draft being judged
     _word_sets: dict[str, set[str]] = field(default_factory=dict)
+    _unseen_names: dict[str, list[frozenset[str]]] = field(default_factory=dict)
 
     def begin_draft(self) -> None:
         """Forget the previous draft's texts (the per-draft caches below)."""
@@ -106,6 +107,19 @@ class FilterContext:
         if index is None:
             index = self._mentions[dataset] = MentionIndex(self.registry, dataset)
         return index
+
+    def unseen_names(self, dataset: str) -> list[frozenset[str]]:
+        """The words of each name of an unseen class (its normalised phrases): a text can
+        name an unseen class only where it holds all the words of one of these."""
+        found = self._unseen_names.get(dataset)
+        if found is None:
+            unseen = self.unseen.get(dataset, set())
+            found = self._unseen_names[dataset] = [
+                frozenset(phrase.split())
+                for phrase, classes in self.mentions(dataset).phrases.items()
+                if not unseen.isdisjoint(classes)
+            ]
+        return found
 
     def name_classes(self, dataset: str, name: str) -> list[ClassInfo]:
         """Classes a short name (a candidate) refers to; memoised, names repeat a lot."""
@@ -335,8 +349,13 @@ def check_unseen(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evidence)
         return None
     index = ctx.mentions(dataset)
     think = r.think or ""
-    found = index.find_words(ctx.words(think), word_set=ctx.word_set(think)) + \
-        index.find_words(ctx.words(r.answer or ""))
+    word_set = ctx.word_set(think)
+    found: list[ClassInfo] = []
+    # The full scan (longest name first) only where an unseen name may be in the text: most
+    # rationales hold no unseen name, and the word test costs a few lookups per name.
+    if any(words <= word_set for words in ctx.unseen_names(dataset)):
+        found = index.find_words(ctx.words(think), word_set=word_set)
+    found += index.find_words(ctx.words(r.answer or ""))
     named = list(dict.fromkeys(c.name for c in found if c in unseen))
     if not named:
         return None

@@ -80,13 +80,14 @@ class FilterContext:
     _gold: dict[tuple[str, str], ClassInfo | None] = field(default_factory=dict)
     _names: dict[tuple[str, str], list[ClassInfo]] = field(default_factory=dict)
     _words: dict[str, list[str]] = field(default_factory=dict)  # of the draft being judged
-    _word_sets: dict[str, set[str]] = field(default_factory=dict)
+    _key_words: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)
     _unseen_names: dict[str, list[frozenset[str]]] = field(default_factory=dict)
+    _vocabularies: dict[str, frozenset[str]] = field(default_factory=dict)
 
     def begin_draft(self) -> None:
         """Forget the previous draft's texts (the per-draft caches below)."""
         self._words.clear()
-        self._word_sets.clear()
+        self._key_words.clear()
 
     def words(self, text: str) -> list[str]:
         """normalized_words(text), computed once per draft (several filters read a text)."""
@@ -95,11 +96,20 @@ class FilterContext:
             found = self._words[text] = normalized_words(text)
         return found
 
-    def word_set(self, text: str) -> set[str]:
-        """set(self.words(text)), also computed once per draft."""
-        found = self._word_sets.get(text)
+    def key_words(self, text: str, dataset: str) -> frozenset[str]:
+        """The words of `text` that the word gates look for: side-information triggers,
+        first words of the dataset's class names, words of its unseen names. Same as
+        set(self.words(text)) for those words, at half the cost (no set of every word of a
+        long rationale is built); computed once per draft."""
+        key = (text, dataset)
+        found = self._key_words.get(key)
         if found is None:
-            found = self._word_sets[text] = set(self.words(text))
+            vocabulary = self._vocabularies.get(dataset)
+            if vocabulary is None:
+                vocabulary = self._vocabularies[dataset] = _SIDE_WORDS.union(
+                    self.mentions(dataset).starts["exact"], *self.unseen_names(dataset)
+                )
+            found = self._key_words[key] = vocabulary.intersection(self.words(text))
         return found
 
     def mentions(self, dataset: str) -> MentionIndex:
@@ -296,13 +306,25 @@ _SIDE_WORDS = frozenset((
     "accompanying", "ground", "correct", "details", "information",
 ))
 _SIDE_WINDOW = 80
+# The same regex without IGNORECASE, for ASCII windows of the lower-cased text (twice as fast;
+# on ASCII the two agree, as the pattern's letters are all lower case).
+_SIDE_INFORMATION_LOWER = re.compile(SIDE_INFORMATION.pattern)
 
 
-def _side_information(text: str, words: set[str]) -> re.Match | None:
+def _side_information(text: str, words: frozenset[str]) -> str | None:
+    """The first SIDE_INFORMATION phrase of `text`, as written; `words`: its words (at least
+    those of _SIDE_WORDS).
+
+    >>> _side_information("Wings. As Described, a jet.", frozenset({"described", "jet"}))
+    'As Described'
+    >>> SIDE_INFORMATION.pattern.islower()  # (what _SIDE_INFORMATION_LOWER relies on)
+    True
+    """
     present = words & _SIDE_WORDS
     if not present:
         return None
     lowered = text.lower()
+    aligned = len(lowered) == len(text)  # (else some character lowers to two)
     starts = []
     for word in present:
         at = lowered.find(word)
@@ -314,9 +336,13 @@ def _side_information(text: str, words: set[str]) -> re.Match | None:
         if at < last + _SIDE_WINDOW // 2:
             continue  # inside the window searched last time
         last = at
-        hit = SIDE_INFORMATION.search(text, max(0, at - _SIDE_WINDOW), at + _SIDE_WINDOW)
+        start, end = max(0, at - _SIDE_WINDOW), at + _SIDE_WINDOW
+        if aligned and text[max(0, start - 1) : end].isascii():  # (\b looks one back)
+            hit = _SIDE_INFORMATION_LOWER.search(lowered, start, end)
+        else:
+            hit = SIDE_INFORMATION.search(text, start, end)
         if hit:
-            return hit
+            return text[hit.start() : hit.end()]
     return None
 
 
@@ -335,10 +361,10 @@ def check_label_leak(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evide
         if leaked:
             codes.append("label_leak")
             ev["label_leak"] = [gold.name if gold else label]
-    side = _side_information(r.think or "", ctx.word_set(r.think or ""))
+    side = _side_information(r.think or "", ctx.key_words(r.think or "", dataset))
     if side:
         codes.append("side_information")
-        ev["side_information"] = [side.group(0)]
+        ev["side_information"] = [side]
     return codes or None
 
 
@@ -349,12 +375,12 @@ def check_unseen(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evidence)
         return None
     index = ctx.mentions(dataset)
     think = r.think or ""
-    word_set = ctx.word_set(think)
+    key_words = ctx.key_words(think, dataset)
     found: list[ClassInfo] = []
     # The full scan (longest name first) only where an unseen name may be in the text: most
     # rationales hold no unseen name, and the word test costs a few lookups per name.
-    if any(words <= word_set for words in ctx.unseen_names(dataset)):
-        found = index.find_words(ctx.words(think), word_set=word_set)
+    if any(words <= key_words for words in ctx.unseen_names(dataset)):
+        found = index.find_words(ctx.words(think), word_set=key_words)
     found += index.find_words(ctx.words(r.answer or ""))
     named = list(dict.fromkeys(c.name for c in found if c in unseen))
     if not named:

@@ -111,7 +111,8 @@ class MentionIndex:
     def find_words(
         self, words: list[str], mode: str = "exact", word_set: set[str] | None = None
     ) -> list[ClassInfo]:
-        """find() on a text already split into normalised words (and their set, if known)."""
+        """find() on a text already split into normalised words. `word_set`, if known: a set
+        holding (at least) every word of `words` that starts a name of this mode."""
         starts, phrases = self.starts[mode], self.modes[mode]
         hits = starts.keys() & (word_set if word_set is not None else set(words))
         if not hits:

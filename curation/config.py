@@ -216,7 +216,10 @@ class Recipe(Section):
 
     name: str = "run"
     run_dir: str | None = Field(None, description="default: runs/NAME")
-    stages: list[str] = Field(default_factory=lambda: ["ingest", "split"])
+    stages: list[str] = Field(
+        default_factory=lambda: ["ingest", "split", "draft", "filter", "export", "report"],
+        description="stages `finecot run` runs, in order (default: the whole pipeline)",
+    )
     sources: list[SourceConfig] = Field(default_factory=list)
     split: SplitConfig = Field(default_factory=SplitConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)

@@ -1,5 +1,7 @@
 """Recipes: validation messages, overrides, the CLI's run command."""
 
+from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 
@@ -59,3 +61,17 @@ def test_cli_run_refuses_unknown_stage(tmp_path):
     result = CliRunner().invoke(app, ["run", str(path)])
     assert result.exit_code == 2
     assert "drafft" in result.output and "known stages" in result.output
+
+
+def test_the_readme_recipe_is_valid(tmp_path):
+    """The recipe shown in the README parses (a README that lies is worse than none)."""
+    import re
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", readme, re.S)
+    assert blocks
+    for i, block in enumerate(blocks):
+        path = tmp_path / f"readme{i}.yaml"
+        path.write_text(block)
+        recipe = load_recipe(path)
+        assert recipe.sources and recipe.stages[-1] == "report"

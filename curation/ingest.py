@@ -78,10 +78,13 @@ REASONS = {
     "label_conflict": "the same image (sha256) appears under two different labels",
     "duplicate_item": "the layout lists the same file twice (the first listing is kept)",
     "worker_crashed": "decoding the image killed its worker process (the run went on)",
+    "worker_hung": "decoding the image never finished (its worker was ended; the run went on)",
 }
 
 CHUNK = 64  # images per worker task
 INLINE_BELOW = 256  # smaller inputs are inspected in-process (a pool costs ~0.5 s to start)
+BATCH_TIMEOUT_S = 600.0  # a worker task (CHUNK images, each decoded in seconds at most) that
+# runs longer is stuck: its worker is ended and the image at fault found and quarantined
 
 # Called as progress(task, done, total) while long work runs (the CLI draws a rich bar).
 Progress = Callable[[str, int, int], None]
@@ -162,17 +165,20 @@ def _materialise(item: RawItem, run: RunDir, dataset: str) -> RawItem:
 
 
 class _Inspectors:
-    """The worker pool, replaced when a worker dies (a decoder crash takes its process down,
-    and with it the pool): batches that were in flight run again on the new pool, and the one
-    that crashed is split in halves until the image that kills a worker is found and
-    quarantined (`worker_crashed`). Everything else comes through."""
+    """The worker pool, replaced when a worker dies or hangs (a decoder crash takes its
+    process down, and with it the pool; a decoder stuck on a malicious file never returns):
+    batches that were in flight run again on the new pool, and the one that failed is split
+    in halves until the image at fault is found and quarantined (`worker_crashed`,
+    `worker_hung`). Everything else comes through."""
 
-    def __init__(self, workers: int):
-        self.workers = workers
+    def __init__(self, workers: int, timeout_s: float):
+        self.workers, self.timeout_s = workers, timeout_s
         self.pool = self._new_pool()
 
     def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"))
+        pool = ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"))
+        pool.submit(int).result()  # a worker is up before any task is timed: starting is not decoding
+        return pool
 
     def submit(self, paths: list[str], max_pixels: int) -> tuple[ProcessPoolExecutor, Future]:
         return self.pool, self.pool.submit(inspect_many, paths, max_pixels)
@@ -181,25 +187,33 @@ class _Inspectors:
                 max_pixels: int) -> list[Inspection]:
         pool, future = submitted
         try:
-            return future.result()
-        except BrokenProcessPool:
-            if pool is self.pool:  # the first news of this crash: a fresh pool for the rest
+            return future.result(timeout=self.timeout_s)
+        except (BrokenProcessPool, TimeoutError):
+            if pool is self.pool:  # the first news of this failure: a fresh pool for the rest
                 self._replace()
             return self._isolate(paths, max_pixels)
 
     def _isolate(self, paths: list[str], max_pixels: int) -> list[Inspection]:
         try:
-            return self.pool.submit(inspect_many, paths, max_pixels).result()
+            return self.pool.submit(inspect_many, paths, max_pixels).result(timeout=self.timeout_s)
         except BrokenProcessPool:
-            self._replace()
+            failure = Inspection("worker_crashed", "the image decoder crashed its process "
+                                 "(a malformed file, or a bug in a decoder library)")
+        except TimeoutError:
+            failure = Inspection("worker_hung", f"decoding took over {self.timeout_s:g} s "
+                                 "(a decoder stuck on a malformed file)")
+        self._replace()
         if len(paths) == 1:
-            log.warning("a worker process died reading %s: quarantined", paths[0])
-            return [Inspection("worker_crashed", "the image decoder crashed its process "
-                               "(a malformed file, or a bug in a decoder library)")]
+            log.warning("%s reading %s: quarantined", failure.reason, paths[0])
+            return [failure]
         half = len(paths) // 2
         return self._isolate(paths[:half], max_pixels) + self._isolate(paths[half:], max_pixels)
 
     def _replace(self) -> None:
+        # A hung worker never returns and shutdown() does not stop it: end the old pool's
+        # processes (the executor offers no public way), then start afresh.
+        for process in list((getattr(self.pool, "_processes", None) or {}).values()):
+            process.kill()
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.pool = self._new_pool()
 
@@ -208,7 +222,8 @@ class _Inspectors:
 
 
 def _inspected(
-    pending: Iterator[_Pending], max_pixels: dict[str, int], workers: int
+    pending: Iterator[_Pending], max_pixels: dict[str, int], workers: int,
+    timeout_s: float = BATCH_TIMEOUT_S,
 ) -> Iterator[tuple[_Pending, Inspection]]:
     """(item, inspection) in input order; a pool of `workers` processes, or inline for 0."""
     if workers <= 0:
@@ -216,7 +231,7 @@ def _inspected(
             yield p, inspect(p.item.path, max_pixels[p.dataset])
         return
     in_flight: deque[tuple[list[_Pending], tuple[ProcessPoolExecutor, Future]]] = deque()
-    inspectors = _Inspectors(workers)
+    inspectors = _Inspectors(workers, timeout_s)
 
     def done(batch: list[_Pending], submitted: tuple[ProcessPoolExecutor, Future]) -> Iterator:
         # One max_pixels per task: a batch never mixes datasets with different limits.
@@ -256,11 +271,13 @@ def ingest_stage(
     run: RunDir,
     progress: Progress | None = None,
     workers: int | None = None,
+    batch_timeout_s: float = BATCH_TIMEOUT_S,
 ) -> IngestReport:
     """Ingest every source of `recipe` into `run`; return the report (also logged).
 
     workers: inspector processes (None: one per CPU, or in-process for small inputs; 0:
-    always in-process).
+    always in-process). batch_timeout_s: a worker task running longer is stuck (see
+    BATCH_TIMEOUT_S).
     """
     if not recipe.sources:
         raise ValueError("the recipe has no sources: add `sources:` (kind, root) or use "
@@ -323,7 +340,8 @@ def ingest_stage(
     for stale in run.root.glob(".items.partial.parquet.*.tmp"):  # left by a killed run
         stale.unlink(missing_ok=True)
     with ParquetStreamWriter(partial, ITEM_SCHEMA) as writer:
-        for p, result in _inspected(pending(), max_pixels, _worker_count(workers, total)):
+        for p, result in _inspected(pending(), max_pixels, _worker_count(workers, total),
+                                    batch_timeout_s):
             done += 1
             if progress and done % 256 == 0:
                 progress("ingest", done, total)

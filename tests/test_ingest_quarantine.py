@@ -130,7 +130,7 @@ def test_every_bad_input_is_quarantined_and_every_good_item_kept(messy, workers)
     got = {row["image_path"]: row["reason"] for row in quarantine}
     assert got == bad
     # every reason code was exercised (a worker crash has its own test below)
-    assert set(REASONS) - {"worker_crashed"} == set(bad.values())
+    assert set(REASONS) - {"worker_crashed", "worker_hung"} == set(bad.values())
     assert all(row["detail"] for row in quarantine)
     conflict = [r for r in quarantine if r["reason"] == "label_conflict"]
     assert sorted(r["label"] for r in conflict) == ["Crimson-crowned Warbler", "azure finch"]
@@ -171,9 +171,11 @@ def test_a_failed_ingest_leaves_the_previous_tables(tmp_path):
                                                           "registry.json"]
 
 
-def _kill_workers_reading(path: Path, stop: threading.Event, kills: list[int]) -> None:
-    """Crash (SIGKILL) any child process of this one that has `path` open, as a decoder bug
-    on that file would: the OS takes the worker down, not our code."""
+def _signal_workers_reading(path: Path, stop: threading.Event, hits: list[int],
+                            sig: int = signal.SIGKILL) -> None:
+    """Send `sig` to any child process of this one that has `path` open, as a decoder bug on
+    that file would: SIGKILL, a crash (the OS takes the worker down, not our code); SIGSTOP,
+    a decoder that never returns."""
     target = str(path)
     while not stop.is_set():
         for entry in Path("/proc").iterdir():
@@ -182,32 +184,37 @@ def _kill_workers_reading(path: Path, stop: threading.Event, kills: list[int]) -
             try:
                 if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) != os.getpid():
                     continue
-                if any(os.readlink(fd) == target for fd in (entry / "fd").iterdir()):
-                    os.kill(int(entry.name), signal.SIGKILL)
-                    kills.append(int(entry.name))
+                if int(entry.name) not in hits and \
+                        any(os.readlink(fd) == target for fd in (entry / "fd").iterdir()):
+                    os.kill(int(entry.name), sig)
+                    hits.append(int(entry.name))
             except (OSError, IndexError, ValueError):  # the process ended meanwhile
                 continue
         time.sleep(0.002)
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="needs Linux /proc")
-def test_an_image_that_crashes_its_worker_is_quarantined_and_the_rest_comes_through(tmp_path):
+@pytest.mark.parametrize(("sig", "reason"), [(signal.SIGKILL, "worker_crashed"),
+                                             (signal.SIGSTOP, "worker_hung")])
+def test_an_image_that_kills_or_hangs_its_worker_is_quarantined_and_the_rest_comes_through(
+        tmp_path, sig, reason):
     root, expected = layouts.make_imagefolder(tmp_path / "folder", per_class=40, split_file=False)
     poison = root / "azure_finch" / "poison.jpg"
     with poison.open("wb") as f:  # large (hashed in chunks: open long enough to be seen), sparse
         f.truncate(512 << 20)
-    stop, kills = threading.Event(), []
-    watcher = threading.Thread(target=_kill_workers_reading, args=(poison, stop, kills), daemon=True)
+    stop, hits = threading.Event(), []
+    watcher = threading.Thread(target=_signal_workers_reading, args=(poison, stop, hits, sig),
+                               daemon=True)
     watcher.start()
     try:
         report = ingest_stage(Recipe(sources=[SourceConfig(kind="imagefolder", root=str(root))]),
-                              RunDir(tmp_path / "run"), workers=2)
+                              RunDir(tmp_path / "run"), workers=2, batch_timeout_s=2)
     finally:
         stop.set()
         watcher.join()
-    assert kills  # the worker really died, more than once while the batch was bisected
+    assert len(hits) > 1  # the worker really failed, again at each step of the bisection
     quarantine = pq.read_table(tmp_path / "run" / "quarantine.parquet").to_pylist()
-    assert [(r["image_path"], r["reason"]) for r in quarantine] == [(str(poison), "worker_crashed")]
+    assert [(r["image_path"], r["reason"]) for r in quarantine] == [(str(poison), reason)]
     items = pq.read_table(tmp_path / "run" / "items.parquet").to_pylist()
     assert sorted(r["image_path"] for r in items) == sorted(str(e.path) for e in expected)
-    assert report.reasons == {"worker_crashed": 1}
+    assert report.reasons == {reason: 1}

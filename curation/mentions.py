@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from itertools import compress
 
 from curation.domains import excluded_nouns
 from curation.labels import ClassInfo, Registry, normalize
@@ -101,6 +102,7 @@ class MentionIndex:
             "cover": {**prefixes, **self.phrases},
         }
         self.starts = {mode: _starts(phrases) for mode, phrases in self.modes.items()}
+        self.seconds = {mode: _seconds(phrases) for mode, phrases in self.modes.items()}
         self.excluded_nouns = excluded_nouns(self.phrases)  # for the off_domain filter
 
     def find(self, text: str, mode: str = "exact") -> list[ClassInfo]:
@@ -113,17 +115,28 @@ class MentionIndex:
     ) -> list[ClassInfo]:
         """find() on a text already split into normalised words. `word_set`, if known: a set
         holding (at least) every word of `words` that starts a name of this mode."""
-        starts, phrases = self.starts[mode], self.modes[mode]
-        hits = starts.keys() & (word_set if word_set is not None else set(words))
+        starts, seconds, phrases = self.starts[mode], self.seconds[mode], self.modes[mode]
+        # (keys & list looks each word up in the dict: no set of every word is built)
+        hits = starts.keys() & (word_set if word_set is not None else words)
         if not hits:
             return []
         found: list[ClassInfo] = []
         n = len(words)
+        last = n - 1
         resume = 0  # words before this index are part of a name already found
         for i in _positions(words, hits):
             if i < resume:
                 continue
-            for width in starts[words[i]]:
+            word = words[i]
+            # A longer name needs its second word next: most first words ("black" in "black
+            # wings") start none here, and a set lookup is cheaper than joining each width.
+            if i < last and words[i + 1] in seconds[word]:
+                widths = starts[word]
+            elif word in phrases:
+                widths = _ONE
+            else:
+                continue
+            for width in widths:
                 if i + width <= n:
                     hit = phrases.get(" ".join(words[i : i + width]))
                     if hit is not None:
@@ -140,11 +153,14 @@ def _positions(words: list[str], wanted: set[str]) -> list[int]:
     """Sorted indexes of the `wanted` words in `words`.
 
     A few wanted words in a long text: list.index runs in C, a Python loop over every word
-    does not (the filters' hot path).
+    does not (the filters' hot path). Past two wanted words, one pass of compress/map (also
+    in C) is cheaper than a list.index scan per word.
 
-    >>> _positions(["a", "b", "a", "c"], {"a", "c"})
-    [0, 2, 3]
+    >>> _positions(["a", "b", "a", "c"], {"a", "c"}), _positions(["a", "b", "c"], {"a", "b", "c"})
+    ([0, 2, 3], [0, 1, 2])
     """
+    if len(wanted) > 2:  # (one pass in C over all words beats a list.index scan per word)
+        return list(compress(range(len(words)), map(wanted.__contains__, words)))
     found: list[int] = []
     for word in wanted:
         at = -1
@@ -156,6 +172,18 @@ def _positions(words: list[str], wanted: set[str]) -> list[int]:
             pass
     found.sort()
     return found
+
+
+_ONE = [1]  # the widths to try when only a one-word name can start here
+
+
+def _seconds(phrases: Mapping[str, object]) -> dict[str, frozenset[str]]:
+    """First word -> the second words of the phrases of two words or more it starts."""
+    seconds: dict[str, set[str]] = {}
+    for phrase in phrases:
+        words = phrase.split()
+        seconds.setdefault(words[0], set()).update(words[1:2])
+    return {w: frozenset(s) for w, s in seconds.items()}
 
 
 def _starts(phrases: Mapping[str, object]) -> dict[str, list[int]]:

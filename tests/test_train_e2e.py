@@ -112,6 +112,25 @@ def test_bad_recipe_field_is_a_clear_error(pipeline_dirs, sft_dir):
     assert "tapo_gama" in result.output
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the hint is for machines without a GPU")
+def test_a_gpu_recipe_on_a_cpu_says_which_recipe_to_use(pipeline_dirs, sft_dir, tmp_path):
+    _, data = pipeline_dirs  # no --recipe: TRL's defaults train in bf16
+    result = runner.invoke(app, ["train", "sft", "--model", str(sft_dir), "--dataset", str(data),
+                                 "--output", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "sft_tiny_cpu" in result.output and "use_cpu=true" in result.output
+
+
+def test_a_model_that_cannot_be_loaded_is_a_clear_error(pipeline_dirs, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _, data = pipeline_dirs
+    result = runner.invoke(app, ["train", "sft", "--recipe", "sft_tiny_cpu", "--model",
+                                 str(tmp_path / "no-such-model"), "--dataset", str(data),
+                                 "--output", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "error:" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
 def _trainer(sft_dir, data, out, reward_funcs, weights, **overrides) -> TAPOTrainer:
     cfg = load_train_config(TAPOConfig, "tapo_tiny_cpu", [
         f"model_name_or_path={sft_dir}", f"dataset={data}", f"output_dir={out}", "max_steps=1",

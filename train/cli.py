@@ -103,7 +103,7 @@ def tiny_model(
     try:
         texts = text_corpus(dataset) if dataset else []
         path = build_tiny_model(out, texts, hidden=hidden, layers=layers, image_pixels=image_pixels, seed=seed)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # OSError: a model or file that cannot be loaded
         raise _fail(str(err)) from None
     console.print(f"[green]tiny model[/green]: {path}")
 
@@ -120,7 +120,7 @@ def sft(
     try:
         cfg = load_train_config(SFTRecipe, recipe, _overrides(model, dataset, output, overrides))
         result = run_sft(cfg, callbacks=[rich_progress("SFT")])
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # OSError: a model or file that cannot be loaded
         raise _fail(str(err)) from None
     losses = result["losses"]
     console.print(f"[green]SFT done[/green]: {result['steps']} steps, loss {losses[0]:.4f} -> {losses[-1]:.4f}, "
@@ -142,7 +142,7 @@ def tapo(
     try:
         cfg = load_train_config(TAPOConfig, recipe, sets)
         result = run_tapo(cfg, plain_grpo=plain_grpo, callbacks=[rich_progress("GRPO" if plain_grpo else "TAPO")])
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # OSError: a model or file that cannot be loaded
         raise _fail(str(err)) from None
     last = result["history"][-1] if result["history"] else {}
     console.print(f"[green]{'GRPO' if plain_grpo else 'TAPO'} done[/green]: {result['steps']} steps, "
@@ -163,7 +163,7 @@ def tiny_loop(
     try:
         result = run_tiny_loop(dataset, out, sft_epochs, tapo_steps, overrides,
                                callbacks=[rich_progress("train")])
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # OSError: a model or file that cannot be loaded
         raise _fail(str(err)) from None
     console.print(f"[green]done[/green]: {describe(result)}; models under {out}")
 

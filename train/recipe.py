@@ -74,4 +74,11 @@ def load_train_config(cls: type[T], path: str | Path | None, overrides: list[str
                 data[key] = type(default)(float(value)) if isinstance(default, int) else float(value)
             except ValueError:
                 raise ValueError(f"recipe field {key} expects a number, got {value!r}") from None
-    return cls(**data)
+    try:
+        return cls(**data)
+    except ValueError as err:
+        if "bf16" in str(err):  # TRL's default precision on a machine without a GPU
+            raise ValueError(f"{err} This machine has no GPU that does bf16: use a CPU recipe "
+                             "(`--recipe sft_tiny_cpu` / `tapo_tiny_cpu`) or add `--set use_cpu=true "
+                             "--set bf16=false`.") from None
+        raise

@@ -103,7 +103,10 @@ def _patterns(domain: str, excluded: frozenset[str]):
         rf"(?:{_alternation(own)}){_END}{_CLAUSE_END}",
         re.IGNORECASE,
     )
-    return naming, denial, _first_words(other), _first_words(own)
+    other_words, own_words = _first_words(other), _first_words(own)
+    # every word the gates of off_domain_phrase look for
+    gate_words = _NEGATIONS | other_words | own_words
+    return naming, denial, other_words, own_words, gate_words
 
 
 _NEAR = 120  # characters before a noun where its pattern can start
@@ -168,12 +171,12 @@ def off_domain_phrase(
     patterns = _patterns(domain, excluded)
     if patterns is None or not text:
         return None
-    naming, denial, other_words, own_words = patterns
+    naming, denial, other_words, own_words, gate_words = patterns
     # Word gates first (the regexes are slow): a negation shortly before an own-domain noun,
     # or any noun of another domain.
     if words is None:
         words = normalize(text).split()
-    present = set(words)
+    present = gate_words.intersection(words)  # (no set of every word is built)
     hit = None
     negations = present & _NEGATIONS
     if negations and present & own_words and _negated(words, negations, own_words):

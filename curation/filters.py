@@ -420,7 +420,18 @@ STOPWORDS: dict[str, frozenset[str]] = {
         "also", "while", "their", "there", "they", "into", "each", "both",
     )),
 }
-_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+
+
+def _non_ascii(text: str) -> int:
+    """How many characters of `text` are not ASCII (encode drops each: no regex match object
+    per character).
+
+    >>> _non_ascii("Straße – ok")
+    2
+    """
+    return len(text) - len(text.encode("ascii", "ignore"))
+
+
 _LANGUAGE_SAMPLE = 200  # words; enough for a stable share, cheap on long rationales
 
 
@@ -429,7 +440,7 @@ def check_language(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evidenc
     text = r.think or ""
     if language == "any" or not text.strip():
         return None
-    if language == "en" and not text.isascii() and len(_NON_ASCII.findall(text)) > 0.1 * len(text):
+    if language == "en" and not text.isascii() and _non_ascii(text) > 0.1 * len(text):
         return "wrong_language"
     words = ctx.words(text)[:_LANGUAGE_SAMPLE]
     if not words:  # nothing in Latin letters at all

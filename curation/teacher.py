@@ -8,7 +8,8 @@ concurrency the client's CPU per request sets the pace, and the SDK's per-call w
 copies, request building) about doubles it (bench/draft_throughput.py measures both).
 
 What it does around each request:
-- 401/403/404 (a wrong key, URL or model) set `refused`: the caller stops sending;
+- 401/403/404 (a wrong key, URL or model) set `refused`: the caller stops sending; so does
+  a connection error that outlives its retries before any endpoint has ever answered;
 - a concurrency limit (a semaphore held only while a request is on the wire, not while
   it waits to be retried) and RPM/TPM token buckets that adapt to 429 + Retry-After;
 - retries with exponential backoff and jitter for 429, 408/409/5xx, timeouts, connection
@@ -198,6 +199,7 @@ class TeacherClient:
         self.n_supported: bool | None = None if config.use_n else False
         self.counts: Counter[str] = Counter()  # sent, retried, failed, reasons...
         self.refused: str | None = None  # set on 401/403/404: the caller should stop sending
+        self._answered = False  # any endpoint ever answered (else a connection error is fatal)
         self._params = {"model": config.model, "temperature": config.temperature,
                         "top_p": config.top_p, "max_tokens": config.max_tokens}
 
@@ -297,6 +299,7 @@ class TeacherClient:
                 latency = time.monotonic() - began
             completions, error, retry = self._interpret(reply)
             if completions is not None:
+                self._answered = True
                 endpoint.failures = 0
                 self.limits.on_success()
                 used = sum(c.prompt_tokens + c.completion_tokens for c in completions)
@@ -317,6 +320,11 @@ class TeacherClient:
                 await asyncio.sleep(self._backoff(attempts, reply.retry_after))
         self.counts["failed"] += 1
         error, elapsed = self._scrub(error), time.monotonic() - started
+        if error.startswith("connection:") and not self._answered and self.refused is None:
+            # Nothing has ever answered and retries did not help: no server is there (a wrong
+            # URL or port, a server not started). Every other request would fail the same way.
+            urls = ", ".join(e.url for e in self.endpoints)
+            self.refused = f"nothing answers at {urls}: {error}"
         return [Completion(status="failed", error=error, attempts=attempts, latency_s=elapsed)
                 for _ in range(n)]
 

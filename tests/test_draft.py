@@ -411,6 +411,22 @@ def test_a_refusing_endpoint_stops_the_run_instead_of_failing_every_item(
     assert len(rows) < pool_size(run)
 
 
+def test_no_server_at_the_url_stops_the_run_with_the_reason(tmp_path, synthetic_world, start_teacher):
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    nowhere = type("Nowhere", (), {"base_url": f"http://127.0.0.1:{port}/v1"})()
+    run = make_run(tmp_path, synthetic_world, per_class=2)
+    with pytest.raises(DraftStopped, match=rf"nothing answers at http://127.0.0.1:{port}/v1"):
+        draft_stage(spec(run, nowhere, teacher={"concurrency": 2, "max_attempts": 2}), run)
+    assert len(drafts(run)) < pool_size(run)  # it stopped, not failed every item
+    server = start_teacher()  # the server is up now: the rerun drafts everything
+    draft_stage(spec(run, server), run)
+    assert all(r["status"] == "ok" for r in drafts(run).values())
+
+
 def test_finecot_run_stage_draft_and_its_budget_exit_code(tmp_path, synthetic_world, start_teacher):
     from typer.testing import CliRunner
 

@@ -360,6 +360,17 @@ def test_cli_run_and_compare_with_the_paper_rows(teacher_server, export, tmp_pat
     assert "74.80" in open_part  # Fine-R1-7B's open-world Avg
     bad = runner.invoke(app, ["eval", "run", "--data", str(export), "--out", str(out)])
     assert bad.exit_code != 0 and "either --model" in bad.output
+    missing = runner.invoke(app, ["eval", "run", "--data", str(tmp_path / "nothing"), "--endpoint",
+                                  teacher_server.base_url, "--out", str(out)])
+    assert missing.exit_code == 2 and "run `finecot export`" in missing.output
+
+
+def test_a_wrong_endpoint_stops_the_evaluation_with_the_reason(teacher_server, export, tmp_path):
+    wrong = teacher_server.root_url + "/no-such-api/v1"  # answers 404 to every request
+    result = CliRunner().invoke(app, ["eval", "run", "--data", str(export), "--endpoint", wrong,
+                                      "--out", str(tmp_path / "ev"), "--concurrency", "2"])
+    assert result.exit_code == 2 and "refused the requests (http 404" in result.output
+    assert not (tmp_path / "ev" / "metrics.json").exists()
 
 
 def test_a_real_export_is_evaluated(tmp_path):

@@ -109,42 +109,46 @@ def run_command(
     modes = ["open", "closed"] if mode == "both" else [mode]
     if any(m not in ev.MODES for m in modes):
         raise typer.BadParameter(f"--mode must be open, closed or both (got {mode!r})")
-    skipped: list[dict] = []
-    totals = None
-    if fine_r1 is not None:
-        roots = _roots(fine_r1_root or [])
-        if not roots:
-            raise typer.BadParameter("--fine-r1 needs at least one --fine-r1-root DATASET=FOLDER")
-        opens, closeds, skipped = ev.load_fine_r1(fine_r1, roots, seed, not keep_order, limit)
-        items = {"open": opens, "closed": closeds}
-        registry, _ = fine_r1_registry()
-        source = str(fine_r1)
-    else:
-        # streamed: only a chunk of images is in memory at a time
-        items = {m: ev.iter_exported(data, f"eval_{m}", limit) for m in modes}
-        totals = {m: ev.count_exported(data, f"eval_{m}", limit) for m in modes}
-        registry = ev.exported_registry(data, [f"eval_{m}" for m in modes])
-        source = str(data)
-    items = {m: items[m] for m in modes}
-    if model is not None:
-        backend = LocalModel(model, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                             device=device, max_pixels=max_pixels)
-    else:
-        if api_key_env not in os.environ:
-            console.print(f"[yellow]no ${api_key_env}: sending no API key (fine for local servers)")
-        backend = EndpointModel(TeacherConfig(
-            model=endpoint_model, base_urls=list(endpoint), api_key_env=api_key_env,
-            concurrency=concurrency, temperature=temperature, top_p=1.0,
-            max_tokens=max_new_tokens, seed=seed))
-    settings = ev.Settings(
-        paper_compat=paper_compat, embedder=embedder, budget_usd=budget_usd,
-        budget_tokens=budget_tokens,
-        prices={backend.model_id: Price(input_per_m=price_in, output_per_m=price_out)},
-    )
-    metrics = ev.evaluate(items, registry, backend, out, settings, ledger_path=ledger,
-                          progress=RichEvalProgress(), source=source, skipped=skipped,
-                          totals=totals)
-    _print_summary(metrics, out)
+    try:  # what a user can fix is an error message, not a traceback
+        skipped: list[dict] = []
+        totals = None
+        if fine_r1 is not None:
+            roots = _roots(fine_r1_root or [])
+            if not roots:
+                raise typer.BadParameter("--fine-r1 needs at least one --fine-r1-root DATASET=FOLDER")
+            opens, closeds, skipped = ev.load_fine_r1(fine_r1, roots, seed, not keep_order, limit)
+            items = {"open": opens, "closed": closeds}
+            registry, _ = fine_r1_registry()
+            source = str(fine_r1)
+        else:
+            # streamed: only a chunk of images is in memory at a time
+            items = {m: ev.iter_exported(data, f"eval_{m}", limit) for m in modes}
+            totals = {m: ev.count_exported(data, f"eval_{m}", limit) for m in modes}
+            registry = ev.exported_registry(data, [f"eval_{m}" for m in modes])
+            source = str(data)
+        items = {m: items[m] for m in modes}
+        if model is not None:
+            backend = LocalModel(model, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                 device=device, max_pixels=max_pixels)
+        else:
+            if api_key_env not in os.environ:
+                console.print(f"[yellow]no ${api_key_env}: sending no API key (fine for local servers)")
+            backend = EndpointModel(TeacherConfig(
+                model=endpoint_model, base_urls=list(endpoint), api_key_env=api_key_env,
+                concurrency=concurrency, temperature=temperature, top_p=1.0,
+                max_tokens=max_new_tokens, seed=seed))
+        settings = ev.Settings(
+            paper_compat=paper_compat, embedder=embedder, budget_usd=budget_usd,
+            budget_tokens=budget_tokens,
+            prices={backend.model_id: Price(input_per_m=price_in, output_per_m=price_out)},
+        )
+        metrics = ev.evaluate(items, registry, backend, out, settings, ledger_path=ledger,
+                              progress=RichEvalProgress(), source=source, skipped=skipped,
+                              totals=totals)
+        _print_summary(metrics, out)
+    except (FileNotFoundError, ValueError, ConnectionError) as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(code=2) from None
 
 
 def _print_summary(metrics: dict, out: Path) -> None:

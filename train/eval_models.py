@@ -120,13 +120,18 @@ class EndpointModel:
             limit = cfg.concurrency + cfg.concurrency // 4 + 2  # keep the client's slots busy
             pending: set[asyncio.Task] = set()
             for request in requests:
-                if gate():
+                if gate() or client.refused:
                     break
                 while len(pending) >= limit:
                     _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 pending.add(asyncio.create_task(one(request)))
             if pending:
                 await asyncio.gather(*pending)
+        if client.refused:  # a wrong URL, key or model: every other request would fail alike
+            raise ConnectionError(
+                f"the endpoint refused the requests ({client.refused}). Check --endpoint, "
+                f"--endpoint-model ({cfg.model!r}) and the key in ${cfg.api_key_env}, then rerun: "
+                "answers received so far stay in the ledger.")
         return sent
 
 

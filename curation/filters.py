@@ -38,6 +38,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -82,6 +83,7 @@ class FilterContext:
     _words: dict[str, list[str]] = field(default_factory=dict)  # of the draft being judged
     _key_words: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)
     _unseen_names: dict[str, list[frozenset[str]]] = field(default_factory=dict)
+    _unseen_gates: dict[str, dict[str, list[frozenset[str]]]] = field(default_factory=dict)
     _vocabularies: dict[str, frozenset[str]] = field(default_factory=dict)
 
     def begin_draft(self) -> None:
@@ -129,6 +131,19 @@ class FilterContext:
                 for phrase, classes in self.mentions(dataset).phrases.items()
                 if not unseen.isdisjoint(classes)
             ]
+        return found
+
+    def unseen_gate(self, dataset: str) -> dict[str, list[frozenset[str]]]:
+        """unseen_names(dataset) by a word of each (its least common among them): a text
+        holds all the words of one only if it holds the word it is filed under."""
+        found = self._unseen_gates.get(dataset)
+        if found is None:
+            names = self.unseen_names(dataset)
+            counts = Counter(word for words in names for word in words)
+            found = self._unseen_gates[dataset] = {}
+            for words in names:
+                key = min(sorted(words), key=counts.__getitem__)
+                found.setdefault(key, []).append(words)
         return found
 
     def name_classes(self, dataset: str, name: str) -> list[ClassInfo]:
@@ -378,8 +393,10 @@ def check_unseen(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evidence)
     key_words = ctx.key_words(think, dataset)
     found: list[ClassInfo] = []
     # The full scan (longest name first) only where an unseen name may be in the text: most
-    # rationales hold no unseen name, and the word test costs a few lookups per name.
-    if any(words <= key_words for words in ctx.unseen_names(dataset)):
+    # rationales hold no unseen name, and the word test costs a few lookups per name (only
+    # names filed under a word of the text are tested).
+    gate = ctx.unseen_gate(dataset)
+    if any(words <= key_words for word in gate.keys() & key_words for words in gate[word]):
         found = index.find_words(ctx.words(think), word_set=key_words)
     found += index.find_words(ctx.words(r.answer or ""))
     named = list(dict.fromkeys(c.name for c in found if c in unseen))

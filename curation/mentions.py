@@ -120,7 +120,10 @@ class MentionIndex:
         hits = starts.keys() & (word_set if word_set is not None else words)
         if not hits:
             return []
-        found: list[ClassInfo] = []
+        # Classes by id, in order found: the registry holds one object per class (a second
+        # with the same dataset and label_id is refused), so `is` is `==` here, without the
+        # dataclass __eq__ that comparing two classes in a list calls.
+        found: dict[int, ClassInfo] = {}
         n = len(words)
         last = n - 1
         resume = 0  # words before this index are part of a name already found
@@ -140,10 +143,11 @@ class MentionIndex:
                 if i + width <= n:
                     hit = phrases.get(" ".join(words[i : i + width]))
                     if hit is not None:
-                        found.extend(c for c in hit if c not in found)
+                        for info in hit:
+                            found.setdefault(id(info), info)
                         resume = i + width
                         break
-        return found
+        return list(found.values())
 
     def find_name(self, name: str) -> list[ClassInfo]:
         return self.find(name, "loose")

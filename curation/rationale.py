@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from itertools import compress
 
 SECTIONS = ("visual_analysis", "candidates", "comparison", "prediction")
 
@@ -130,7 +131,8 @@ def _split_tags(text: str) -> tuple[str | None, str | None, str, bool, list[str]
 
     # No think tag at all: read the sections from the text before any answer tag.
     body = think if think is not None else text[: opens["answer"][0][2]] if opens["answer"] else text
-    body = _TAG.sub("\n", body)
+    if "<" in body:  # (no tag without one: the regex would scan the whole body for nothing)
+        body = _TAG.sub("\n", body)
     return think.strip() if think is not None else None, answer, body, truncated, errors
 
 
@@ -288,7 +290,7 @@ def _blocks(body: str) -> list[tuple[str, str, bool]]:
         if m is None:
             continue
         out.append((kind, f"{inline}\n{body[start:line_start]}".strip(), bool(inline)))
-        kind = next(k for k in _KIND_ORDER if m.group(k) is not None)
+        kind = next(compress(_KIND_ORDER, m.groups()))  # (the one phrase group that matched)
         inline = line[m.start("inline") : m.end("inline")] if m.start("inline") >= 0 else ""
         inline = inline.strip().strip("*_").strip()
         rules = rules or _RULE.fullmatch(inline) is not None  # (a section's first line)

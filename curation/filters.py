@@ -243,7 +243,7 @@ def check_prediction(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evide
     answer, prediction = ctx.words(r.answer), ctx.words(r.prediction)
     answered = index.find_words(answer)
     if len(answered) == 1:  # a less specific prediction ("Boeing 747") does not contradict
-        ok = answered[0] in index.find_words(prediction, "cover")
+        ok = index.names_class(prediction, answered[0], "cover")
     else:  # the answer names no single class: compare the words themselves
         ok = f" {' '.join(answer)} " in f" {' '.join(prediction)} "
     return None if ok else "prediction_inconsistent"
@@ -370,7 +370,7 @@ def check_label_leak(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evide
         joined = f" {' '.join(visual)} "
         if gold is not None:  # a substring test first; the scan settles "Basset" in "Basset Hound"
             leaked = any(f" {normalize(name)} " in joined for name in gold.all_names) and \
-                gold in ctx.mentions(dataset).find_words(visual)
+                ctx.mentions(dataset).names_class(visual, gold)
         else:
             leaked = f" {fast_normalize(label)} " in joined
         if leaked:

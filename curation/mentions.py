@@ -18,7 +18,7 @@ not count), built for scanning whole rationales many thousand times a second:
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from itertools import compress
 
 from curation.domains import excluded_nouns
@@ -115,19 +115,39 @@ class MentionIndex:
     ) -> list[ClassInfo]:
         """find() on a text already split into normalised words. `word_set`, if known: a set
         holding (at least) every word of `words` that starts a name of this mode."""
-        starts, seconds, phrases = self.starts[mode], self.seconds[mode], self.modes[mode]
-        # (keys & list looks each word up in the dict: no set of every word is built)
-        hits = starts.keys() & (word_set if word_set is not None else words)
-        if not hits:
-            return []
         # Classes by id, in order found: the registry holds one object per class (a second
         # with the same dataset and label_id is refused), so `is` is `==` here, without the
         # dataclass __eq__ that comparing two classes in a list calls.
         found: dict[int, ClassInfo] = {}
+        for hit in self._scan(words, mode, word_set):
+            for info in hit:
+                found.setdefault(id(info), info)
+        return list(found.values())
+
+    def names_class(
+        self, words: list[str], info: ClassInfo, mode: str = "exact",
+        word_set: set[str] | None = None,
+    ) -> bool:
+        """Whether find_words(words, mode, word_set) holds `info`; the scan stops there."""
+        return any(info in hit for hit in self._scan(words, mode, word_set))
+
+    def _scan(
+        self, words: list[str], mode: str, word_set: set[str] | None
+    ) -> Iterator[list[ClassInfo]]:
+        """The classes of each name found, left to right, longest name first."""
+        starts, seconds, phrases = self.starts[mode], self.seconds[mode], self.modes[mode]
+        if len(words) <= _SHORT:  # (answers, names: cheaper than the set and list.index below)
+            positions = [i for i, word in enumerate(words) if word in starts]
+        else:
+            # (keys & list looks each word up in the dict: no set of every word is built)
+            hits = starts.keys() & (word_set if word_set is not None else words)
+            if not hits:
+                return
+            positions = _positions(words, hits)
         n = len(words)
         last = n - 1
         resume = 0  # words before this index are part of a name already found
-        for i in _positions(words, hits):
+        for i in positions:
             if i < resume:
                 continue
             word = words[i]
@@ -143,11 +163,9 @@ class MentionIndex:
                 if i + width <= n:
                     hit = phrases.get(" ".join(words[i : i + width]))
                     if hit is not None:
-                        for info in hit:
-                            found.setdefault(id(info), info)
+                        yield hit
                         resume = i + width
                         break
-        return list(found.values())
 
     def find_name(self, name: str) -> list[ClassInfo]:
         return self.find(name, "loose")
@@ -178,6 +196,7 @@ def _positions(words: list[str], wanted: set[str]) -> list[int]:
     return found
 
 
+_SHORT = 64  # words: a text this short is scanned word by word
 _ONE = [1]  # the widths to try when only a one-word name can start here
 
 

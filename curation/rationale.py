@@ -360,17 +360,20 @@ def _candidate_list(text: str) -> tuple[list[str], int]:
         pos = first.start()
         for line in text[first.start() :].splitlines(keepends=True):
             item = _ITEM.match(line.rstrip("\r\n"))
-            indent = len(line) - len(line.lstrip(" \t"))
-            if item is not None and names and numbered and item.group("marker").strip("().") == "1":
-                break  # numbering restarts: the comparison walks through the candidates
-            if item is not None and len(item.group("indent").expandtabs(4)) == top:
-                marker = item.group("marker")[0]
-                if (marker.isalnum() or marker == "(") != numbered:
-                    break  # another list starts (the comparison's bullets)
-                name = _clean_name(item.group("text"))
-                if name and len(name.split()) <= _MAX_NAME_WORDS:
-                    names.append(name)
-            elif line.strip() and indent <= top:
+            if item is not None:
+                indent, marker, rest = item.group("indent", "marker", "text")
+                if names and numbered and marker.strip("().") == "1":
+                    break  # numbering restarts: the comparison walks through the candidates
+                if len(indent.expandtabs(4)) == top:
+                    if (marker[0].isalnum() or marker[0] == "(") != numbered:
+                        break  # another list starts (the comparison's bullets)
+                    name = _clean_name(rest)
+                    if name and len(name.split()) <= _MAX_NAME_WORDS:
+                        names.append(name)
+                    pos += len(line)
+                    end = pos
+                    continue
+            if line.strip() and len(line) - len(line.lstrip(" \t")) <= top:
                 break  # a paragraph at the list's level ends the list
             pos += len(line)
             end = pos

@@ -455,7 +455,7 @@ _LANGUAGE_SAMPLE = 200  # words; enough for a stable share, cheap on long ration
 def check_language(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evidence) -> Outcome:
     language = ctx.settings.language
     text = r.think or ""
-    if language == "any" or not text.strip():
+    if language == "any" or not text or text.isspace():
         return None
     if language == "en" and not text.isascii() and _non_ascii(text) > 0.1 * len(text):
         return "wrong_language"

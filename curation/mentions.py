@@ -26,17 +26,18 @@ from curation.labels import ClassInfo, Registry, normalize
 
 # A fast labels.normalize: lower case, apostrophes dropped, every other non-alphanumeric
 # byte a space (bytes.translate runs in C, where a regex sub or a per-character generator
-# does not keep up). The few non-ASCII characters of a text are mapped one by one first,
-# each the way labels.normalize maps it (learnt once per character by asking it).
+# does not keep up; the table lower-cases A-Z too, which saves bytes.lower its own pass).
+# The few non-ASCII characters of a text are mapped one by one first, each the way
+# labels.normalize maps it (learnt once per character by asking it).
 _ASCII_TABLE = bytes(
-    c if chr(c).isascii() and chr(c).isalnum() else ord(" ") for c in range(256)
+    ord(chr(c).lower()) if chr(c).isascii() and chr(c).isalnum() else ord(" ") for c in range(256)
 )
+_ASCII_BYTES = bytes(range(128))
 _NON_ASCII_CHAR = re.compile(r"[^\x00-\x7f]")
 _char_map: dict[str, str] = {}
 
 
-def _ascii_for(m: re.Match) -> str:
-    ch = m.group(0)
+def _ascii_for(ch: str) -> str:
     out = _char_map.get(ch)
     if out is None:
         # normalize works character by character (casefold, NFKD, combining marks and
@@ -48,6 +49,19 @@ def _ascii_for(m: re.Match) -> str:
     return out
 
 
+def _map_non_ascii(text: str) -> str:
+    """`text` with each non-ASCII character replaced the way labels.normalize maps it."""
+    # Its distinct non-ASCII characters, found in C: the UTF-8 form without its ASCII bytes
+    # holds just them (a regex over a whole rationale costs ~9 us for one or two "’").
+    rest = text.encode("utf-8", "surrogatepass").translate(None, _ASCII_BYTES)
+    mapped = [(ch, _ascii_for(ch)) for ch in set(rest.decode("utf-8", "surrogatepass"))]
+    if all(out.isascii() for _, out in mapped):  # (else one replacement could feed the next)
+        for ch, out in mapped:
+            text = text.replace(ch, out)
+        return text
+    return _NON_ASCII_CHAR.sub(lambda m: _ascii_for(m.group(0)), text)
+
+
 def normalized_words(text: str) -> list[str]:
     """The words of labels.normalize(text), computed fast (the filters' hot path).
 
@@ -56,10 +70,10 @@ def normalized_words(text: str) -> list[str]:
     True
     """
     if not text.isascii():
-        text = _NON_ASCII_CHAR.sub(_ascii_for, text)
+        text = _map_non_ascii(text)
     if "&" in text:
         text = text.replace("&", " and ")
-    return text.encode().lower().translate(_ASCII_TABLE, b"'`").decode().split()
+    return text.encode().translate(_ASCII_TABLE, b"'`").decode().split()
 
 
 def fast_normalize(text: str) -> str:

@@ -417,7 +417,7 @@ def parse(text: str | None) -> Rationale:
 
 
 def _parse(text: str) -> Rationale:
-    if not text.strip():
+    if not text or text.isspace():  # (strip() would copy the whole text to tell)
         return Rationale(errors=("empty_text",), truncated=False)
     think, answer, body, truncated, errors = _split_tags(text)
     blocks = _blocks(body)

@@ -102,7 +102,8 @@ def train_sft(root: Path, data: Path, tiny: Path, args: argparse.Namespace) -> P
         return out
     cfg = load_train_config(SFTRecipe, "sft_tiny_cpu", [
         f"model_name_or_path={tiny}", f"dataset={data}", f"output_dir={out}",
-        f"num_train_epochs={args.sft_epochs}", f"learning_rate={args.sft_lr}", "logging_steps=20", *CPU,
+        f"num_train_epochs={args.sft_epochs}", f"learning_rate={args.sft_lr}", "logging_steps=20",
+        "rl_prompt=false", *CPU,  # the fixture's prompts are uniform already (system prompt kept)
     ])
     trainer = build_sft(cfg)
     trainer.remove_callback(PrinterCallback)

@@ -153,7 +153,7 @@ def tapo(
 def tiny_loop(
     dataset: Annotated[str, typer.Option("--dataset", help="exported dataset folder or run folder")],
     out: Annotated[Path, typer.Option("--out", help="folder for tiny/, sft/ and tapo/")],
-    sft_epochs: Annotated[int, typer.Option(help="SFT epochs")] = 8,
+    sft_epochs: Annotated[int, typer.Option(help="SFT epochs")] = 20,
     tapo_steps: Annotated[int, typer.Option(help="TAPO optimizer steps")] = 4,
     overrides: SetOpt = None,
 ) -> None:

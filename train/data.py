@@ -86,9 +86,41 @@ def load_config(source: str | Path, config: str, split: str = "train") -> datase
     return ds
 
 
-def load_sft(source: str | Path, split: str = "train") -> datasets.Dataset:
-    """SFT rows: `messages` + `images` only (provenance columns dropped for the collator)."""
-    return load_config(source, "sft", split).select_columns(list(REQUIRED["sft"]))
+def load_sft(source: str | Path, split: str = "train", rl_prompt: bool = False) -> datasets.Dataset:
+    """SFT rows: `messages` + `images` only (provenance columns dropped for the collator).
+
+    rl_prompt: ask each question as the `rl` config does (no system prompt; the answer-format
+    instruction after the question), for a model too small to carry the format from one
+    prompt layout to the other (the tiny CPU loop)."""
+    rows = load_config(source, "sft", split).select_columns(list(REQUIRED["sft"]))
+    return rows.map(as_rl_prompt) if rl_prompt else rows
+
+
+def as_rl_prompt(row: dict) -> dict:
+    """An SFT row asked as the `rl` config asks: system turn dropped, format instruction added.
+
+    >>> row = {"messages": [{"role": "system", "content": [{"type": "text", "text": "S"}]},
+    ...     {"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": "Q?"}]},
+    ...     {"role": "assistant", "content": [{"type": "text", "text": "<think>t</think><answer>a</answer>"}]}]}
+    >>> [m["role"] for m in as_rl_prompt(row)["messages"]]
+    ['user', 'assistant']
+    >>> as_rl_prompt(row)["messages"][0]["content"][1]["text"].startswith("Q? You first think")
+    True
+    """
+    from curation.export import FORMAT_INSTRUCTION
+
+    messages = []
+    for message in row["messages"]:
+        if message["role"] == "system":
+            continue
+        if message["role"] == "user":
+            content = [dict(part) for part in message["content"]]
+            for part in content:
+                if part["type"] == "text" and FORMAT_INSTRUCTION not in part["text"]:
+                    part["text"] = f"{part['text']} {FORMAT_INSTRUCTION}"
+            message = {**message, "content": content}
+        messages.append(message)
+    return {"messages": messages}
 
 
 def load_rl(source: str | Path, split: str = "train") -> datasets.Dataset:

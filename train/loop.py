@@ -27,18 +27,14 @@ log = logging.getLogger(__name__)
 def run_tiny_loop(
     dataset: str | Path,
     out: str | Path,
-    sft_epochs: int = 8,
+    sft_epochs: int = 20,
     tapo_steps: int = 4,
     overrides: list[str] | None = None,
     callbacks: list | None = None,
-    completion_tokens: int = 288,
 ) -> dict[str, Any]:
     """Build the tiny model from `dataset`'s text, then SFT (sft_tiny_cpu) and TAPO (tapo_tiny_cpu).
 
     `overrides` (`key=value`) apply to both recipes' shared fields (e.g. `seed=1`).
-    `completion_tokens` bounds TAPO's rollouts: enough for a whole four-part rationale (the
-    synthetic teacher's take ~170-260 tokens of the tiny tokenizer), or no rollout ever
-    reaches its <answer> and every reward is 0.
     """
     out = Path(out)
     tiny = build_tiny_model(out / "tiny", text_corpus(dataset))
@@ -48,8 +44,7 @@ def run_tiny_loop(
     ])
     sft_result = run_sft(sft, callbacks=callbacks)
     tapo = load_train_config(TAPOConfig, "tapo_tiny_cpu", [
-        f"model_name_or_path={out / 'sft'}", f"output_dir={out / 'tapo'}", f"max_steps={tapo_steps}",
-        f"max_completion_length={completion_tokens}", *common,
+        f"model_name_or_path={out / 'sft'}", f"output_dir={out / 'tapo'}", f"max_steps={tapo_steps}", *common,
     ])
     tapo_result = run_tapo(tapo, callbacks=callbacks)
     log.info("tiny loop done: %s", out)

@@ -39,6 +39,8 @@ class SFTRecipe(SFTConfig):
     min_pixels: int | None = field(default=None, metadata={"help": "processor image limit (pixels)"})
     max_pixels: int | None = field(default=None, metadata={"help": "processor image limit (pixels)"})
     dtype: str = field(default="auto", metadata={"help": "model weights dtype: auto, bfloat16, float32"})
+    rl_prompt: bool = field(default=False, metadata={"help": "ask as the rl config does (no system "
+                            "prompt, format instruction after the question): for tiny models"})
     # The paper's Stage-1 values:
     learning_rate: float = 5e-6
     lr_scheduler_type: str = "cosine"
@@ -81,7 +83,7 @@ def build_trainer(recipe: SFTRecipe, callbacks: list | None = None) -> SFTTraine
     trainer = SFTTrainer(
         model=recipe.model_name_or_path,
         args=recipe,
-        train_dataset=load_sft(recipe.dataset, recipe.dataset_split),
+        train_dataset=load_sft(recipe.dataset, recipe.dataset_split, recipe.rl_prompt),
         processing_class=processor,
         peft_config=lora_config(recipe) if recipe.lora else None,
         callbacks=callbacks,

@@ -167,6 +167,7 @@ def card_context(
         "review": stats.get("review") or {},
         "hinted": int(stats["strategy"].get("hinted", 0)),
         "rl_image_size": recipe.export.rl_image_size,
+        "rl_image_fit": recipe.export.rl_image_fit,
         "triplet_methods": dict(Counter(triplets["triplet_method"]).most_common())
         if len(triplets)
         else {},

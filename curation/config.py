@@ -70,6 +70,9 @@ class ExportConfig(Section):
     )
     shard_mb: int = Field(500, ge=1, description="upper bound of one Parquet shard, in MB")
     rl_image_size: int = Field(448, ge=16, description="anchor/positive/negative resized to this square")
+    rl_image_fit: Literal["letterbox", "stretch"] = Field(
+        "letterbox", description="letterbox: keep the aspect ratio, pad with grey (a fine-grained "
+        "class lives in its proportions); stretch: squash to the square")
     triplet_method: Literal["auto", "model", "confusions", "pixels", "super_category"] = Field(
         "auto", description="auto: model if triplet_model, else confusions, else pixels"
     )

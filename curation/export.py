@@ -292,7 +292,7 @@ def export_stage(recipe: Recipe, run: RunDir, progress: Progress | None = None) 
 
     # rl
     by_id = pool.set_index("item_id")
-    size = cfg.rl_image_size
+    size, fit = cfg.rl_image_size, cfg.rl_image_fit
 
     def rl_row(t: dict[str, Any]) -> dict[str, Any]:
         anchor = by_id.loc[t["item_id"]]
@@ -310,9 +310,9 @@ def export_stage(recipe: Recipe, run: RunDir, progress: Progress | None = None) 
                 }
             ],
             "answer": anchor["label"],
-            "images": [resized_cell(anchor["image_path"], size)],
-            "positive_images": [resized_cell(by_id.loc[t["positive_item_id"], "image_path"], size)],
-            "negative_images": [resized_cell(by_id.loc[t["negative_item_id"], "image_path"], size)],
+            "images": [resized_cell(anchor["image_path"], size, fit)],
+            "positive_images": [resized_cell(by_id.loc[t["positive_item_id"], "image_path"], size, fit)],
+            "negative_images": [resized_cell(by_id.loc[t["negative_item_id"], "image_path"], size, fit)],
             **{
                 k: t[k]
                 for k in (

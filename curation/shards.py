@@ -31,12 +31,25 @@ def image_cell(path: str) -> dict[str, Any]:
     return {"bytes": Path(path).read_bytes(), "path": Path(path).name}
 
 
-def resized_cell(path: str, size: int) -> dict[str, Any]:
-    """The image resized to size x size (TAPO needs one size for anchor/positive/negative)."""
+LETTERBOX_GREY = (128, 128, 128)
+
+
+def resized_cell(path: str, size: int, fit: str = "letterbox") -> dict[str, Any]:
+    """The image as size x size (TAPO needs one size for anchor/positive/negative): scaled to
+    fit and centred on grey ("letterbox"), or squashed to the square ("stretch")."""
     with Image.open(path) as image:
         fmt = "PNG" if image.format == "PNG" else "JPEG"
         image = image.convert("RGBA" if fmt == "PNG" and "A" in image.mode else "RGB")
-        image = image.resize((size, size), Image.Resampling.BICUBIC)
+        if fit == "stretch" or image.width == image.height:
+            image = image.resize((size, size), Image.Resampling.BICUBIC)
+        else:
+            scale = size / max(image.size)
+            inner = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+            grey = LETTERBOX_GREY + ((255,) if image.mode == "RGBA" else ())
+            canvas = Image.new(image.mode, (size, size), grey)
+            canvas.paste(image.resize(inner, Image.Resampling.BICUBIC),
+                         ((size - inner[0]) // 2, (size - inner[1]) // 2))
+            image = canvas
         buffer = io.BytesIO()
         image.save(buffer, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
     name = Path(path).stem + (".png" if fmt == "PNG" else ".jpg")

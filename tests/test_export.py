@@ -307,3 +307,20 @@ def test_card_counts_evaluation_images_identical_to_training_ones(tmp_path):
         "**2 of them have the same bytes (sha256) as a training image**"
         in run.path("dataset/README.md").read_text()
     )
+
+
+@pytest.mark.parametrize("fit", ["letterbox", "stretch"])
+def test_triplet_images_keep_their_proportions_unless_stretched(tmp_path, fit):
+    from curation.shards import LETTERBOX_GREY, resized_cell
+
+    wide = tmp_path / "wide.png"
+    Image.new("RGB", (200, 100), (200, 30, 30)).save(wide)  # a 2:1 red image
+    cell = resized_cell(str(wide), 64, fit)
+    pixels = np.asarray(Image.open(io.BytesIO(cell["bytes"])).convert("RGB")).astype(int)
+    assert pixels.shape == (64, 64, 3)
+    red = (np.abs(pixels - (200, 30, 30)).sum(axis=2) < 30).all(axis=1)  # rows that are all red
+    if fit == "stretch":
+        assert red.all()
+    else:  # 64 x 32 of red in the middle, grey above and below: the 2:1 shape survives
+        assert red.sum() in range(30, 35) and red[16:48].all()
+        assert (np.abs(pixels[:14] - LETTERBOX_GREY).sum(axis=2) < 30).all()

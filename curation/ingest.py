@@ -230,27 +230,28 @@ def _inspected(
         for p in pending:
             yield p, inspect(p.item.path, max_pixels[p.dataset])
         return
-    in_flight: deque[tuple[list[_Pending], tuple[ProcessPoolExecutor, Future]]] = deque()
+    in_flight: deque[tuple[list[_Pending], list[str], int, tuple]] = deque()
     inspectors = _Inspectors(workers, timeout_s)
 
-    def done(batch: list[_Pending], submitted: tuple[ProcessPoolExecutor, Future]) -> Iterator:
+    def submit(batch: list[_Pending]) -> None:
         # One max_pixels per task: a batch never mixes datasets with different limits.
         paths, limit = [p.item.path for p in batch], max_pixels[batch[0].dataset]
+        in_flight.append((batch, paths, limit, inspectors.submit(paths, limit)))
+
+    def done(batch: list[_Pending], paths: list[str], limit: int, submitted: tuple) -> Iterator:
         return zip(batch, inspectors.results(submitted, paths, limit), strict=True)
 
     try:
         chunk: list[_Pending] = []
         for p in pending:
             if chunk and (len(chunk) >= CHUNK or chunk[0].dataset != p.dataset):
-                in_flight.append((chunk, inspectors.submit([c.item.path for c in chunk],
-                                                           max_pixels[chunk[0].dataset])))
+                submit(chunk)
                 chunk = []
                 while len(in_flight) > 3 * workers:  # bounded: memory stays flat
                     yield from done(*in_flight.popleft())
             chunk.append(p)
         if chunk:
-            in_flight.append((chunk, inspectors.submit([c.item.path for c in chunk],
-                                                       max_pixels[chunk[0].dataset])))
+            submit(chunk)
         while in_flight:
             yield from done(*in_flight.popleft())
     finally:

@@ -320,8 +320,9 @@ class TeacherClient:
                 await asyncio.sleep(self._backoff(attempts, reply.retry_after))
         self.counts["failed"] += 1
         error, elapsed = self._scrub(error), time.monotonic() - started
-        if error.startswith("connection:") and not self._answered and self.refused is None:
-            # Nothing has ever answered and retries did not help: no server is there (a wrong
+        if (error.startswith("connection:") and not self._answered and self.refused is None
+                and all(e.failures for e in self.endpoints)):
+            # No endpoint has ever answered and every one failed: no server is there (a wrong
             # URL or port, a server not started). Every other request would fail the same way.
             urls = ", ".join(e.url for e in self.endpoints)
             self.refused = f"nothing answers at {urls}: {error}"

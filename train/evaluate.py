@@ -151,7 +151,6 @@ def iter_exported(source: str | Path, config: str, limit: int | None = None) -> 
                 index = row.get("answer_index")
                 if options is not None and index is None:
                     index = list(options).index(row["answer"])
-                count += 1
                 yield Item(
                     id=str(row.get("id") or count), dataset=row.get("dataset") or "data",
                     label=row["answer"], class_split=row.get("class_split") or "seen",
@@ -159,6 +158,7 @@ def iter_exported(source: str | Path, config: str, limit: int | None = None) -> 
                     super_category=row.get("super_category"), options=options,
                     answer_index=index, image_sha256=row.get("image_sha256") or "",
                 )
+                count += 1
                 if limit is not None and count >= limit:
                     return
 

@@ -77,6 +77,12 @@ _BOXED = re.compile(r"^\\?boxed\{(.*)\}$", re.DOTALL)
 
 def _split_tags(text: str) -> tuple[str | None, str | None, str, bool, list[str]]:
     """(think, answer, body to read sections from, truncated, errors)."""
+    tidy = _tidy_tags(text)
+    return tidy if tidy is not None else _find_tags(text)
+
+
+def _find_tags(text: str) -> tuple[str | None, str | None, str, bool, list[str]]:
+    """_split_tags for any text: every tag found by the regex, however written."""
     errors: list[str] = []
     tags = [(m.group(2).lower(), bool(m.group(1)), m.start(), m.end()) for m in _TAG.finditer(text)]
     opens = {name: [t for t in tags if t[0] == name and not t[1]] for name in ("think", "answer")}
@@ -134,6 +140,32 @@ def _split_tags(text: str) -> tuple[str | None, str | None, str, bool, list[str]
     if "<" in body:  # (no tag without one: the regex would scan the whole body for nothing)
         body = _TAG.sub("\n", body)
     return think.strip() if think is not None else None, answer, body, truncated, errors
+
+
+def _tidy_tags(text: str) -> tuple[str | None, str | None, str, bool, list[str]] | None:
+    """_split_tags for the usual text: `<think>…</think>` then `<answer>…</answer>`, each
+    once, written exactly so, and no other "<" (a few str.find in C instead of a regex scan
+    and its tag tuples); None for anything else."""
+    if text.count("<") != 4:
+        return None
+    think_open, think_close = text.find("<think>"), text.find("</think>")
+    answer_open, answer_close = text.find("<answer>"), text.find("</answer>")
+    if not -1 < think_open < think_close < answer_open < answer_close:
+        return None
+    errors = []
+    if not text[:think_open].isspace() and think_open:
+        errors.append("text_outside_tags")
+    body = text[think_open + 7 : think_close]
+    answer = text[answer_open + 8 : answer_close].strip()
+    rest = text[answer_close + 9 :]
+    if rest and not rest.isspace():
+        errors.append("text_outside_tags")
+    boxed = _BOXED.match(answer)
+    if boxed:
+        answer = boxed.group(1).strip()
+    if not answer:
+        errors.append("empty_answer")
+    return body.strip(), answer, body, False, errors
 
 
 # -- section headings -----------------------------------------------------------------------
@@ -327,8 +359,8 @@ def _clean_name(raw: str) -> str:
     name = raw
     if "*" in name or "_" in name or "`" in name:  # (each regex only where it can apply)
         name = _MARKUP.sub("", name)
-    if ":" in name or "-" in name or "–" in name or "—" in name:
-        name = _DESCRIPTION.sub("", name.strip())
+    if ":" in name or " -" in name or "\t-" in name or "–" in name or "—" in name:
+        name = _DESCRIPTION.sub("", name.strip())  # (a hyphen inside a name is no dash)
     if "(" in name:
         name = _REMARK.sub("", name.strip())
     return name.strip().strip(" \t.,;:!?\"'“”").strip()

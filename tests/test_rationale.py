@@ -94,6 +94,8 @@ def test_tags_tolerate_case_and_whitespace():
         ("<think>x</think><answer> </answer>", False, "empty_answer"),
         ("<think>x</think><answer>A</answer><answer>B</answer>", False, "multiple_answer_tags"),
         ("Sure! <think>x</think><answer>A</answer>", False, "text_outside_tags"),
+        ("<think>x</think><answer>A</answer> Hope this helps", False, "text_outside_tags"),
+        ("<think>x < y</think><answer> </answer>", False, "empty_answer"),
         ("", False, "empty_text"),
     ],
 )
@@ -101,6 +103,21 @@ def test_tag_errors(text, truncated, code):
     r = parse(text)
     assert r.truncated is truncated
     assert code in r.errors
+
+
+def test_tidy_tags_read_like_the_tag_regex():
+    """The str.find path for tidy texts agrees with the regex path it short-cuts."""
+    from curation.rationale import _find_tags, _tidy_tags
+
+    texts = ["<think>Visual analysis: red.</think>\n<answer> A </answer>\n",
+             " <think>x</think><answer>\\boxed{B}</answer>", "<think></think><answer></answer>",
+             "<think>a</think>b<answer>c</answer>d", "<answer>A</answer><think>x</think>"]
+    assert sum(_tidy_tags(text) is not None for text in texts) == 4
+    for text in texts:
+        tidy = _tidy_tags(text)
+        assert tidy is None or tidy == _find_tags(text)
+    assert _tidy_tags(texts[0]) == ("Visual analysis: red.", "A", "Visual analysis: red.", False, [])
+    assert _tidy_tags(texts[-1]) is None  # (out of order: the regex path reports it)
 
 
 def test_boxed_answer_is_unwrapped():

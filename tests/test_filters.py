@@ -396,3 +396,21 @@ def test_judge_survives_drafts_with_missing_or_odd_fields(ctx):
                 {"response": 123, "label": 5, "dataset": "nope", "super_category": None}):
         v = judge(row, ctx)
         assert not v.accepted and "empty_text" in v.reasons
+
+
+def test_off_domain_evidence_is_the_first_phrase_in_every_process():
+    """The evidence does not depend on set order (string hashes differ per process)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from curation.domains import off_domain_phrase; print(off_domain_phrase("
+            "'It depicts a tornado. ' + 'The wings are long and thin. ' * 8 + "
+            "'Or rather a train. ' * 4 + 'It is a speaker. ' * 9 + 'It is a mixer.', "
+            "'aircraft'))")
+    seen = {
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                       env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout.strip()
+        for seed in range(6)
+    }
+    assert seen == {"depicts a tornado"}

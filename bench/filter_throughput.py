@@ -19,6 +19,7 @@ import json
 import random
 import sys
 import time
+import timeit
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -141,6 +142,10 @@ def main() -> None:
     summary = funnel.as_dict()
     print(f"accepted {summary['accepted']} of {n}; reasons: "
           + ", ".join(f"{k} {v}" for k, v in list(summary["reasons"].items())[:10]))
+    # How fast this core runs plain Python, so figures from different machines compare:
+    # the same code measured ~2.5x apart on two sessions' machines (see README).
+    reference = min(timeit.repeat("sum(range(1000))", number=2000, repeat=5)) / 2000
+    print(f"machine reference: sum(range(1000)) takes {1e6 * reference:.1f} us")
     target = 5000
     verdict = "meets" if n / cpu >= target else "below"
     print(f"target >= {target} drafts/s on one core: {verdict} ({n / cpu:.0f} drafts/s CPU)")

@@ -86,7 +86,7 @@ def push(
 
     columns = (TextColumn("push"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
-        with Progress(*columns, console=console) as bar:
+        with Progress(*columns, console=console, transient=True) as bar:  # (gone on an error)
             task = bar.add_task("push", total=None)
             result = do_push(spec, RunDir(spec.directory), lambda n: bar.advance(task, n))
     except _errors() as err:

@@ -153,11 +153,11 @@ def _tidy_tags(text: str) -> tuple[str | None, str | None, str, bool, list[str]]
     if not -1 < think_open < think_close < answer_open < answer_close:
         return None
     errors = []
-    if not text[:think_open].isspace() and think_open:
+    if think_open and not text[:think_open].isspace():
         errors.append("text_outside_tags")
-    body = text[think_open + 7 : think_close]
-    answer = text[answer_open + 8 : answer_close].strip()
-    rest = text[answer_close + 9 :]
+    body = text[think_open + len("<think>") : think_close]
+    answer = text[answer_open + len("<answer>") : answer_close].strip()
+    rest = text[answer_close + len("</answer>") :]
     if rest and not rest.isspace():
         errors.append("text_outside_tags")
     boxed = _BOXED.match(answer)

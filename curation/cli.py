@@ -383,18 +383,40 @@ def _saved_recipe(run_dir: Path) -> Path | None:
     return saved if saved.exists() else None
 
 
-def _one_line_summaries(typer_app: typer.Typer) -> None:
-    """Command lists show each docstring's first paragraph on one line (docstrings wrap at
-    100 columns, and Typer would keep those breaks mid-sentence)."""
+def _reflowed(doc: str) -> str:
+    r"""`doc` with each paragraph's wrapped lines joined: Typer's help keeps a docstring's
+    line breaks (at 100 columns) and the terminal wraps again at its width, which broke
+    sentences mid-line. Indented lines (examples) and list items keep their own lines.
+
+    >>> _reflowed("One\nsentence.\n\n    finecot x\n    finecot y\n- a\n- b")
+    'One sentence.\n\n    finecot x\n    finecot y\n- a\n- b'
+    """
+    paragraphs = []
+    for paragraph in doc.split("\n\n"):
+        lines: list[str] = []
+        for line in paragraph.split("\n"):
+            if lines and not line.startswith((" ", "-", "*", "•")) and not lines[-1].startswith(" "):
+                lines[-1] = f"{lines[-1]} {line}"
+            else:
+                lines.append(line)
+        paragraphs.append("\n".join(lines))
+    return "\n\n".join(paragraphs)
+
+
+def _tidy_help(typer_app: typer.Typer) -> None:
+    """Every command's help reflowed (_reflowed), and command lists showing the first
+    paragraph of each on one line."""
     for command in typer_app.registered_commands:
         doc = inspect.getdoc(command.callback) or ""
+        if command.help is None and doc:
+            command.help = _reflowed(doc)
         if command.short_help is None and doc:
             command.short_help = " ".join(doc.split("\n\n")[0].split())
     for group in typer_app.registered_groups:
-        _one_line_summaries(group.typer_instance)
+        _tidy_help(group.typer_instance)
 
 
-_one_line_summaries(app)
+_tidy_help(app)
 
 if __name__ == "__main__":
     app()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from itertools import compress
 
 from curation.domains import excluded_nouns
@@ -125,7 +126,7 @@ class MentionIndex:
         return self.find_words(normalized_words(text), mode)
 
     def find_words(
-        self, words: list[str], mode: str = "exact", word_set: set[str] | None = None
+        self, words: list[str], mode: str = "exact", word_set: AbstractSet[str] | None = None
     ) -> list[ClassInfo]:
         """find() on a text already split into normalised words. `word_set`, if known: a set
         holding (at least) every word of `words` that starts a name of this mode."""
@@ -140,13 +141,13 @@ class MentionIndex:
 
     def names_class(
         self, words: list[str], info: ClassInfo, mode: str = "exact",
-        word_set: set[str] | None = None,
+        word_set: AbstractSet[str] | None = None,
     ) -> bool:
         """Whether find_words(words, mode, word_set) holds `info`; the scan stops there."""
         return any(info in hit for hit in self._scan(words, mode, word_set))
 
     def _scan(
-        self, words: list[str], mode: str, word_set: set[str] | None
+        self, words: list[str], mode: str, word_set: AbstractSet[str] | None
     ) -> Iterator[list[ClassInfo]]:
         """The classes of each name found, left to right, longest name first."""
         starts, seconds, phrases = self.starts[mode], self.seconds[mode], self.modes[mode]
@@ -185,7 +186,7 @@ class MentionIndex:
         return self.find(name, "loose")
 
 
-def _positions(words: list[str], wanted: set[str]) -> list[int]:
+def _positions(words: list[str], wanted: AbstractSet[str]) -> list[int]:
     """Sorted indexes of the `wanted` words in `words`.
 
     A few wanted words in a long text: list.index runs in C, a Python loop over every word

@@ -130,14 +130,15 @@ def draft_command(
     if base_url:  # the listed URLs replace the recipe's, not merge with them by position
         spec.teacher.base_urls = list(base_url)
 
-    if not (spec.directory / "pool.parquet").exists():
-        console.print(f"[red]error:[/red] {spec.directory / 'pool.parquet'} does not exist: run "
-                      f"`finecot split --run {run_dir}` first")
-        raise typer.Exit(2)
     from curation.draft import DraftStopped, draft_stage
     from curation.rundir import RunDir
 
     run = RunDir(spec.directory)
+    try:
+        run.require(run.pool, "split")
+    except FileNotFoundError as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from None
     run.save_recipe(spec)
     progress = RichDraftProgress()
     try:

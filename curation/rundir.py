@@ -21,11 +21,11 @@ from curation.tables import write_text_atomic
 
 
 class RunDir:
-    """Paths of one run's files. Creating it makes the folder; nothing else is written."""
+    """Paths of one run's files. Nothing is written on creation: the folder appears with the
+    first file a stage writes (so a mistyped --run leaves no empty folder behind)."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.root)!r})"
@@ -71,6 +71,11 @@ class RunDir:
     def require(self, path: Path, stage: str) -> Path:
         """`path`, or a clear error naming the stage that makes it."""
         if not path.exists():
+            if not self.root.is_dir():  # (a mistyped --run is the likelier cause)
+                raise FileNotFoundError(
+                    f"run directory {self.root} does not exist: check --run, or start the "
+                    f"run with `finecot ingest --run {self.root}`"
+                )
             raise FileNotFoundError(
                 f"{path} does not exist: run `finecot {stage}` on {self.root} first"
             )

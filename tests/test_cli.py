@@ -43,3 +43,12 @@ def test_help_keeps_each_paragraph_whole(path, command):
     assert doc, f"finecot {' '.join(path)} has no docstring to explain it"
     for paragraph in _prose(doc):
         assert paragraph in result.output, paragraph
+
+
+@pytest.mark.parametrize("command", [["filter"], ["export"], ["draft"], ["review", "apply"]])
+def test_a_mistyped_run_directory_is_named_and_not_created(tmp_path, command):
+    typo = tmp_path / "runs" / "brids"
+    result = CliRunner().invoke(app, [*command, "--run", str(typo)], env={"COLUMNS": "2000"})
+    assert result.exit_code == 2, result.output
+    assert f"run directory {typo} does not exist" in result.output
+    assert not typo.exists() and not typo.parent.exists()

@@ -1,5 +1,6 @@
-"""The CLI's help texts: every command's help shows each paragraph of its docstring whole
-(Typer keeps a docstring's line breaks, which once broke sentences mid-line)."""
+"""The CLI as a user meets it: every command's help shows each paragraph of its docstring
+whole (Typer keeps a docstring's line breaks, which once broke sentences mid-line), and a
+mistyped --run is named as such and leaves no folder behind."""
 
 from __future__ import annotations
 

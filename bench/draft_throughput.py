@@ -39,10 +39,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from teacher_process import cpu_seconds, server_requests, start_teacher  # noqa: E402
 
-from curation.config import parse_recipe  # noqa: E402
-from curation.draft import draft_stage  # noqa: E402
-from curation.labels import ClassInfo, Registry  # noqa: E402
-from curation.rundir import RunDir  # noqa: E402
+from curation.core.config import parse_recipe  # noqa: E402
+from curation.core.labels import ClassInfo, Registry  # noqa: E402
+from curation.core.rundir import RunDir  # noqa: E402
+from curation.draft.stage import draft_stage  # noqa: E402
 
 DATASET = "synthetic"
 

@@ -29,10 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from teacher_process import server_requests, start_teacher  # noqa: E402
 
-from curation.config import TeacherConfig  # noqa: E402
-from curation.labels import ClassInfo, Registry  # noqa: E402
-from train import evaluate as ev  # noqa: E402
-from train.eval_models import EndpointModel, LocalModel  # noqa: E402
+from curation.core.config import TeacherConfig  # noqa: E402
+from curation.core.labels import ClassInfo, Registry  # noqa: E402
+from train.eval import evaluate as ev  # noqa: E402
+from train.eval.models import EndpointModel, LocalModel  # noqa: E402
 
 
 def make_items(workdir: Path, count: int) -> tuple[list[ev.Item], Registry]:

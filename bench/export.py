@@ -52,8 +52,8 @@ def make_images(folder: Path) -> list[Path]:
 
 
 def make_run(root: Path, rows: int, images: list[Path]) -> Path:
-    from curation.labels import ClassInfo, Registry
-    from curation.rundir import RunDir
+    from curation.core.labels import ClassInfo, Registry
+    from curation.core.rundir import RunDir
 
     run = RunDir(root)
     Registry([ClassInfo(i, f"Class {i}", "bench", "bird") for i in range(CLASSES)]).save(
@@ -141,9 +141,9 @@ def make_run(root: Path, rows: int, images: list[Path]) -> Path:
 
 def child(root: Path, shard_mb: int) -> None:
     """Run the export stage once; print one JSON line with the figures."""
-    from curation.config import parse_recipe
-    from curation.export import export_stage
-    from curation.rundir import RunDir
+    from curation.core.config import parse_recipe
+    from curation.core.rundir import RunDir
+    from curation.export.stage import export_stage
 
     recipe = parse_recipe(
         {

@@ -24,12 +24,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from curation.config import FilterConfig  # noqa: E402
-from curation.filter_stage import Funnel  # noqa: E402
-from curation.filters import build_context, judge  # noqa: E402
-from curation.labels import ClassInfo, Registry  # noqa: E402
-from curation.rationale import parse  # noqa: E402
-from curation.splits import fine_r1_registry  # noqa: E402
+from curation.core.config import FilterConfig  # noqa: E402
+from curation.core.labels import ClassInfo, Registry  # noqa: E402
+from curation.filter.filters import build_context, judge  # noqa: E402
+from curation.filter.rationale import parse  # noqa: E402
+from curation.filter.stage import Funnel  # noqa: E402
+from curation.ingest.split import fine_r1_registry  # noqa: E402
 
 FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "fine_r1_stage1_sample.json"
 

@@ -21,9 +21,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from curation.config import Recipe, SourceConfig
-from curation.ingest import ingest_stage
-from curation.rundir import RunDir
+from curation.core.config import Recipe, SourceConfig
+from curation.core.rundir import RunDir
+from curation.ingest.stage import ingest_stage
 
 CLASSES = 100
 

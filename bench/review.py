@@ -32,11 +32,11 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from labelstudio import start, stop_pid  # noqa: E402
 
-from curation.config import parse_recipe  # noqa: E402
-from curation.labels import ClassInfo, Registry  # noqa: E402
-from curation.review import open_client, pull, push  # noqa: E402
-from curation.review_apply import apply_review  # noqa: E402
-from curation.rundir import RunDir  # noqa: E402
+from curation.core.config import parse_recipe  # noqa: E402
+from curation.core.labels import ClassInfo, Registry  # noqa: E402
+from curation.core.rundir import RunDir  # noqa: E402
+from curation.review.apply import apply_review  # noqa: E402
+from curation.review.push_pull import open_client, pull, push  # noqa: E402
 
 CLASSES = [f"Warbler {i}" for i in range(50)]
 

@@ -20,12 +20,12 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from curation import hygiene
-from curation.config import parse_recipe
-from curation.labels import ClassInfo, Registry
-from curation.rundir import RunDir
-from curation.splits import split_stage
-from curation.tables import write_parquet_atomic
+from curation.core.config import parse_recipe
+from curation.core.labels import ClassInfo, Registry
+from curation.core.rundir import RunDir
+from curation.core.tables import write_parquet_atomic
+from curation.ingest import hygiene
+from curation.ingest.split import split_stage
 
 
 def make_images(folder: Path, count: int) -> list[Path]:

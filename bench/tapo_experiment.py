@@ -8,7 +8,7 @@
    learning rate, lengths and seeds; `--variants tapo-no-terms` adds TAPO without its
    negative-image and entropy terms (an ablation);
 4. greedy decoding on the held-out test images, accuracy with THE matcher
-   (curation.labels.match: the <answer> must name exactly the gold class), seen and unseen
+   (curation.core.labels.match: the <answer> must name exactly the gold class), seen and unseen
    separately, plus the format rate. Repeated over --seeds (the RL runs' seeds).
 
 One prompt (system + question + format instruction) serves SFT, RL and evaluation: a
@@ -40,7 +40,7 @@ import torch  # noqa: E402
 from train_fixtures import build_dataset  # noqa: E402
 from transformers import AutoModelForImageTextToText, PrinterCallback  # noqa: E402
 
-from curation.export import FINE_R1_SYSTEM  # noqa: E402
+from curation.export.stage import FINE_R1_SYSTEM  # noqa: E402
 from train.data import load_config, text_corpus  # noqa: E402
 from train.recipe import load_train_config  # noqa: E402
 from train.rewards import extract_answer, format_reward, make_accuracy_reward, registry_from_names  # noqa: E402

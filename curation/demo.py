@@ -19,12 +19,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from curation.config import Recipe, load_recipe
-from curation.pipeline import run_recipe
-from curation.rundir import RunDir
+from curation.core.config import Recipe, load_recipe
+from curation.core.rundir import RunDir
+from curation.core.tables import write_json_atomic
+from curation.pipeline import Display, run_recipe
 from curation.synthetic.teacher import TeacherServer
 from curation.synthetic.world import make_world
-from curation.tables import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ def run_demo(
     train: bool = False,
     overrides: list[str] | None = None,
     teacher_flags: dict[str, Any] | None = None,
+    display: Display | None = None,
 ) -> dict[str, Any]:
     """Run the demo end to end; return the paths and headline numbers it printed."""
     out = Path(out)
@@ -74,7 +75,7 @@ def run_demo(
             run.path("teacher_behaviour.json"),
             {k: v for k, v in asdict(teacher.behaviour).items() if k != "world"},
         )
-        run_recipe(recipe)
+        run_recipe(recipe, display=display)
     result = summarize(run)
     if train:
         from train.loop import run_tiny_loop

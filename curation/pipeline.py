@@ -3,73 +3,65 @@
 Each stage reads the tables earlier stages wrote and writes its own atomically, so a run
 killed anywhere restarts with the same command. Stage modules are imported when their stage
 runs: `finecot --help` stays fast and a curation-only run never imports torch.
+
+Progress goes to a `display`: `display(stage)` is a context manager entered around each stage
+that yields what the stage reports to (a `Progress` callback; a `DraftProgress` for the draft
+stage; None for nothing). The command line passes rich bars; the library draws nothing.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
-from curation.config import Recipe, RecipeError
-from curation.rundir import RunDir
+from curation.core.config import Recipe, RecipeError
+from curation.core.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
-
-class StageStopped(RuntimeError):
-    """A stage stopped early on purpose (a budget, an interrupt): its message says what to
-    do; rerunning the same command resumes. `finecot run` prints it and exits with code 3."""
+Display = Callable[[str], AbstractContextManager[Any]]
 
 
-def _ingest(recipe: Recipe, run: RunDir) -> None:
-    from curation.ingest import ingest_stage
+def _ingest(recipe: Recipe, run: RunDir, progress: Any) -> None:
+    from curation.ingest.stage import ingest_stage
 
-    ingest_stage(recipe, run)
-
-
-def _split(recipe: Recipe, run: RunDir) -> None:
-    from curation.splits import split_stage
-
-    split_stage(recipe, run)
+    ingest_stage(recipe, run, progress)
 
 
-def _export(recipe: Recipe, run: RunDir) -> None:
-    from rich.progress import Progress
+def _split(recipe: Recipe, run: RunDir, progress: Any) -> None:
+    from curation.ingest.split import split_stage
 
-    from curation.export import export_stage
-
-    with Progress(transient=True) as bar:  # one bar per config while its shards are written
-        tasks: dict = {}
-
-        def progress(config: str, done: int, total: int) -> None:
-            if config not in tasks:
-                tasks[config] = bar.add_task(f"export {config}", total=total)
-            bar.update(tasks[config], completed=done, total=total)
-
-        export_stage(recipe, run, progress)
+    split_stage(recipe, run, progress)
 
 
-def _report(recipe: Recipe, run: RunDir) -> None:
-    from curation.report import write_report
+def _draft(recipe: Recipe, run: RunDir, progress: Any) -> None:
+    from curation.draft.stage import draft_stage
+
+    draft_stage(recipe, run, progress)
+
+
+def _filter(recipe: Recipe, run: RunDir, progress: Any) -> None:
+    from curation.filter.stage import filter_stage
+
+    filter_stage(recipe, run, progress)
+
+
+def _export(recipe: Recipe, run: RunDir, progress: Any) -> None:
+    from curation.export.stage import export_stage
+
+    export_stage(recipe, run, progress)
+
+
+def _report(recipe: Recipe, run: RunDir, progress: Any) -> None:
+    from curation.export.report import write_report
 
     write_report(recipe, run)
 
 
-def _draft(recipe: Recipe, run: RunDir) -> None:
-    from curation.draft import draft_stage
-    from curation.draft_cli import RichDraftProgress
-
-    draft_stage(recipe, run, RichDraftProgress())
-
-
-def _filter(recipe: Recipe, run: RunDir) -> None:
-    from curation.filter_stage import filter_stage
-
-    filter_stage(recipe, run)
-
-
-# A dict is the registry: stage name -> function(recipe, run_dir).
-STAGES: dict[str, Callable[[Recipe, RunDir], None]] = {
+# A dict is the registry: stage name -> function(recipe, run_dir, progress).
+STAGES: dict[str, Callable[[Recipe, RunDir, Any], None]] = {
     "ingest": _ingest,
     "split": _split,
     "draft": _draft,
@@ -79,7 +71,13 @@ STAGES: dict[str, Callable[[Recipe, RunDir], None]] = {
 }
 
 
-def run_recipe(recipe: Recipe, stages: list[str] | None = None) -> RunDir:
+def _no_display(stage: str) -> AbstractContextManager[None]:
+    return nullcontext()
+
+
+def run_recipe(
+    recipe: Recipe, stages: list[str] | None = None, display: Display | None = None
+) -> RunDir:
     """Run `stages` (default: the recipe's own list) in order; return the run directory."""
     chosen = stages or recipe.stages
     unknown = [s for s in chosen if s not in STAGES]
@@ -89,5 +87,6 @@ def run_recipe(recipe: Recipe, stages: list[str] | None = None) -> RunDir:
     run.save_recipe(recipe)
     for name in chosen:
         log.info("stage %s -> %s", name, run.root)
-        STAGES[name](recipe, run)
+        with (display or _no_display)(name) as progress:
+            STAGES[name](recipe, run, progress)
     return run

@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from curation.config import parse_recipe
-from curation.labels import ClassInfo, Registry
-from curation.rundir import RunDir
+from curation.core.config import parse_recipe
+from curation.core.labels import ClassInfo, Registry
+from curation.core.rundir import RunDir
 
 # class -> (super-category, colour, seen)
 CLASSES = {

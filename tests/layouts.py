@@ -178,7 +178,7 @@ def make_dogs(root: Path, per_class: int = 3) -> tuple[Path, list[Expected]]:
 
 
 def make_flowers(root: Path, labels: tuple[int, ...] = (1, 2, 102, 1, 2, 102, 60, 93, 93)) -> tuple[Path, list[Expected]]:
-    from curation.sources.oxford_flowers import FLOWER_NAMES
+    from curation.ingest.sources.oxford_flowers import FLOWER_NAMES
 
     (root / "jpg").mkdir(parents=True)
     sizes = {n: write_image(root / "jpg" / f"image_{n:05d}.jpg") for n in range(1, len(labels) + 1)}

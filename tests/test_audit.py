@@ -12,13 +12,13 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
-from curation.audit import audit_file, load_corpus, resolve_gold
 from curation.cli import app
-from curation.config import FilterConfig
-from curation.labels import ClassInfo, Registry
-from curation.rundir import RunDir
-from curation.splits import fine_r1_registry
-from curation.tables import read_table, write_json_atomic, write_parquet_atomic
+from curation.core.config import FilterConfig
+from curation.core.labels import ClassInfo, Registry
+from curation.core.rundir import RunDir
+from curation.core.tables import read_table, write_json_atomic, write_parquet_atomic
+from curation.filter.audit import audit_file, load_corpus, resolve_gold
+from curation.ingest.split import fine_r1_registry
 
 FIXTURE = Path(__file__).parent / "fixtures" / "fine_r1_stage1_sample.json"
 # Positions in the fixture of the original rows 16 (audio equipment), 26 (train), 54 (tornado).

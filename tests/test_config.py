@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from curation.cli import app
-from curation.config import RecipeError, apply_overrides, load_recipe, parse_recipe
+from curation.core.config import RecipeError, apply_overrides, load_recipe, parse_recipe
 
 
 def test_unknown_field_names_field_and_allowed_ones():

@@ -15,8 +15,8 @@ from export_fixtures import assert_card_matches_tables
 from typer.testing import CliRunner
 
 from curation.cli import app
-from curation.config import load_recipe
-from curation.rundir import RunDir
+from curation.core.config import load_recipe
+from curation.core.rundir import RunDir
 
 
 def test_demo_prints_its_products_and_the_card_tells_the_truth(tmp_path):

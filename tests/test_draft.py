@@ -24,14 +24,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curation.config import parse_recipe
-from curation.draft import DRAFT_FIELDS, DraftStopped, draft_stage
-from curation.filters import judge, make_context
-from curation.labels import ClassInfo, Registry
-from curation.ledger import Ledger
-from curation.prompts import PROMPTS_DIR
-from curation.rundir import RunDir
+from curation.core.config import parse_recipe
+from curation.core.labels import ClassInfo, Registry
+from curation.core.ledger import Ledger
+from curation.core.rundir import RunDir
+from curation.draft.stage import DRAFT_FIELDS, DraftStopped, draft_stage
+from curation.filter.filters import judge, make_context
 from curation.synthetic.world import compositional_split
+from curation.teacher.prompts import PROMPTS_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASET = "synthetic"
@@ -431,7 +431,7 @@ def test_finecot_run_stage_draft_and_its_budget_exit_code(tmp_path, synthetic_wo
     from typer.testing import CliRunner
 
     from curation.cli import app
-    from curation.config import dump_recipe
+    from curation.core.config import dump_recipe
 
     server = start_teacher()
     run = make_run(tmp_path, synthetic_world)

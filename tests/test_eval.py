@@ -30,13 +30,13 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from curation.cli import app
-from curation.config import TeacherConfig
-from curation.export import EVAL_CLOSED_FEATURES, EVAL_OPEN_FEATURES
-from curation.labels import ClassInfo, Registry, match
-from curation.triplets import shuffled_options
-from train import evaluate as ev
-from train.eval_metrics import hashed_ngram_embed
-from train.eval_models import EndpointModel, LocalModel
+from curation.core.config import TeacherConfig
+from curation.core.labels import ClassInfo, Registry, match
+from curation.export.stage import EVAL_CLOSED_FEATURES, EVAL_OPEN_FEATURES
+from curation.export.triplets import shuffled_options
+from train.eval import evaluate as ev
+from train.eval.metrics import hashed_ngram_embed
+from train.eval.models import EndpointModel, LocalModel
 
 FIXTURES = Path(__file__).parent / "fixtures" / "fine_r1_eval"
 QUESTION = "What is the specific sub-category of the bird in this image?"
@@ -253,7 +253,7 @@ def _fine_r1_images(root: Path, present: int = 1) -> Path:
 
 def test_paper_lists_keep_order_versus_shuffled(tmp_path):
     """The paper's files put the gold first: a first-option model gets 100% unshuffled."""
-    from curation.splits import fine_r1_registry
+    from curation.ingest.split import fine_r1_registry
 
     root = _fine_r1_images(tmp_path / "images", present=2)
     roots = {d: root for d in ("aircraft", "bird", "car", "dog", "flower", "pet")}
@@ -275,7 +275,7 @@ def test_paper_lists_keep_order_versus_shuffled(tmp_path):
 
 
 def test_paper_lists_skip_missing_images_and_paper_compat_coarse_words(start_teacher, tmp_path):
-    from curation.splits import fine_r1_registry
+    from curation.ingest.split import fine_r1_registry
 
     root = _fine_r1_images(tmp_path / "images", present=1)
     opens, closeds, skipped = ev.load_fine_r1(FIXTURES, {"bird": root, "car": root, "dog": root})
@@ -380,7 +380,7 @@ def test_a_real_export_is_evaluated(tmp_path):
     sys.path.insert(0, str(Path(__file__).parent))
     from export_fixtures import make_run
 
-    from curation.export import export_stage
+    from curation.export.stage import export_stage
 
     run, recipe = make_run(tmp_path / "run")
     export_stage(recipe, run)

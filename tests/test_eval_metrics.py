@@ -1,4 +1,4 @@
-"""Evaluation metrics (train/eval_metrics.py): hand-computed cases, no model, no server.
+"""Evaluation metrics (train/eval/metrics.py): hand-computed cases, no model, no server.
 
     .venv/bin/pytest -q -p no:cacheprovider tests/test_eval_metrics.py
 
@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from curation.labels import ClassInfo, Registry
-from train import eval_metrics as m
-from train.eval_report import PAPER_FILE, compare, markdown_table, paper_results
+from curation.core.labels import ClassInfo, Registry
+from train.eval import metrics as m
+from train.eval.report import PAPER_FILE, compare, markdown_table, paper_results
 
 FIXTURES = Path(__file__).parent / "fixtures" / "fine_r1_eval"
 
@@ -216,7 +216,7 @@ def test_a_local_text_model_embeds_for_the_relative_similarity(tmp_path):
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
-    from train.eval_models import load_text_embedder
+    from train.eval.models import load_text_embedder
 
     words = ["laysan albatross", "sooty albatross", "bird", "object", "gull"]
     tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))

@@ -20,8 +20,8 @@ import pytest
 from export_fixtures import assert_card_matches_tables, load_config, make_run
 from PIL import Image
 
-from curation.export import export_stage
-from curation.shards import ShardWriter
+from curation.export.shards import ShardWriter
+from curation.export.stage import export_stage
 
 
 @pytest.fixture(scope="module")
@@ -221,7 +221,7 @@ def test_reviewed_table_is_the_sft_source_once_review_ran(tmp_path):
 def test_publish_plan_checks_the_folder_and_token(exported, tmp_path, monkeypatch):
     from huggingface_hub import HfApi
 
-    from curation.publish import hf_token, plan_publish, upload_call
+    from curation.export.publish import hf_token, plan_publish, upload_call
 
     run, _, _ = exported
     folder = run.path("dataset")
@@ -311,7 +311,7 @@ def test_card_counts_evaluation_images_identical_to_training_ones(tmp_path):
 
 @pytest.mark.parametrize("fit", ["letterbox", "stretch"])
 def test_triplet_images_keep_their_proportions_unless_stretched(tmp_path, fit):
-    from curation.shards import LETTERBOX_GREY, resized_cell
+    from curation.export.shards import LETTERBOX_GREY, resized_cell
 
     wide = tmp_path / "wide.png"
     Image.new("RGB", (200, 100), (200, 30, 30)).save(wide)  # a 2:1 red image

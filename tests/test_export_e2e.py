@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from export_fixtures import assert_card_matches_tables, load_config
 
-from curation.config import parse_recipe
+from curation.core.config import parse_recipe
 
 
 @pytest.fixture(scope="module")
@@ -111,8 +111,8 @@ def test_end_to_end_every_config_loads_and_matches_the_tables(e2e, tmp_path):
 def test_end_to_end_teacher_confusions_beat_random_negatives(e2e, synthetic_world):
     """Acceptance 3 with the teacher's own drafts: the classes it confuses with the gold share
     more attributes with it than a random other class of the same super-category."""
-    from curation.labels import Registry
-    from curation.triplets import confusion_counts, method_chain, rank_classes
+    from curation.core.labels import Registry
+    from curation.export.triplets import confusion_counts, method_chain, rank_classes
 
     run, _ = e2e
     classes = {c["name"]: c for c in json.loads((synthetic_world / "classes.json").read_text())}
@@ -157,7 +157,7 @@ def test_end_to_end_teacher_confusions_beat_random_negatives(e2e, synthetic_worl
 def test_end_to_end_report_reads_the_ledger_clock(e2e):
     import sqlite3
 
-    from curation.report import run_stats, write_report
+    from curation.export.report import run_stats, write_report
 
     run, recipe = e2e
     index = write_report(recipe, run)

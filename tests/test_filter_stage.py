@@ -12,12 +12,12 @@ import pyarrow as pa
 import pytest
 from test_filters import REASON_FILTER, REGISTRY, SPLITS, VISUAL, draft, rationale
 
-from curation.config import FilterConfig, Recipe
-from curation.filter_stage import filter_stage
-from curation.filters import build_context, judge, make_context
-from curation.labels import ClassInfo, Registry
-from curation.rundir import RunDir
-from curation.tables import read_table, write_json_atomic, write_parquet_atomic
+from curation.core.config import FilterConfig, Recipe
+from curation.core.labels import ClassInfo, Registry
+from curation.core.rundir import RunDir
+from curation.core.tables import read_table, write_json_atomic, write_parquet_atomic
+from curation.filter.filters import build_context, judge, make_context
+from curation.filter.stage import filter_stage
 
 # -- the stage -----------------------------------------------------------------------------
 
@@ -112,7 +112,7 @@ def test_precision_and_recall_against_the_scripted_teacher(start_teacher, synthe
 
     import openai
 
-    from curation.prompts import load_prompts
+    from curation.teacher.prompts import load_prompts
 
     server = start_teacher(perception_error_rate=0.25, format_error_rate=0.25, leak_rate=0.5)
     classes = json.loads((synthetic_world / "classes.json").read_text())

@@ -9,16 +9,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from curation.config import FilterConfig, RecipeError
-from curation.filters import (
+from curation.core.config import FilterConfig, RecipeError
+from curation.core.labels import ClassInfo, Registry, normalize
+from curation.filter.filters import (
     FILTERS,
     REASON_FILTER,
     REASONS,
     build_context,
     judge,
 )
-from curation.labels import ClassInfo, Registry, normalize
-from curation.mentions import fast_normalize
+from curation.filter.mentions import fast_normalize
 
 AIRCRAFT = ["Boeing 737-300", "Boeing 737-400", "Airbus A320", "Tornado", "Hawk T1",
             "Saab 340", "Fokker 100"]
@@ -313,7 +313,7 @@ def test_duplicates_of_an_accepted_draft_are_rejected(ctx):
 def test_minhash_estimates_jaccard_of_shingles():
     import random
 
-    from curation.dedup import signature, similarity
+    from curation.filter.dedup import signature, similarity
 
     rng = random.Random(0)
     vocab = [f"w{i}" for i in range(3000)]
@@ -404,7 +404,7 @@ def test_off_domain_evidence_is_the_first_phrase_in_every_process():
     import subprocess
     import sys
 
-    code = ("from curation.domains import off_domain_phrase; print(off_domain_phrase("
+    code = ("from curation.filter.domains import off_domain_phrase; print(off_domain_phrase("
             "'It depicts a tornado. ' + 'The wings are long and thin. ' * 8 + "
             "'Or rather a train. ' * 4 + 'It is a speaker. ' * 9 + 'It is a mixer.', "
             "'aircraft'))")

@@ -18,9 +18,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from curation.config import Recipe, SourceConfig
-from curation.ingest import REASONS, ingest_stage
-from curation.rundir import RunDir
+from curation.core.config import Recipe, SourceConfig
+from curation.core.rundir import RunDir
+from curation.ingest.stage import REASONS, ingest_stage
 
 
 def png_header(width: int, height: int) -> bytes:

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from curation.labels import ClassInfo, Registry, match, normalize, readable_name
+from curation.core.labels import ClassInfo, Registry, match, normalize, readable_name
 
 names = st.text(
     alphabet=st.characters(codec="utf-8", categories=("L", "N", "P", "Zs", "Pd")), max_size=40

@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from curation.cli import app
-from curation.ledger import MIGRATIONS, Entry, Ledger, cost_usd
+from curation.core.ledger import MIGRATIONS, Entry, Ledger, cost_usd
 
 
 def entry(key: str, **fields) -> Entry:
@@ -145,7 +145,7 @@ def test_sigkill_loses_nothing_recorded(tmp_path):
     path = tmp_path / "l.sqlite"
     script = textwrap.dedent(f"""
         import sys, time
-        from curation.ledger import Entry, Ledger
+        from curation.core.ledger import Entry, Ledger
         ledger = Ledger({str(path)!r})
         for i in range(200):
             ledger.record(Entry(key=f"k{{i}}", model="m", status="ok", attempts=1, response="r"))

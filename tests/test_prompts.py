@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from curation.prompts import (
+from curation.teacher.prompts import (
     load_prompts,
     load_questions,
     load_template,
@@ -98,9 +98,9 @@ def test_candidates_include_gold_and_are_stable():
 def test_prompt_candidates_are_pool_classes_of_the_same_super_category_first():
     """Held-out classes are never named to the teacher (they would leak into training
     rationales); rivals come from the gold's super-category, then the rest of the pool."""
-    from curation.config import Recipe
-    from curation.draft_requests import Requests
-    from curation.labels import ClassInfo, Registry
+    from curation.core.config import Recipe
+    from curation.core.labels import ClassInfo, Registry
+    from curation.draft.requests import Requests
 
     classes = [("Tern A", "tern"), ("Tern B", "tern"), ("Tern C", "tern"), ("Finch A", "finch"),
                ("Finch B", "finch"), ("Unseen Tern", "tern")]

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from curation.rationale import SECTIONS, Rationale, parse, parse_candidates
+from curation.filter.rationale import SECTIONS, Rationale, parse, parse_candidates
 
 FIXTURE = Path(__file__).parent / "fixtures" / "fine_r1_stage1_sample.json"
 
@@ -107,7 +107,7 @@ def test_tag_errors(text, truncated, code):
 
 def test_tidy_tags_read_like_the_tag_regex():
     """The str.find path for tidy texts agrees with the regex path it short-cuts."""
-    from curation.rationale import _find_tags, _tidy_tags
+    from curation.filter.rationale import _find_tags, _tidy_tags
 
     texts = ["<think>Visual analysis: red.</think>\n<answer> A </answer>\n",
              " <think>x</think><answer>\\boxed{B}</answer>", "<think></think><answer></answer>",

@@ -12,7 +12,7 @@ import pytest
 from export_fixtures import make_run
 from PIL import Image
 
-from curation.report import run_stats, write_report
+from curation.export.report import run_stats, write_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

@@ -28,9 +28,12 @@ from label_studio_sdk import LabelStudio
 from labelstudio import free_port, shared_server
 from PIL import Image
 
-from curation.config import parse_recipe
-from curation.labels import ClassInfo, Registry
-from curation.review import (
+from curation.core.config import parse_recipe
+from curation.core.labels import ClassInfo, Registry
+from curation.core.rundir import RunDir
+from curation.review.apply import apply_review
+from curation.review.client import ReviewError, connect
+from curation.review.push_pull import (
     PROJECT_FILE,
     annotation_rows,
     open_client,
@@ -38,9 +41,6 @@ from curation.review import (
     push,
     select_rows,
 )
-from curation.review_apply import apply_review
-from curation.review_client import ReviewError, connect
-from curation.rundir import RunDir
 
 CLASSES = ["Red Warbler", "Blue Warbler", "Green Finch", "Grey Heron", "Black Tern"]
 TRAITS = {

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from curation.labels import ClassInfo, Registry
+from curation.core.labels import ClassInfo, Registry
 from train.rewards import (
     REWARD_WEIGHTS,
     combined_reward,

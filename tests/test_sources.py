@@ -13,10 +13,10 @@ import pytest
 from typer.testing import CliRunner
 
 from curation.cli import app
-from curation.config import Recipe, SourceConfig
-from curation.ingest import ITEM_SCHEMA, QUARANTINE_SCHEMA, ingest_stage
-from curation.labels import Registry, match
-from curation.rundir import RunDir
+from curation.core.config import Recipe, SourceConfig
+from curation.core.labels import Registry, match
+from curation.core.rundir import RunDir
+from curation.ingest.stage import ITEM_SCHEMA, QUARANTINE_SCHEMA, ingest_stage
 
 
 def ingest(tmp_path: Path, workers: int = 0, **source) -> tuple[list[dict], Registry, RunDir]:

@@ -1,4 +1,4 @@
-"""Tests of the split stage (curation/splits.py): seen/unseen lists, k-shot pool, hygiene.
+"""Tests of the split stage (curation/ingest/split.py): seen/unseen lists, k-shot pool, hygiene.
 
 Fixtures build a small run directory by hand (items.parquet + registry.json + tiny Pillow
 images) following the data contract, so these tests do not depend on the ingest code.
@@ -21,12 +21,13 @@ from hypothesis import strategies as st
 from PIL import Image
 from typer.testing import CliRunner
 
-from curation import hygiene
 from curation.cli import app
-from curation.config import Recipe, load_recipe, parse_recipe
-from curation.labels import ClassInfo, Registry, normalize
-from curation.rundir import RunDir
-from curation.splits import (
+from curation.core.config import Recipe, load_recipe, parse_recipe
+from curation.core.labels import ClassInfo, Registry, normalize
+from curation.core.rundir import RunDir
+from curation.core.tables import read_table, write_parquet_atomic
+from curation.ingest import hygiene
+from curation.ingest.split import (
     FINE_R1_DATASETS,
     FINE_R1_FILE,
     SplitHygieneError,
@@ -34,7 +35,6 @@ from curation.splits import (
     random_sides,
     split_stage,
 )
-from curation.tables import read_table, write_parquet_atomic
 
 PAPER_COUNTS = {
     "aircraft": (60, 40),

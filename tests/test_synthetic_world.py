@@ -18,8 +18,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from curation.cli import app
-from curation.config import load_recipe
-from curation.labels import Registry
+from curation.core.config import load_recipe
+from curation.core.labels import Registry
+from curation.core.tables import read_table
 from curation.pipeline import run_recipe
 from curation.synthetic.draw import render
 from curation.synthetic.read import read_image
@@ -30,7 +31,6 @@ from curation.synthetic.world import (
     make_world,
     world_classes,
 )
-from curation.tables import read_table
 
 
 def _digests(root: Path) -> dict[str, str]:

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from curation.config import TeacherConfig
-from curation.ratelimit import RateLimits, TokenBucket
-from curation.teacher import Completion, TeacherClient, image_data_url, public_url
+from curation.core.config import TeacherConfig
+from curation.teacher.client import Completion, TeacherClient, image_data_url, public_url
+from curation.teacher.ratelimit import RateLimits, TokenBucket
 
 # -- images -----------------------------------------------------------------------------------
 

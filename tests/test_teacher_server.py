@@ -23,7 +23,7 @@ import openai
 import pytest
 from PIL import Image
 
-from curation.labels import normalize
+from curation.core.labels import normalize
 from curation.synthetic.draw import render
 from curation.synthetic.teacher import Behaviour
 from curation.synthetic.world import all_classes, make_world, world_classes

@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 from export_fixtures import make_run
 
-from curation import triplets as tri
-from curation.embed import ModelEmbedder, pixel_embed
-from curation.export import export_stage
+from curation.export import triplets as tri
+from curation.export.embed import ModelEmbedder, pixel_embed
+from curation.export.stage import export_stage
 from curation.synthetic.world import make_world
 
 
@@ -77,7 +77,7 @@ def test_confusion_negatives_share_more_attributes_than_random(world):
     class) names neighbours of the gold; counting them ranks the neighbours first.
     """
     items, classes = world
-    from curation.labels import ClassInfo, Registry
+    from curation.core.labels import ClassInfo, Registry
 
     registry = Registry(
         ClassInfo(i, n, "world", c["super_category"]) for i, (n, c) in enumerate(classes.items())

@@ -1,6 +1,6 @@
 """A small exported finecot dataset (sft, rl, eval_open) for the trainer tests and benches.
 
-Same layout and features as `finecot export` writes (curation/export.py):
+Same layout and features as `finecot export` writes (curation/export/stage.py):
 `OUT/data/<config>/<split>-00000-of-00001.parquet`, images embedded as datasets Image bytes.
 Images come from the synthetic world (curation/synthetic/world.py) when it is in the tree:
 birds whose classes differ in one or two coloured parts; else from `_pillow_world`, discs
@@ -21,7 +21,7 @@ from pathlib import Path
 import datasets
 from PIL import Image, ImageDraw
 
-from curation.export import FINE_R1_SYSTEM, FORMAT_INSTRUCTION, IMAGES, MESSAGES, RL_FEATURES
+from curation.export.stage import FINE_R1_SYSTEM, FORMAT_INSTRUCTION, IMAGES, MESSAGES, RL_FEATURES
 
 QUESTION = "What is the specific sub-category of the bird in this image?"
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import datasets
 
-from curation.labels import ClassInfo, Registry
+from curation.core.labels import ClassInfo, Registry
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def as_rl_prompt(row: dict) -> dict:
     >>> as_rl_prompt(row)["messages"][0]["content"][1]["text"].startswith("Q? You first think")
     True
     """
-    from curation.export import FORMAT_INSTRUCTION
+    from curation.export.stage import FORMAT_INSTRUCTION
 
     messages = []
     for message in row["messages"]:

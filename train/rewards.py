@@ -1,6 +1,6 @@
 """Reward functions for TAPO/GRPO, in TRL's signature `f(prompts, completions, **columns)`.
 
-Accuracy uses THE matcher of curation/labels.py, the one the filter and the evaluator use:
+Accuracy uses THE matcher of curation/core/labels.py, the one the filter and the evaluator use:
 the text inside `<answer>...</answer>` must name exactly one class of the registry and it
 must be the gold (`answer` column). An answer that names several classes (hedging) earns 0.
 The registry is bound once with `make_accuracy_reward(registry)`; `registry_from_names`
@@ -32,7 +32,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from curation.labels import ClassInfo, Registry, match
+from curation.core.labels import ClassInfo, Registry, match
 
 FORMAT_PATTERN = re.compile(r"<think>.*?</think>\s*<answer>.*?</answer>", re.DOTALL)
 ANSWER_PATTERN = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
@@ -80,7 +80,7 @@ def registry_from_names(names: Iterable[str], dataset: str = "data") -> Registry
 
 
 def make_accuracy_reward(registry: Registry, dataset: str | None = None) -> RewardFunc:
-    """accuracy = 1.0 iff the `<answer>` names exactly the gold class (curation.labels.match).
+    """accuracy = 1.0 iff the `<answer>` names exactly the gold class (curation.core.labels.match).
 
     A `dataset` column in the rows, if present, scopes the match to that dataset's classes.
     """

@@ -56,7 +56,7 @@ class TAPOConfig(GRPOConfig):
     model_name_or_path: str = field(default="", metadata={"help": "the SFT model folder or id"})
     dataset: str = field(default="", metadata={"help": "exported dataset folder, run folder, shards or Hub id"})
     dataset_split: str = "train"
-    reward: str = field(default="matcher", metadata={"help": "matcher (curation.labels.match) or paper (substring, hackable)"})
+    reward: str = field(default="matcher", metadata={"help": "matcher (curation.core.labels.match) or paper (substring, hackable)"})
     registry: str | None = field(default=None, metadata={"help": "registry.json (default: the run's, or built from answers)"})
     min_pixels: int | None = None
     max_pixels: int | None = None
@@ -240,7 +240,7 @@ def build_trainer(config: TAPOConfig, plain_grpo: bool = False, callbacks: list 
     rows = load_rl(config.dataset, config.dataset_split)
     registry = None
     if config.reward == "matcher":
-        from curation.labels import Registry
+        from curation.core.labels import Registry
 
         registry = Registry.load(config.registry) if config.registry else load_registry(config.dataset, rows)
     processor = load_processor(config.model_name_or_path, config.min_pixels, config.max_pixels)

@@ -4,6 +4,7 @@ For the demo, the tests and the benchmarks: they run the whole pipeline without 
 API key or a dataset download, and every number they print can be explained by the flags.
 They are no substitute for a real teacher model on real images.
 
+    palette.py    the named part colours and their RGB values
     world.py      attributes, super-categories, class names, `make_world`, `compositional_split`
     draw.py       the canonical bird (polygons) and its rendering with nuisance variation
     read.py       attributes read back from pixels (what the teacher "sees")

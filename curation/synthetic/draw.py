@@ -20,7 +20,7 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw
 
-from curation.synthetic.world import BAR_COLOUR, BEAK_COLOUR, BODY_COLOURS, COLOURS
+from curation.synthetic.palette import BAR_COLOUR, BEAK_COLOUR, BODY_COLOURS, COLOURS
 
 HEAD = (1.0, -0.5, 0.45)  # centre x, centre y, radius
 WING = (-0.25, -0.1, 0.62, 0.27)  # centre x, centre y, radius x, radius y

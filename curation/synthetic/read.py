@@ -34,13 +34,8 @@ from matplotlib.path import Path as _Path
 from PIL import Image
 
 from curation.synthetic.draw import BEAKS, TAILS, silhouette
-from curation.synthetic.world import (
-    BAR_COLOUR,
-    BEAK_COLOUR,
-    BODY_COLOURS,
-    COLOURS,
-    SUPER_CATEGORIES,
-)
+from curation.synthetic.palette import BAR_COLOUR, BEAK_COLOUR, BODY_COLOURS, COLOURS
+from curation.synthetic.world import SUPER_CATEGORIES
 
 # Canonical sample points of each coloured part, inside it and away from its edges.
 POINTS = {

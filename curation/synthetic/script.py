@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from curation.labels import normalize
+from curation.core.labels import normalize
 from curation.synthetic import rationale
 from curation.synthetic.read import decode, read_image
 from curation.synthetic.world import ATTRIBUTES, all_classes, class_name

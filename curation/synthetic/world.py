@@ -29,26 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from curation.tables import atomic_path, write_json_atomic
+from curation.core.tables import atomic_path, write_json_atomic
+from curation.synthetic.draw import render
+from curation.synthetic.palette import BODY_COLOURS, COLOURS
 
 log = logging.getLogger(__name__)
-
-# Saturated part colours, far apart in chromaticity so JPEG and lighting cannot swap them.
-COLOURS: dict[str, tuple[int, int, int]] = {
-    "crimson": (205, 24, 52),
-    "orange": (238, 104, 16),
-    "golden": (236, 212, 24),
-    "emerald": (22, 165, 80),
-    "azure": (30, 110, 232),
-    "violet": (135, 50, 205),
-}
-BODY_COLOURS: dict[str, tuple[int, int, int]] = {
-    "olive": (118, 128, 48),
-    "chestnut": (132, 60, 34),
-    "pearl": (228, 228, 222),
-}
-BAR_COLOUR = (244, 236, 196)  # the pale wing bar
-BEAK_COLOUR = (38, 34, 30)
 
 ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "body_colour": tuple(BODY_COLOURS),
@@ -235,8 +220,6 @@ def make_world(
     description, attributes, aliases) and `out/world.json` (seed, settings and a proposed
     compositional seen/unseen split). Deterministic: same arguments, same bytes.
     """
-    from curation.synthetic.draw import render  # draw.py needs the colours defined here
-
     if per_class < 1:
         raise ValueError(f"--per-class must be at least 1 (got {per_class})")
     if size < 32:

@@ -1,0 +1,208 @@
+"""The dataset card: README.md of the exported folder, with a Hub YAML header.
+
+`write_card(recipe, run, folder, summary, triplets)` renders dataset_cards/dataset_card.md.jinja
+(StrictUndefined: a missing number is an error, never a blank) from `run_stats()` (the same
+numbers the report shows) and the export summary, copies the key plots into `assets/`, and
+checks that the header parses with `huggingface_hub.DatasetCard`.
+
+The YAML header declares each config's data_files, the features (from the shards' own
+schema), license, task categories, tags and size category, so the Hub viewer and
+`load_dataset(folder, config)` read the same thing.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import datasets
+import jinja2
+import pandas as pd
+import pyarrow.parquet as pq
+import yaml
+from huggingface_hub import DatasetCard
+
+from curation.core.config import Recipe
+from curation.core.rundir import RunDir
+from curation.core.tables import write_text_atomic
+from curation.export.report import draw_plots, run_stats
+
+TEMPLATES = Path(__file__).resolve().parents[2] / "dataset_cards"
+
+# What the images of each source layout may be used for (the card repeats it per source).
+SOURCE_LICENSES = {
+    "cub200": "CUB-200-2011: research use; images from Flickr under their owners' terms",
+    "stanford_cars": "Stanford Cars: non-commercial research use",
+    "fgvc_aircraft": "FGVC-Aircraft: non-commercial research purposes only",
+    "stanford_dogs": "Stanford Dogs: ImageNet terms (non-commercial research)",
+    "oxford_flowers": "Oxford 102 Flowers: research use, no explicit license",
+    "oxford_pets": "Oxford-IIIT Pet: CC BY-SA 4.0",
+}
+USER_DATA = "the user's own data: check its terms before publishing"
+SYNTHETIC = "rendered by finecot's synthetic world generator: no third-party rights"
+
+CONFIG_TEXT = {
+    "sft": "a rationale: system/user(image, question)/assistant(`<think>`+`<answer>`) + provenance",
+    "rl": "a TAPO triplet: conversational prompt, answer, anchor/positive/negative images",
+    "eval_open": "a held-out test image, its question and answer",
+    "eval_closed": "the same with 4 shuffled options (gold + 3 hard negatives)",
+}
+
+
+def size_category(rows: int) -> str:
+    """The Hub's size bucket.
+
+    >>> size_category(999), size_category(1000), size_category(2_000_000)
+    ('n<1K', '1K<n<10K', '1M<n<10M')
+    """
+    for bound, name in (
+        (1_000, "n<1K"),
+        (10_000, "1K<n<10K"),
+        (100_000, "10K<n<100K"),
+        (1_000_000, "100K<n<1M"),
+        (10_000_000, "1M<n<10M"),
+    ):
+        if rows < bound:
+            return name
+    return "n>10M"
+
+
+def yaml_header(folder: Path, summary: dict[str, Any], license_id: str) -> dict[str, Any]:
+    """configs + dataset_info (features read back from each config's first shard)."""
+    configs, infos = [], []
+    for name, info in summary["configs"].items():
+        if not info["rows"]:
+            continue  # nothing to load (see ShardWriter.close)
+        split = info["split"]
+        configs.append(
+            {
+                "config_name": name,
+                "data_files": [{"split": split, "path": f"data/{name}/{split}-*"}],
+            }
+        )
+        shard = sorted((folder / "data" / name).glob("*.parquet"))[0]
+        features = datasets.Features.from_arrow_schema(pq.read_schema(shard))
+        yaml_info = datasets.DatasetInfo(features=features)._to_yaml_dict()
+        infos.append(
+            {
+                "config_name": name,
+                "features": yaml_info["features"],
+                "splits": [
+                    {"name": split, "num_bytes": info["bytes"], "num_examples": info["rows"]}
+                ],
+            }
+        )
+    rows = max((c["rows"] for c in summary["configs"].values()), default=0)
+    return {
+        "license": license_id,
+        "task_categories": [
+            "image-text-to-text",
+            "visual-question-answering",
+            "image-classification",
+        ],
+        "language": ["en"],
+        "tags": ["fine-grained", "chain-of-thought", "reasoning", "finecot", "fine-r1", "tapo"],
+        "pretty_name": None,
+        "size_categories": [size_category(rows)],
+        "configs": configs,
+        "dataset_info": infos,
+    }
+
+
+def card_context(
+    recipe: Recipe, run: RunDir, folder: Path, summary: dict[str, Any], triplets: pd.DataFrame
+) -> dict[str, Any]:
+    """Everything the template shows."""
+    stats = run_stats(recipe, run)
+    license_id = recipe.export.license or "other"  # mixed sources: the body lists each one
+    for source in stats["sources"]:
+        synthetic = (Path(source["root"]) / "world.json").is_file()  # made by make_world
+        source["license"] = (
+            SYNTHETIC if synthetic else SOURCE_LICENSES.get(source["kind"], USER_DATA)
+        )
+    header = yaml_header(folder, summary, license_id)
+    header["pretty_name"] = recipe.name
+    closed = sorted((folder / "data" / "eval_closed").glob("*.parquet"))
+    options_methods: Counter = Counter()
+    for shard in closed:
+        options_methods.update(
+            pq.read_table(shard, columns=["options_method"])["options_method"].to_pylist()
+        )
+    split = stats["split"] or {}
+    split_counts = {
+        d: {"seen": len(v.get("seen", [])), "unseen": len(v.get("unseen", []))}
+        for d, v in split.get("datasets", {}).items()
+    }
+    leak_reasons = {
+        r: n
+        for r, n in stats["rejection_reasons"].items()
+        if "leak" in r or "unseen" in r or r == "side_information"
+    }
+    hygiene = split.get("hygiene") or {}
+    hygiene_rows = {  # lists are shown by their length (the pairs are in split.json)
+        k: (len(v) if isinstance(v, list) else v)
+        for k, v in hygiene.items()
+        if k != "warnings" and isinstance(v, list | int | float | str)
+    }
+    funnel = [*stats["funnel"], ("exported sft rows", summary["configs"]["sft"]["rows"])]
+    return {
+        **stats,
+        "funnel": funnel,
+        "name": recipe.name,
+        "repo_hint": f"OWNER/{recipe.name}",
+        "license": license_id,
+        "yaml_header": yaml.safe_dump(header, sort_keys=False, allow_unicode=True),
+        "configs": [
+            {"name": n, **c, "what": CONFIG_TEXT[n]} for n, c in summary["configs"].items()
+        ],
+        # fine-r1 mode has no seen ratio (the paper's lists decide): "n/a", never "None"
+        "split": {k: "n/a" if split.get(k) is None else split[k] for k in ("mode", "seed", "seen_ratio", "k")},
+        "split_counts": split_counts,
+        "fine_r1_split": split.get("mode") == "fine-r1",
+        "hygiene": hygiene_rows,
+        "hygiene_warnings": hygiene.get("warnings") or [],
+        "leak_reasons": leak_reasons,
+        "review": stats.get("review") or {},
+        "hinted": int(stats["strategy"].get("hinted", 0)),
+        "rl_image_size": recipe.export.rl_image_size,
+        "rl_image_fit": recipe.export.rl_image_fit,
+        "triplet_methods": dict(Counter(triplets["triplet_method"]).most_common())
+        if len(triplets)
+        else {},
+        "triplet_model": recipe.export.triplet_model,
+        "fine_r1_prompts": recipe.export.system_prompt is None,
+        "eval_in_train": summary.get("eval_in_train", 0),
+        "options_seed": recipe.export.seed,
+        "options_methods": dict(options_methods.most_common()),
+    }
+
+
+def render_card(context: dict[str, Any]) -> str:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
+    return env.get_template("dataset_card.md.jinja").render(**context)
+
+
+def write_card(
+    recipe: Recipe, run: RunDir, folder: Path, summary: dict[str, Any], triplets: pd.DataFrame
+) -> Path:
+    """Render README.md into `folder` with its key plots in assets/; validate the header."""
+    context = card_context(recipe, run, folder, summary, triplets)
+    plots = draw_plots(context, run.path(".card-plots"))
+    (folder / "assets").mkdir(parents=True, exist_ok=True)
+    for name in ("funnel", "coverage"):
+        shutil.copyfile(plots[name], folder / "assets" / f"{name}.png")
+    shutil.rmtree(run.path(".card-plots"), ignore_errors=True)
+    text = render_card(context)
+    card = DatasetCard(text)  # raises on a header the Hub would not read
+    if not card.data.to_dict().get("configs"):
+        raise ValueError("dataset card header has no configs: the export is incomplete")
+    path = folder / "README.md"
+    write_text_atomic(path, text)
+    path.chmod(0o644)  # a temp file is private; the card is meant to be read
+    return path

@@ -1,0 +1,12 @@
+"""The filter stage: drafts.parquet -> accepted.parquet + rejected.parquet, every reason kept.
+
+    rationale.py  the parser: raw teacher text -> think, answer and the four sections
+    mentions.py   class names in free text, fast (the name scanner of the filters)
+    domains.py    off-domain detection: the object called something outside its super-category
+    dedup.py      near-duplicate rationales (MinHash)
+    filters.py    the label-grounded filters, one small function each, and `judge()`
+    judge.py      the optional second teacher call that checks a visual analysis
+    stage.py      the stage over drafts.parquet, and funnel.json
+    audit.py      the same filters over an existing corpus (`finecot audit`)
+    cli.py        `finecot filter`, `finecot audit`
+"""

@@ -1,0 +1,578 @@
+"""Label-grounded filters: a parsed draft -> accepted or rejected, with every reason.
+
+Each filter is a small function `f(draft, parsed, ctx, evidence) -> None | code | [codes]`
+(None: pass). All filters run on every draft, so a rejected row keeps all its reasons; the
+order of FILTERS is the order of the funnel. Settings (on/off, thresholds) come from the
+recipe's `filters:` section (curation/core/config.py FilterConfig).
+
+    format                   tags well formed, four sections, not truncated (parse codes)
+    answer_correct           <answer> vs the gold with THE matcher (curation/labels.match):
+                             wrong_answer | ambiguous_answer | unknown_answer | empty_answer
+    prediction_consistent    the prose prediction names the class of <answer>
+    gold_in_candidates       the gold class is among the candidates
+    candidates_count         between min_candidates and max_candidates candidates
+    hallucinated_candidates  candidates that are not classes of the registry (counted; too
+                             large a share rejects)
+    label_leak               the gold (or an alias) named in the visual analysis; references
+                             to side information ("as described", "the label says", ...)
+    unseen_mention           names a class of the unseen split (flag or reject)
+    off_domain               calls the object something outside its super-category
+                             (curation/filter/domains.py)
+    length, language         word bounds; expected language (stopword share)
+    duplicate                near-duplicate of an accepted rationale of the same image/class
+                             (curation/filter/dedup.py)
+    judge (optional, off)    a second teacher call: does the visual analysis match the image?
+                             Runs in the filter stage only (curation/filter/judge.py)
+
+Every reason code, with the filter that emits it and what it means, is in REASONS below.
+
+The public API for the draft quota loop and review: `ctx = make_context(recipe, run)`, then
+`judge(draft, ctx) -> Verdict` per draft (draft keys: response, finish_reason, label,
+dataset, super_category, item_id; optional status, draft_id, image_sha256). The stage
+`finecot filter --run DIR` (curation/filter/stage.py) writes accepted.parquet,
+rejected.parquet and funnel.json; class names are found by curation/filter/mentions.py.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from curation.core.config import FilterConfig, Recipe, RecipeError
+from curation.core.labels import ClassInfo, Registry, match, normalize
+from curation.core.rundir import RunDir
+from curation.filter.dedup import NearDuplicates
+from curation.filter.domains import off_domain_phrase
+from curation.filter.mentions import MentionIndex, fast_normalize, normalized_words
+from curation.filter.rationale import ERROR_CODES, Rationale, parse
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome for one draft. `flags` are findings that do not reject (flag mode);
+    `evidence` says what each filter found (names, phrases), for humans and the audit."""
+
+    accepted: bool
+    reasons: tuple[str, ...]
+    parsed: Rationale
+    flags: tuple[str, ...] = ()
+    evidence: dict[str, list[str]] = field(default_factory=dict)
+
+
+# -- context --------------------------------------------------------------------------------
+
+
+@dataclass
+class FilterContext:
+    """Everything the filters need, built once per run (or audit)."""
+
+    registry: Registry
+    settings: FilterConfig
+    unseen: dict[str, set[ClassInfo]]  # dataset -> classes of the unseen split
+    duplicates: NearDuplicates
+    enabled: tuple[str, ...]
+    _mentions: dict[str, MentionIndex] = field(default_factory=dict)
+    _gold: dict[tuple[str, str], ClassInfo | None] = field(default_factory=dict)
+    _names: dict[tuple[str, str], list[ClassInfo]] = field(default_factory=dict)
+    _words: dict[str, list[str]] = field(default_factory=dict)  # of the draft being judged
+    _key_words: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)
+    _unseen_names: dict[str, list[frozenset[str]]] = field(default_factory=dict)
+    _unseen_gates: dict[str, dict[str, list[frozenset[str]]]] = field(default_factory=dict)
+    _vocabularies: dict[str, frozenset[str]] = field(default_factory=dict)
+
+    def begin_draft(self) -> None:
+        """Forget the previous draft's texts (the per-draft caches below)."""
+        self._words.clear()
+        self._key_words.clear()
+
+    def words(self, text: str) -> list[str]:
+        """normalized_words(text), computed once per draft (several filters read a text)."""
+        found = self._words.get(text)
+        if found is None:
+            found = self._words[text] = normalized_words(text)
+        return found
+
+    def key_words(self, text: str, dataset: str) -> frozenset[str]:
+        """The words of `text` that the word gates look for: side-information triggers,
+        first words of the dataset's class names, words of its unseen names. Same as
+        set(self.words(text)) for those words, at half the cost (no set of every word of a
+        long rationale is built); computed once per draft."""
+        key = (text, dataset)
+        found = self._key_words.get(key)
+        if found is None:
+            vocabulary = self._vocabularies.get(dataset)
+            if vocabulary is None:
+                vocabulary = self._vocabularies[dataset] = _SIDE_WORDS.union(
+                    self.mentions(dataset).starts["exact"], *self.unseen_names(dataset)
+                )
+            found = self._key_words[key] = vocabulary.intersection(self.words(text))
+        return found
+
+    def mentions(self, dataset: str) -> MentionIndex:
+        index = self._mentions.get(dataset)
+        if index is None:
+            index = self._mentions[dataset] = MentionIndex(self.registry, dataset)
+        return index
+
+    def unseen_names(self, dataset: str) -> list[frozenset[str]]:
+        """The words of each name of an unseen class (its normalised phrases): a text can
+        name an unseen class only where it holds all the words of one of these."""
+        found = self._unseen_names.get(dataset)
+        if found is None:
+            unseen = self.unseen.get(dataset, set())
+            found = self._unseen_names[dataset] = [
+                frozenset(phrase.split())
+                for phrase, classes in self.mentions(dataset).phrases.items()
+                if not unseen.isdisjoint(classes)
+            ]
+        return found
+
+    def unseen_gate(self, dataset: str) -> dict[str, list[frozenset[str]]]:
+        """unseen_names(dataset) by a word of each (its least common among them): a text
+        holds all the words of one only if it holds the word it is filed under."""
+        found = self._unseen_gates.get(dataset)
+        if found is None:
+            names = self.unseen_names(dataset)
+            counts = Counter(word for words in names for word in words)
+            found = self._unseen_gates[dataset] = {}
+            for words in names:
+                key = min(sorted(words), key=counts.__getitem__)
+                found.setdefault(key, []).append(words)
+        return found
+
+    def name_classes(self, dataset: str, name: str) -> list[ClassInfo]:
+        """Classes a short name (a candidate) refers to; memoised, names repeat a lot."""
+        key = (dataset, name)
+        found = self._names.get(key)
+        if found is None:
+            if len(self._names) > 200_000:
+                self._names.clear()
+            found = self._names[key] = self.mentions(dataset).find_name(name)
+        return found
+
+    def gold(self, label: str, dataset: str) -> ClassInfo | None:
+        key = (label, dataset)
+        if key not in self._gold:
+            self._gold[key] = self.registry.resolve(label, dataset or None)
+        return self._gold[key]
+
+
+def build_context(
+    registry: Registry,
+    settings: FilterConfig | None = None,
+    splits: Mapping[str, Mapping[str, Sequence[str]]] | None = None,
+) -> FilterContext:
+    """A context from a registry, filter settings and {dataset: {"unseen": [names]}}."""
+    settings = settings or FilterConfig()
+    unknown = [name for name in settings.disabled if name not in FILTERS]
+    if unknown:
+        raise RecipeError(
+            f"filters.disabled names unknown filter(s) {unknown}; known: {', '.join(FILTERS)}"
+        )
+    if settings.min_candidates > settings.max_candidates:
+        raise RecipeError("filters.min_candidates must not exceed filters.max_candidates")
+    if settings.language not in STOPWORDS and settings.language != "any":
+        raise RecipeError(
+            f"filters.language={settings.language!r}: no heuristic for it; use one of "
+            f"{', '.join(STOPWORDS)} or 'any' (or disable the language filter)"
+        )
+    unseen: dict[str, set[ClassInfo]] = {}
+    for dataset, parts in (splits or {}).items():
+        for name in parts.get("unseen", ()):
+            info = registry.resolve(name, dataset)
+            if info is not None:
+                unseen.setdefault(dataset, set()).add(info)
+    return FilterContext(
+        registry=registry,
+        settings=settings,
+        unseen=unseen,
+        duplicates=NearDuplicates(settings.duplicate_threshold),
+        enabled=tuple(name for name in FILTERS if name not in settings.disabled),
+    )
+
+
+def make_context(recipe: Recipe, run: RunDir) -> FilterContext:
+    """The filter context of a run: its registry, its split manifest, the recipe's settings."""
+    registry = Registry.load(run.require(run.registry, "ingest"))
+    splits = None
+    if run.split.exists():
+        splits = json.loads(run.split.read_text(encoding="utf-8")).get("datasets", {})
+    else:
+        log.warning("%s missing: unseen_mention cannot check anything", run.split)
+    return build_context(registry, recipe.filters, splits)
+
+
+# -- the filters ----------------------------------------------------------------------------
+
+Evidence = dict[str, list[str]]
+Outcome = str | list[str] | None
+
+
+def check_format(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evidence) -> Outcome:
+    codes: list[str] = []
+    status = draft.get("status")
+    if status not in (None, "ok", "length"):
+        codes.append(f"draft_{status}")
+    if r.truncated or draft.get("finish_reason") == "length":
+        codes.append("truncated")
+    codes += [c for c in r.errors if c != "think_unclosed" or not r.truncated]
+    return codes or None
+
+
+def check_answer(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evidence) -> Outcome:
+    label, dataset = str(draft.get("label") or ""), str(draft.get("dataset") or "")
+    gold = ctx.gold(label, dataset)
+    result = match(r.answer, gold or label, ctx.registry, dataset or None)
+    if result.status == "correct":
+        return None
+    if result.named:
+        ev["answer_names"] = list(result.named)
+    return f"{result.status}_answer"
+
+
+def check_prediction(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evidence) -> Outcome:
+    if not r.prediction or not r.answer:
+        return None  # format reports the missing part
+    index = ctx.mentions(str(draft.get("dataset") or ""))
+    answer, prediction = ctx.words(r.answer), ctx.words(r.prediction)
+    answered = index.find_words(answer)
+    if len(answered) == 1:  # a less specific prediction ("Boeing 747") does not contradict
+        ok = index.names_class(prediction, answered[0], "cover")
+    else:  # the answer names no single class: compare the words themselves
+        ok = f" {' '.join(answer)} " in f" {' '.join(prediction)} "
+    return None if ok else "prediction_inconsistent"
+
+
+def _candidate_classes(draft: Mapping, r: Rationale, ctx: FilterContext) -> list[list[ClassInfo]]:
+    dataset = str(draft.get("dataset") or "")
+    return [ctx.name_classes(dataset, name) for name in r.candidates]
+
+
+def check_gold_in_candidates(
+    draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evidence
+) -> Outcome:
+    if not r.candidates:
+        return None  # format and candidates_count report it
+    label = str(draft.get("label") or "")
+    gold = ctx.gold(label, str(draft.get("dataset") or ""))
+    if gold is not None:
+        ok = any(gold in found for found in _candidate_classes(draft, r, ctx))
+    else:
+        phrase = f" {fast_normalize(label)} "
+        ok = any(phrase in f" {fast_normalize(name)} " for name in r.candidates)
+    return None if ok else "gold_not_in_candidates"
+
+
+def check_candidates_count(
+    draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evidence
+) -> Outcome:
+    n = len(r.candidates)
+    if n < ctx.settings.min_candidates:
+        return "too_few_candidates"
+    if n > ctx.settings.max_candidates:
+        return "too_many_candidates"
+    return None
+
+
+def check_hallucinated(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evidence) -> Outcome:
+    unknown = [
+        name for name, found in zip(r.candidates, _candidate_classes(draft, r, ctx), strict=True)
+        if not found
+    ]
+    if unknown:
+        ev["hallucinated"] = unknown
+    if not r.candidates:
+        return None
+    too_many = len(unknown) > ctx.settings.max_hallucinated_share * len(r.candidates)
+    return "hallucinated_candidates" if too_many else None
+
+
+# References to text the teacher was given beside the image. The phrasing must point at a
+# source ("the description provided", "the label says"); "as described above" is the
+# rationale citing itself and does not count.
+SIDE_INFORMATION = re.compile(
+    r"\bas (?:described|stated|mentioned|specified|given)\b"
+    r"(?! (?:above|below|earlier|previously|before|in (?:the )?(?:visual|analysis|image|step|section)))"
+    r"|\b(?:the|this) (?:provided |given |accompanying |attached |initial )?(?:description|caption|"
+    r"label|prompt|hint|text|annotation|metadata)(?: provided| given)? (?:says|states|mentions|"
+    r"indicates|notes|specifies|describes|identifies|suggests|confirms|names)\b"
+    r"|\b(?:provided|given|accompanying) (?:description|caption|label|hint|text|details|information|annotation)\b"
+    r"|\b(?:description|caption|label|hint|details|information) (?:provided|given)\b"
+    r"|\baccording to the (?:description|caption|label|prompt|hint|text|annotation)\b"
+    r"|\b(?:in|from) the (?:description|caption|prompt|hint|initial text|label)\b"
+    r"|\b(?:described|mentioned|stated) in the (?:prompt|description|question|text|caption)\b"
+    r"|\bthe (?:ground[- ]truth|correct) (?:label|answer) (?:is|was)\b",
+    re.IGNORECASE,
+)
+
+
+# Cheap triggers: the regex only runs on a window around each (most texts have a few).
+# Every SIDE_INFORMATION phrasing holds one of these words: the regex runs only on windows
+# around them (most texts have none or a few; one regex over a whole text costs 3x more).
+_SIDE_WORDS = frozenset((
+    "described", "description", "descriptions", "stated", "mentioned", "mentions", "specified",
+    "given", "caption", "label", "prompt", "hint", "annotation", "metadata", "provided",
+    "accompanying", "ground", "correct", "details", "information",
+))
+_SIDE_WINDOW = 80
+# The same regex without IGNORECASE, for ASCII windows of the lower-cased text (twice as fast;
+# on ASCII the two agree, as the pattern's letters are all lower case).
+_SIDE_INFORMATION_LOWER = re.compile(SIDE_INFORMATION.pattern)
+
+
+def _side_information(text: str, words: frozenset[str]) -> str | None:
+    """The first SIDE_INFORMATION phrase of `text`, as written; `words`: its words (at least
+    those of _SIDE_WORDS).
+
+    >>> _side_information("Wings. As Described, a jet.", frozenset({"described", "jet"}))
+    'As Described'
+    >>> SIDE_INFORMATION.pattern.islower()  # (what _SIDE_INFORMATION_LOWER relies on)
+    True
+    """
+    present = words & _SIDE_WORDS
+    if not present:
+        return None
+    lowered = text.lower()
+    aligned = len(lowered) == len(text)  # (else some character lowers to two)
+    starts = []
+    for word in present:
+        at = lowered.find(word)
+        while at != -1:
+            starts.append(at)
+            at = lowered.find(word, at + len(word))
+    last = -_SIDE_WINDOW
+    for at in sorted(starts):
+        if at < last + _SIDE_WINDOW // 2:
+            continue  # inside the window searched last time
+        last = at
+        start, end = max(0, at - _SIDE_WINDOW), at + _SIDE_WINDOW
+        if aligned and text[max(0, start - 1) : end].isascii():  # (\b looks one back)
+            hit = _SIDE_INFORMATION_LOWER.search(lowered, start, end)
+        else:
+            hit = SIDE_INFORMATION.search(text, start, end)
+        if hit:
+            return text[hit.start() : hit.end()]
+    return None
+
+
+def check_label_leak(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evidence) -> Outcome:
+    codes: list[str] = []
+    label, dataset = str(draft.get("label") or ""), str(draft.get("dataset") or "")
+    gold = ctx.gold(label, dataset)
+    if r.visual_analysis:
+        visual = ctx.words(r.visual_analysis)
+        joined = f" {' '.join(visual)} "
+        if gold is not None:  # a substring test first; the scan settles "Basset" in "Basset Hound"
+            leaked = any(f" {normalize(name)} " in joined for name in gold.all_names) and \
+                ctx.mentions(dataset).names_class(visual, gold)
+        else:
+            leaked = f" {fast_normalize(label)} " in joined
+        if leaked:
+            codes.append("label_leak")
+            ev["label_leak"] = [gold.name if gold else label]
+    side = _side_information(r.think or "", ctx.key_words(r.think or "", dataset))
+    if side:
+        codes.append("side_information")
+        ev["side_information"] = [side]
+    return codes or None
+
+
+def check_unseen(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evidence) -> Outcome:
+    dataset = str(draft.get("dataset") or "")
+    unseen = ctx.unseen.get(dataset)
+    if not unseen:
+        return None
+    index = ctx.mentions(dataset)
+    think = r.think or ""
+    key_words = ctx.key_words(think, dataset)
+    found: list[ClassInfo] = []
+    # The full scan (longest name first) only where an unseen name may be in the text: most
+    # rationales hold no unseen name, and the word test costs a few lookups per name (only
+    # names filed under a word of the text are tested).
+    gate = ctx.unseen_gate(dataset)
+    if any(words <= key_words for word in gate.keys() & key_words for words in gate[word]):
+        found = index.find_words(ctx.words(think), word_set=key_words)
+    found += index.find_words(ctx.words(r.answer or ""))
+    named = list(dict.fromkeys(c.name for c in found if c in unseen))
+    if not named:
+        return None
+    ev["unseen_mention"] = named
+    return "unseen_mention"
+
+
+def check_off_domain(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evidence) -> Outcome:
+    super_category = str(draft.get("super_category") or "")
+    domain = ctx.settings.off_domain_aliases.get(super_category, super_category)
+    dataset = str(draft.get("dataset") or "")
+    words = ctx.words(r.visual_analysis) + ctx.words(r.prediction)
+    phrase = off_domain_phrase(
+        f"{r.visual_analysis}\n{r.prediction}", domain, ctx.mentions(dataset).excluded_nouns, words
+    )
+    if phrase is None:
+        return None
+    ev["off_domain"] = [phrase]
+    return "off_domain"
+
+
+def check_length(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evidence) -> Outcome:
+    words = len(ctx.words(r.think or ""))  # normalised words: "737-300" counts two
+    if words < ctx.settings.min_words:
+        return "too_short"
+    if words > ctx.settings.max_words:
+        return "too_long"
+    return None
+
+
+STOPWORDS: dict[str, frozenset[str]] = {
+    "en": frozenset((
+        "the", "a", "an", "of", "and", "or", "to", "in", "on", "with", "is", "are", "was",
+        "were", "be", "been", "it", "its", "this", "that", "these", "those", "as", "by", "for",
+        "from", "at", "which", "not", "but", "has", "have", "had", "than", "more", "most",
+        "also", "while", "their", "there", "they", "into", "each", "both",
+    )),
+}
+
+
+def _non_ascii(text: str) -> int:
+    """How many characters of `text` are not ASCII (encode drops each: no regex match object
+    per character).
+
+    >>> _non_ascii("Straße – ok")
+    2
+    """
+    return len(text) - len(text.encode("ascii", "ignore"))
+
+
+_LANGUAGE_SAMPLE = 200  # words; enough for a stable share, cheap on long rationales
+
+
+def check_language(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evidence) -> Outcome:
+    language = ctx.settings.language
+    text = r.think or ""
+    if language == "any" or not text or text.isspace():
+        return None
+    if language == "en" and not text.isascii() and _non_ascii(text) > 0.1 * len(text):
+        return "wrong_language"
+    words = ctx.words(text)[:_LANGUAGE_SAMPLE]
+    if not words:  # nothing in Latin letters at all
+        return "wrong_language"
+    common = STOPWORDS[language]
+    share = sum(map(common.__contains__, words)) / len(words)
+    return "wrong_language" if share < ctx.settings.min_stopword_share else None
+
+
+def check_duplicate(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evidence) -> Outcome:
+    twin = ctx.duplicates.find(_dedup_key(draft, ctx), _draft_key(draft), ctx.words(r.think or ""))
+    if twin is None:
+        return None
+    ev["duplicate_of"] = [twin]
+    return "near_duplicate"
+
+
+def _dedup_key(draft: Mapping, ctx: FilterContext) -> str:
+    if ctx.settings.duplicate_scope == "class":
+        return f"class:{draft.get('dataset')}:{draft.get('label')}"
+    return f"image:{draft.get('image_sha256') or draft.get('item_id')}"
+
+
+def _draft_key(draft: Mapping) -> str:
+    return str(draft.get("draft_id") or f"{draft.get('item_id')}#{draft.get('sample_index', '')}")
+
+
+# A dict is the registry: filter name -> function, in funnel order.
+FILTERS: dict[str, Callable[[Mapping, Rationale, FilterContext, Evidence], Outcome]] = {
+    "format": check_format,
+    "answer_correct": check_answer,
+    "prediction_consistent": check_prediction,
+    "gold_in_candidates": check_gold_in_candidates,
+    "candidates_count": check_candidates_count,
+    "hallucinated_candidates": check_hallucinated,
+    "label_leak": check_label_leak,
+    "unseen_mention": check_unseen,
+    "off_domain": check_off_domain,
+    "length": check_length,
+    "language": check_language,
+    "duplicate": check_duplicate,
+}
+
+
+def run_filters(
+    draft: Mapping, ctx: FilterContext, parsed: Rationale
+) -> tuple[dict[str, list[str]], Evidence]:
+    """({filter name: reason codes} of the filters that failed, evidence); all filters run."""
+    evidence: Evidence = {}
+    failed: dict[str, list[str]] = {}
+    ctx.begin_draft()
+    for name in ctx.enabled:
+        outcome = FILTERS[name](draft, parsed, ctx, evidence)
+        if outcome:
+            failed[name] = [outcome] if isinstance(outcome, str) else list(outcome)
+    return failed, evidence
+
+
+def judge(draft: Mapping, ctx: FilterContext) -> Verdict:
+    """Parse and filter one draft. An accepted draft is remembered for the duplicate filter.
+
+    Local filters only: the optional second-call judge (filters.judge) needs the network
+    and runs in the filter stage (curation/filter/stage.py, curation/filter/judge.py).
+    """
+    r = parse(draft.get("response"))
+    failed, evidence = run_filters(draft, ctx, r)
+    reasons: list[str] = []
+    flags: list[str] = []
+    for name, codes in failed.items():
+        if name == "unseen_mention" and ctx.settings.unseen_mention == "flag":
+            flags += codes
+        else:
+            reasons += codes
+    accepted = not reasons
+    if accepted and "duplicate" in ctx.enabled:
+        ctx.duplicates.add(_dedup_key(draft, ctx), _draft_key(draft), ctx.words(r.think or ""))
+    return Verdict(accepted, tuple(dict.fromkeys(reasons)), r, tuple(flags), evidence)
+
+
+# Every reason code a verdict can carry: code -> (filter, what it means). The parse-error
+# codes of curation/filter/rationale.py (ERROR_CODES) belong to `format`.
+REASONS: dict[str, tuple[str, str]] = {
+    **{code: ("format", text) for code, text in ERROR_CODES.items()},
+    "truncated": ("format", "cut at max_tokens (finish_reason length) or inside a tag"),
+    "draft_failed": ("format", "the teacher request failed (no response)"),
+    "draft_empty": ("format", "the teacher returned no text"),
+    "wrong_answer": ("answer_correct", "<answer> names one class, not the gold"),
+    "ambiguous_answer": ("answer_correct", "<answer> names two or more classes (a hedge)"),
+    "unknown_answer": ("answer_correct", "<answer> names no class of the registry"),
+    "empty_answer": ("answer_correct", "<answer> is missing or empty"),
+    "prediction_inconsistent": ("prediction_consistent", "the prose prediction names another class"),
+    "gold_not_in_candidates": ("gold_in_candidates", "the gold class is not among the candidates"),
+    "too_few_candidates": ("candidates_count", "fewer than filters.min_candidates candidates"),
+    "too_many_candidates": ("candidates_count", "more than filters.max_candidates candidates"),
+    "hallucinated_candidates": ("hallucinated_candidates", "more than filters."
+                                "max_hallucinated_share of the candidates are not classes"),
+    "label_leak": ("label_leak", "the gold (or an alias) is named in the visual analysis"),
+    "side_information": ("label_leak", "refers to text given beside the image (\"as described\")"),
+    "unseen_mention": ("unseen_mention", "names a class of the unseen split"),
+    "off_domain": ("off_domain", "calls the object something outside its super-category"),
+    "too_short": ("length", "fewer than filters.min_words words in <think>"),
+    "too_long": ("length", "more than filters.max_words words in <think>"),
+    "wrong_language": ("language", "not in filters.language"),
+    "near_duplicate": ("duplicate", "a near copy of an accepted rationale (same image/class)"),
+    "judge_mismatch": ("judge", "the judge (a second teacher call) says the visual analysis "
+                       "does not match the image"),
+    "judge_failed": ("judge", "the judgement failed, was unreadable or was not sent (budget)"),
+}
+REASON_FILTER = {code: name for code, (name, _) in REASONS.items() if name != "format"}
+
+
+def filter_of(code: str) -> str:
+    """The filter that emits a reason code (for funnels and reports).
+
+    >>> filter_of("side_information"), filter_of("think_unclosed")
+    ('label_leak', 'format')
+    """
+    return REASONS.get(code, ("format", ""))[0]

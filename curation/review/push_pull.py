@@ -1,0 +1,371 @@
+"""Human review in Label Studio: push drafts for review, pull the reviewers' annotations.
+
+    finecot review push  --run runs/birds          # rows -> tasks (idempotent, resumable)
+    finecot review pull  --run runs/birds          # annotations -> review_annotations.parquet
+    finecot review apply --run runs/birds          # -> reviewed.parquet (curation/review/apply.py)
+
+Connection: `review.url` or env LABEL_STUDIO_URL; the token from the env var named by
+`review.api_key_env` (default LABEL_STUDIO_API_KEY). The token is never written to the run
+directory or a log: `review_project.json` keeps only the URL, title and project ids.
+
+Which rows go (`review.select`): the filter's accepted rows, its rejected rows (to audit the
+filters), or both; optionally only rows with one of `review.reasons`, and a seeded random
+sample (`review.sample_size` or `review.sample_fraction`, `review.seed`).
+
+Images (`review.image_mode`):
+  upload       (default) each distinct image is uploaded once into a companion project
+               "TITLE · images" (Label Studio's file upload accepts one data key per project),
+               and tasks point at the uploaded file: works with a remote server.
+  local-files  the server shares this disk: it must run with LOCAL_FILES_SERVING_ENABLED=true
+               and LOCAL_FILES_DOCUMENT_ROOT=DIR (`review.document_root`, default that env
+               var); images must lie under DIR. push adds a local storage to the project,
+               which Label Studio requires before it serves /data/local-files.
+  data-url     images inlined as base64 data URLs; only for small images (each at most
+               `review.data_url_max_bytes`), since they bloat every task.
+
+Each task carries the row id (`draft_id`). Push lists the project's tasks first and imports
+only rows not there yet, in batches (one request each); after importing it lists again and
+deletes any duplicate of a row (keeping the oldest task), which a push killed while a batch
+was in flight can leave. So pushing twice imports nothing, and a crashed push resumes.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import mimetypes
+import os
+import random
+import urllib.parse
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import quoteattr
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curation.core.config import Recipe, ReviewConfig
+from curation.core.labels import Registry
+from curation.core.rundir import RunDir
+from curation.core.tables import read_table, write_json_atomic, write_parquet_atomic
+from curation.review.client import Client, ReviewError, connect
+
+log = logging.getLogger(__name__)
+
+LABEL_CONFIG = Path(__file__).with_name("label_config.xml")
+REJECT_REASONS = ("wrong_traits", "wrong_class", "leaks_label", "incoherent", "other")
+LABEL_WRONG = "gold label is wrong"
+MEDIA_CONFIG = '<View><Image name="image" value="$image"/></View>'
+UPLOAD_FILES_PER_REQUEST = 100  # Django DATA_UPLOAD_MAX_NUMBER_FILES default
+Progress = Callable[[int], None]
+
+# Run-directory files of this stage.
+PROJECT_FILE = "review_project.json"
+ANNOTATIONS_FILE = "review_annotations.parquet"
+
+
+@dataclass
+class PushResult:
+    project_id: int
+    selected: int
+    already: int
+    imported: int
+    duplicates_removed: int
+
+
+# -- connection ---------------------------------------------------------------------------
+
+
+def open_client(cfg: ReviewConfig) -> Client:
+    """Connect with the recipe's URL (or LABEL_STUDIO_URL) and the token from the env."""
+    url = cfg.url or os.environ.get("LABEL_STUDIO_URL")
+    if not url:
+        raise ReviewError("no Label Studio URL: set review.url in the recipe or LABEL_STUDIO_URL")
+    return connect(url, os.environ.get(cfg.api_key_env, ""), cfg.timeout_s)
+
+
+def project_title(recipe: Recipe) -> str:
+    return recipe.review.project_title or f"finecot {recipe.name}"
+
+
+def label_config(registry: Registry | None, datasets: Sequence[str] = (), labels: Sequence[str] = ()) -> str:
+    """The shipped review interface with the classes (registry + row labels) as choices."""
+    names: list[str] = []
+    for info in registry or ():
+        if not datasets or info.dataset in datasets:
+            names.append(info.name)
+    names += [n for n in labels if n]
+    names = names or ["(no classes)"]  # Label Studio refuses an empty <Choices>
+    choices = "\n".join(f"      <Choice value={quoteattr(n)}/>" for n in dict.fromkeys(names))
+    return LABEL_CONFIG.read_text(encoding="utf-8").replace("<!-- CLASS_CHOICES -->", choices)
+
+
+# -- which rows go ------------------------------------------------------------------------
+
+
+def select_rows(run: RunDir, cfg: ReviewConfig) -> list[dict]:
+    """Rows to review, per `select`, `reasons` and the seeded sample; ordered by draft_id."""
+    names = {"accepted": ["accepted"], "rejected": ["rejected"], "all": ["accepted", "rejected"]}
+    rows: list[dict] = []
+    for name in names[cfg.select]:
+        path = run.require(run.path(f"{name}.parquet"), "filter")
+        rows.extend(read_table(path).to_pylist())
+    if cfg.reasons:
+        wanted = set(cfg.reasons)
+        rows = [r for r in rows if wanted & set(r.get("reasons") or ())]
+    rows.sort(key=lambda r: r["draft_id"])
+    size = cfg.sample_size
+    if size is None and cfg.sample_fraction is not None:
+        size = max(1, round(cfg.sample_fraction * len(rows)))
+    if size is not None and size < len(rows):
+        rows = random.Random(cfg.seed).sample(rows, size)
+        rows.sort(key=lambda r: r["draft_id"])
+    return rows
+
+
+# -- images -------------------------------------------------------------------------------
+
+
+def _mime(path: str) -> str:
+    return mimetypes.guess_type(path)[0] or "image/jpeg"
+
+
+class Images:
+    """Turns a row's image into the URL a task shows, per `image_mode`."""
+
+    def __init__(self, client: Client, cfg: ReviewConfig, project_id: int, title: str):
+        self.client, self.cfg, self.project_id = client, cfg, project_id
+        self.urls: dict[str, str] = {}  # image_sha256 -> URL (upload mode)
+        self.media_id: int | None = None
+        if cfg.image_mode == "upload":
+            self.media_id = client.ensure_project(f"{title} · images", MEDIA_CONFIG)
+            for task in client.iter_tasks(self.media_id):
+                url = task["data"].get("image", "")
+                sha = Path(url).stem.split("-", 1)[-1]
+                self.urls.setdefault(sha, url)
+        if cfg.image_mode == "local-files":
+            root = cfg.document_root or os.environ.get("LOCAL_FILES_DOCUMENT_ROOT")
+            if not root:
+                raise ReviewError(
+                    "image_mode local-files needs review.document_root (or env "
+                    "LOCAL_FILES_DOCUMENT_ROOT): the server's LOCAL_FILES_DOCUMENT_ROOT"
+                )
+            self.root = Path(root).resolve()
+
+    def prepare(self, rows: Sequence[dict]) -> None:
+        """Make every image of `rows` reachable (upload what is missing; add local storage)."""
+        if self.cfg.image_mode == "upload":
+            self._upload(rows)
+        elif self.cfg.image_mode == "local-files" and rows:
+            folders = [str(Path(r["image_path"]).resolve().parent) for r in rows]
+            folder = Path(os.path.commonpath(folders))
+            self._relative(folder)
+            self.client.ensure_local_storage(self.project_id, folder)
+
+    def _relative(self, path: Path) -> str:
+        try:
+            return path.resolve().relative_to(self.root).as_posix()
+        except ValueError:
+            raise ReviewError(
+                f"image {path} is outside the document root {self.root}: serve it with "
+                "image_mode upload, or set LOCAL_FILES_DOCUMENT_ROOT to a parent folder"
+            ) from None
+
+    def _upload(self, rows: Sequence[dict]) -> None:
+        missing = {r["image_sha256"]: r["image_path"] for r in rows if r["image_sha256"] not in self.urls}
+        todo = list(missing.items())
+        for start in range(0, len(todo), UPLOAD_FILES_PER_REQUEST):
+            chunk = todo[start : start + UPLOAD_FILES_PER_REQUEST]
+            files = [(f"{sha}{Path(p).suffix.lower() or '.jpg'}", _read(p)) for sha, p in chunk]
+            ids = self.client.upload_images(self.media_id, files)
+            for task in self.client.tasks_by_id(self.media_id, ids):
+                url = task["data"]["image"]
+                self.urls[Path(url).stem.split("-", 1)[-1]] = url
+
+    def url(self, row: dict) -> str:
+        mode = self.cfg.image_mode
+        if mode == "upload":
+            return self.urls[row["image_sha256"]]
+        if mode == "local-files":
+            return "/data/local-files/?d=" + urllib.parse.quote(self._relative(Path(row["image_path"])))
+        data = _read(row["image_path"])
+        if len(data) > self.cfg.data_url_max_bytes:
+            raise ReviewError(
+                f"image {row['image_path']} is {len(data)} bytes, over review.data_url_max_bytes "
+                f"({self.cfg.data_url_max_bytes}): use image_mode upload or local-files"
+            )
+        return f"data:{_mime(row['image_path'])};base64,{base64.b64encode(data).decode()}"
+
+
+def _read(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as err:
+        raise ReviewError(f"cannot read image {path}: {err.strerror}") from None
+
+
+# -- push ---------------------------------------------------------------------------------
+
+
+def model_version(row: dict) -> str:
+    """Teacher model + template sha: what produced the pre-filled rationale."""
+    return f"{row.get('teacher_model') or 'teacher'}@{(row.get('prompt_sha') or '')[:12]}"
+
+
+def make_task(row: dict, image_url: str) -> dict:
+    """One Label Studio task: the data the interface shows + the rationale as a prediction."""
+    answer = row.get("answer") or row.get("prediction") or ""
+    data = {
+        "draft_id": row["draft_id"],
+        "item_id": row.get("item_id"),
+        "dataset": row.get("dataset"),
+        "image": image_url,
+        "question": row.get("question") or "",
+        "teacher_answer": answer,
+        "label": row.get("label") or "",
+        "filter_verdict": row.get("verdict") or "",
+        "filter_reasons": ", ".join(row.get("reasons") or ()),
+    }
+    rationale = {
+        "from_name": "rationale", "to_name": "question", "type": "textarea",
+        "value": {"text": [row.get("response") or ""]},
+    }
+    return {"data": data, "predictions": [{"model_version": model_version(row), "result": [rationale]}]}
+
+
+def _registry(run: RunDir) -> Registry | None:
+    return Registry.load(run.registry) if run.registry.exists() else None
+
+
+def _project_state(run: RunDir) -> dict:
+    path = run.path(PROJECT_FILE)
+    return read_json(path) if path.exists() else {}
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def push(recipe: Recipe, run: RunDir, progress: Progress | None = None) -> PushResult:
+    """Create/reuse the project and import the selected rows not in it yet (batched)."""
+    cfg = recipe.review
+    rows = select_rows(run, cfg)
+    client = open_client(cfg)
+    title = project_title(recipe)
+    state = _project_state(run)
+    known = cfg.project_id or (state.get("project_id") if state.get("url") == client.url else None)
+    datasets = sorted({r["dataset"] for r in rows if r.get("dataset")})
+    xml = label_config(_registry(run), datasets, sorted({r.get("label") or "" for r in rows}))
+    project_id = client.ensure_project(title, xml, known, cfg.overlap)
+    images = Images(client, cfg, project_id, title)
+    write_json_atomic(run.path(PROJECT_FILE), {
+        "url": client.url, "title": title, "project_id": project_id,
+        "media_project_id": images.media_id, "image_mode": cfg.image_mode,
+    })
+
+    existing = {t["data"].get("draft_id") for t in client.iter_tasks(project_id)}
+    todo = [r for r in rows if r["draft_id"] not in existing]
+    log.info("review push: %d selected, %d already in project %d, %d to import",
+             len(rows), len(rows) - len(todo), project_id, len(todo))
+    for start in range(0, len(todo), cfg.batch_size):
+        batch = todo[start : start + cfg.batch_size]
+        images.prepare(batch)
+        client.import_tasks(project_id, [make_task(r, images.url(r)) for r in batch])
+        if progress:
+            progress(len(batch))
+    removed = remove_duplicates(client, project_id) if todo else 0
+    return PushResult(project_id, len(rows), len(rows) - len(todo), len(todo), removed)
+
+
+def remove_duplicates(client: Client, project_id: int) -> int:
+    """Delete all but the oldest task of each draft_id; return how many were deleted."""
+    seen: dict[str, int] = {}
+    extra: list[int] = []
+    for task in sorted(client.iter_tasks(project_id), key=lambda t: t["id"]):
+        key = task["data"].get("draft_id")
+        if key in seen:
+            extra.append(task["id"])
+        else:
+            seen[key] = task["id"]
+    for task_id in extra:
+        client.delete_task(task_id)
+    if extra:
+        log.warning("review push: removed %d duplicate task(s) left by an interrupted push", len(extra))
+    return len(extra)
+
+
+# -- pull ---------------------------------------------------------------------------------
+
+ANNOTATION_SCHEMA = pa.schema([
+    ("draft_id", pa.string()),
+    ("task_id", pa.int64()),
+    ("annotation_id", pa.int64()),
+    ("reviewer", pa.string()),
+    ("created_at", pa.string()),
+    ("updated_at", pa.string()),
+    ("decision", pa.string()),
+    ("reject_reasons", pa.list_(pa.string())),
+    ("rationale", pa.string()),
+    ("label_wrong", pa.bool_()),
+    ("corrected_label", pa.string()),
+    ("note", pa.string()),
+])
+
+
+def _choices(result: list[dict], name: str) -> list[str]:
+    return [c for r in result if r.get("from_name") == name for c in r.get("value", {}).get("choices", [])]
+
+
+def _text(result: list[dict], name: str) -> str | None:
+    parts = [t for r in result if r.get("from_name") == name for t in r.get("value", {}).get("text", [])]
+    return "\n".join(parts) if parts else None
+
+
+def annotation_rows(tasks: list[dict], users: dict[int, str]) -> list[dict]:
+    """Flatten an export: one row per submitted (not cancelled) annotation."""
+    rows = []
+    for task in tasks:
+        for ann in task.get("annotations") or ():
+            if ann.get("was_cancelled"):
+                continue
+            result = ann.get("result") or []
+            who = ann.get("completed_by")
+            who_id = who.get("id") if isinstance(who, dict) else who
+            decision = (_choices(result, "decision") or [None])[0]
+            rows.append({
+                "draft_id": task["data"].get("draft_id"),
+                "task_id": int(task["id"]),
+                "annotation_id": int(ann["id"]),
+                "reviewer": users.get(who_id, str(who_id)) if who_id is not None else None,
+                "created_at": ann.get("created_at"),
+                "updated_at": ann.get("updated_at") or ann.get("created_at"),
+                "decision": decision,
+                "reject_reasons": _choices(result, "reject_reasons"),
+                "rationale": _text(result, "rationale"),
+                "label_wrong": LABEL_WRONG in _choices(result, "label_wrong"),
+                "corrected_label": (_choices(result, "correct_label") or [None])[0],
+                "note": _text(result, "note"),
+            })
+    return rows
+
+
+def pull(recipe: Recipe, run: RunDir) -> Path:
+    """Export the project's annotations into review_annotations.parquet (a full snapshot)."""
+    state = _project_state(run)
+    project_id = recipe.review.project_id or state.get("project_id")
+    if project_id is None:
+        raise ReviewError(f"no review project for {run.root}: run `finecot review push` first")
+    client = open_client(recipe.review)
+    rows = annotation_rows(client.export(int(project_id)), client.users())
+    path = run.path(ANNOTATIONS_FILE)
+    write_parquet_atomic(path, pa.Table.from_pylist(rows, schema=ANNOTATION_SCHEMA))
+    log.info("review pull: %d annotation(s) from project %s -> %s", len(rows), project_id, path)
+    return path
+
+
+def read_annotations(run: RunDir) -> list[dict[str, Any]]:
+    path = run.require(run.path(ANNOTATIONS_FILE), "review pull")
+    return pq.read_table(path).to_pylist()

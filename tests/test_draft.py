@@ -233,7 +233,11 @@ def test_length_empty_and_unreadable_images_are_recorded_not_raised(
     server = start_teacher()
     run = make_run(tmp_path, synthetic_world, broken=1)
     n = pool_size(run)
-    draft_stage(spec(run, server, teacher={"max_tokens": 12}), run)
+    # every answer cut at 12 tokens: nothing usable, so the stage says so (exit 3 on the
+    # command line), after writing every row
+    with pytest.raises(DraftStopped, match=r"too few usable answers: 0 of \d+ drafts usable; "
+                       r"failed 1 \(image 1\), empty 0, truncated \d+"):
+        draft_stage(spec(run, server, teacher={"max_tokens": 12}), run)
     rows = drafts(run).values()
     broken = [r for r in rows if r["item_id"].endswith("broken0")]
     assert len(broken) == 1 and broken[0]["status"] == "failed"
@@ -313,7 +317,9 @@ def test_n_samples_in_one_request_or_detected_and_split(tmp_path, synthetic_worl
     draft_stage(spec(run, server, draft={"samples": 3}), run)
     rows = drafts(run)
     assert len(rows) == 3 * n and all(r["status"] == "ok" for r in rows.values())
-    assert sent(server) == (n if honour_n else 3 * n)
+    # honoured: one request per item, but the first goes as 1 + 2 to learn how the server
+    # counts usage over n; ignored: detected on the first item, then three requests per item
+    assert sent(server) == (n + 1 if honour_n else 3 * n)
     assert {r["sample_index"] for r in rows.values()} == {0, 1, 2}
 
 
@@ -437,7 +443,11 @@ def test_finecot_run_stage_draft_and_its_budget_exit_code(tmp_path, synthetic_wo
     run = make_run(tmp_path, synthetic_world)
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(dump_recipe(spec(run, server, draft={"budget_usd": 0.0})))
-    stopped = CliRunner().invoke(app, ["run", str(recipe), "--stages", "draft"])
+    refused = CliRunner().invoke(app, ["run", str(recipe), "--stages", "draft"])
+    assert refused.exit_code == 2 and "no price for the model 'teacher'" in refused.output
+    assert "teacher.prices" in refused.output and sent(server) == 0
+    priced = ["--set", "teacher.prices={teacher: {input_per_m: 1, output_per_m: 1}}"]
+    stopped = CliRunner().invoke(app, ["run", str(recipe), "--stages", "draft", *priced])
     assert stopped.exit_code == 3 and "budget reached" in stopped.output
     assert sent(server) == 0
     done = CliRunner().invoke(app, ["run", str(recipe), "--stages", "draft",

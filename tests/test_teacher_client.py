@@ -173,13 +173,31 @@ def test_client_errors_are_not_retried(start_teacher):
     assert results[0].attempts == 1 and server.stats(log=False)["counts"]["requests"] == 1
 
 
+def _draw_groups(server, messages, groups, **config):
+    """Several `sample` calls on one client: (results per group, client)."""
+    cfg = TeacherConfig(base_urls=[server.base_url], backoff_s=0.01, backoff_max_s=0.02,
+                        **config)
+    results: list[dict[int, Completion]] = [{} for _ in groups]
+
+    async def go() -> TeacherClient:
+        async with TeacherClient(cfg, api_key="sk-test") as client:
+            for found, indices in zip(results, groups, strict=True):
+                await client.sample(messages, list(indices), found.__setitem__)
+        return client
+
+    return results, asyncio.run(go())
+
+
 def test_n_is_used_then_detected_when_ignored(synthetic_world, start_teacher):
     messages = _messages(_image(synthetic_world))
     honours = start_teacher()
-    results, client = _draw(honours, messages, indices=(0, 1, 2))
-    assert sorted(results) == [0, 1, 2] and client.n_supported is True
-    assert honours.stats(log=False)["counts"]["requests"] == 1
-    assert len({c.text for c in results.values()}) > 1  # three samples, not one thrice
+    # The first request of 3+ samples goes as 1 + 2 (it teaches how the server counts
+    # usage over n); later ones go whole.
+    (first, later), client = _draw_groups(honours, messages, [(0, 1, 2), (3, 4, 5)])
+    assert sorted(first) == [0, 1, 2] and sorted(later) == [3, 4, 5]
+    assert client.n_supported is True and client.usage_summed is False
+    assert [e["n"] for e in honours.stats()["log"]] == [None, 2, 3]
+    assert len({c.text for c in later.values()}) > 1  # three samples, not one thrice
     ignores = start_teacher(honour_n=False)
     results, client = _draw(ignores, messages, indices=(0, 1, 2))
     assert sorted(results) == [0, 1, 2] and client.n_supported is False

@@ -182,6 +182,10 @@ class DraftConfig(Section):
     budget_usd: float | None = Field(None, ge=0, description="stop sending at this total cost")
     budget_tokens: int | None = Field(None, ge=0, description="or at this many total tokens")
     retry_failed: bool = Field(True, description="re-send requests the ledger holds as failed")
+    min_usable_share: float = Field(
+        0.5, ge=0, le=1, description="a run whose drafts are usable (answered, not empty, not "
+        "truncated) below this share exits non-zero with a summary (0: never)"
+    )
 
 
 class FilterConfig(Section):

@@ -71,13 +71,46 @@ MIGRATIONS: list[str] = [
         detail TEXT
     );
     """,
+    # 4: the raw answer as the server sent it: `response` is the message content alone and
+    # `reasoning` what the server put beside it (reasoning_content, reasoning...), so the text
+    # can be rebuilt later without paying again. Rows from before have raw_fields = 0: their
+    # `response` is all that was kept (`finecot ledger reparse` tells which may have lost a
+    # reasoning). `shared`: samples answered by the same HTTP request (attempts are counted
+    # once per request); `usage_estimated`: the server reported no usage, the tokens are ours.
+    """
+    ALTER TABLE requests ADD COLUMN reasoning TEXT;
+    ALTER TABLE requests ADD COLUMN extra TEXT;
+    ALTER TABLE requests ADD COLUMN usage_estimated INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE requests ADD COLUMN shared INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE requests ADD COLUMN raw_fields INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 COLUMNS = (
     "key", "model", "status", "attempts", "error", "response", "finish_reason",
     "prompt_tokens", "completion_tokens", "latency_s", "cost_usd", "created_at",
-    "updated_at", "endpoint", "meta",
+    "updated_at", "endpoint", "meta", "reasoning", "extra", "usage_estimated", "shared",
+    "raw_fields",
 )
+
+
+def compose_answer(content: str | None, reasoning: str | None) -> str | None:
+    """The text the filters read: the reasoning a server returned outside `content`
+    (reasoning_content, reasoning) put back in `<think>` before the content, unless the
+    content has its own `<think>` already.
+
+    >>> compose_answer("<answer>Ani</answer>", "Black bill, long tail.")
+    '<think>\\nBlack bill, long tail.\\n</think>\\n<answer>Ani</answer>'
+    >>> compose_answer("<think>x</think><answer>Ani</answer>", "x")
+    '<think>x</think><answer>Ani</answer>'
+    >>> compose_answer("plain", None)
+    'plain'
+    """
+    if not reasoning or not reasoning.strip():
+        return content
+    if content and "<think" in content.lower():
+        return content
+    return f"<think>\n{reasoning.strip()}\n</think>\n{(content or '').lstrip()}"
 
 
 @dataclass
@@ -99,10 +132,20 @@ class Entry:
     meta: dict[str, Any] = field(default_factory=dict)
     created_at: float = 0.0
     updated_at: float = 0.0
+    reasoning: str | None = None  # what the server returned beside `response` (the content)
+    extra: dict[str, Any] = field(default_factory=dict)  # reasoning_field, truth, ...
+    usage_estimated: bool = False
+    shared: int = 1  # samples answered by the same HTTP request
+    raw_fields: bool = True  # False: a row from before content and reasoning were kept apart
 
     @property
     def tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def text(self) -> str | None:
+        """The answer as the filters, the judge and the evaluator read it."""
+        return compose_answer(self.response, self.reasoning)
 
 
 def cost_usd(prices: Mapping[str, Any], model: str, prompt_tokens: int, completion_tokens: int) -> float:
@@ -203,10 +246,12 @@ class Ledger:
                 " FROM requests GROUP BY model"
             )
         }
-        n, attempts, prompt, completion, cost, latency = db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(attempts), 0), COALESCE(SUM(prompt_tokens), 0),"
-            " COALESCE(SUM(completion_tokens), 0), COALESCE(SUM(cost_usd), 0), AVG(latency_s)"
-            " FROM requests"
+        # attempts are per HTTP request: a request answering n samples is on n rows
+        n, attempts, prompt, completion, cost, latency, estimated, outside, old = db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(attempts * 1.0 / MAX(shared, 1)), 0),"
+            " COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0),"
+            " COALESCE(SUM(cost_usd), 0), AVG(latency_s), COALESCE(SUM(usage_estimated), 0),"
+            " COUNT(reasoning), COALESCE(SUM(raw_fields = 0), 0) FROM requests"
         ).fetchone()
         errors = dict(db.execute(
             "SELECT substr(error, 1, instr(error || ':', ':') - 1) AS reason, COUNT(*) FROM requests"
@@ -224,7 +269,10 @@ class Ledger:
             "requests": n,
             "by_status": {s: by_status.get(s, 0) for s in STATUSES},
             "by_model": by_model,
-            "attempts": attempts,
+            "attempts": round(attempts),
+            "usage_estimated": estimated,
+            "reasoning_outside_content": outside,
+            "stored_before_raw_fields": old,
             "prompt_tokens": prompt,
             "completion_tokens": completion,
             "cost_usd": cost,
@@ -264,8 +312,8 @@ class Ledger:
             """
             INSERT INTO requests (key, model, status, attempts, error, response, finish_reason,
                 prompt_tokens, completion_tokens, latency_s, cost_usd, created_at, updated_at,
-                endpoint, meta)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                endpoint, meta, reasoning, extra, usage_estimated, shared, raw_fields)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             ON CONFLICT (key) DO UPDATE SET
                 model = excluded.model, status = excluded.status,
                 attempts = requests.attempts + excluded.attempts, error = excluded.error,
@@ -274,17 +322,42 @@ class Ledger:
                 completion_tokens = requests.completion_tokens + excluded.completion_tokens,
                 latency_s = excluded.latency_s, cost_usd = requests.cost_usd + excluded.cost_usd,
                 updated_at = excluded.updated_at, endpoint = excluded.endpoint,
-                meta = excluded.meta
+                meta = excluded.meta, reasoning = excluded.reasoning, extra = excluded.extra,
+                usage_estimated = MAX(requests.usage_estimated, excluded.usage_estimated),
+                shared = excluded.shared, raw_fields = excluded.raw_fields
             """,
             (
                 entry.key, entry.model, entry.status, entry.attempts, entry.error, entry.response,
                 entry.finish_reason, entry.prompt_tokens, entry.completion_tokens,
                 entry.latency_s, entry.cost_usd, now, now, entry.endpoint,
-                json.dumps(entry.meta, sort_keys=True) if entry.meta else None,
+                json.dumps(entry.meta, sort_keys=True) if entry.meta else None, entry.reasoning,
+                json.dumps(entry.extra, sort_keys=True) if entry.extra else None,
+                int(entry.usage_estimated), max(1, entry.shared), int(entry.raw_fields),
             ),
         )  # autocommit mode: the statement is its own transaction
         self._cost += entry.cost_usd
         self._tokens += entry.tokens
+
+    def unrecoverable(self) -> list[str]:
+        """Keys of answered rows stored before the ledger kept reasoning apart (raw_fields 0)
+        whose text has no `<think>`: if their server returned the reasoning outside `content`,
+        it was dropped then and cannot be rebuilt. Rows with their `<think>` are complete."""
+        return [key for (key,) in self._db.execute(
+            "SELECT key FROM requests WHERE raw_fields = 0 AND status IN ('ok', 'length')"
+            " AND (response IS NULL OR instr(lower(response), '<think') = 0) ORDER BY created_at")]
+
+    def mark_for_reask(self, keys: Iterable[str], reason: str) -> int:
+        """Mark answered rows as failed with `reason`: the next draft (draft.retry_failed)
+        asks them again. Their cost stays in the totals: it was paid."""
+        keys = list(keys)
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            self._db.execute(
+                f"UPDATE requests SET status = 'failed', error = ?, updated_at = ? "
+                f"WHERE key IN ({','.join('?' * len(chunk))})", (reason, time.time(), *chunk))
+        if keys:
+            self.event("reask", f"{len(keys)} rows marked: {reason}")
+        return len(keys)
 
     def event(self, kind: str, detail: str = "") -> None:
         self._db.execute(
@@ -308,6 +381,7 @@ class Ledger:
             for entry in self.rows():
                 row = asdict(entry)
                 row["meta"] = json.dumps(row["meta"], sort_keys=True)
+                row["extra"] = json.dumps(row["extra"], sort_keys=True)
                 out.write(row)
             count = out.count
         return count
@@ -319,11 +393,15 @@ EXPORT_SCHEMA = pa.schema([
     ("finish_reason", pa.string()), ("prompt_tokens", pa.int64()),
     ("completion_tokens", pa.int64()), ("latency_s", pa.float64()), ("cost_usd", pa.float64()),
     ("endpoint", pa.string()), ("meta", pa.string()), ("created_at", pa.float64()),
-    ("updated_at", pa.float64()),
+    ("updated_at", pa.float64()), ("reasoning", pa.string()), ("extra", pa.string()),
+    ("usage_estimated", pa.bool_()), ("shared", pa.int64()), ("raw_fields", pa.bool_()),
 ])
 
 
 def _entry(row: tuple, meta: bool = True) -> Entry:
     values = dict(zip(COLUMNS, row, strict=True))
     values["meta"] = json.loads(values["meta"]) if meta and values["meta"] else {}
+    values["extra"] = json.loads(values["extra"]) if values["extra"] else {}
+    values["usage_estimated"] = bool(values["usage_estimated"])
+    values["raw_fields"] = bool(values["raw_fields"])
     return Entry(**values)

@@ -40,6 +40,9 @@ class RichDraftProgress:
 
         self._counts = DraftProgress()
         self._every, self._last, self._started = every_s, 0.0, time.monotonic()
+        # Without a terminal (a log file, CI) the bar draws nothing until the end: print a
+        # progress line every `line_every_s` instead, so a killed run's log shows how far it got.
+        self._line_every, self._last_line = 5.0, time.monotonic()
         self._bar = Progress(
             TextColumn("drafting"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[line]}"), TimeRemainingColumn(),
@@ -76,10 +79,14 @@ class RichDraftProgress:
         self._last = now
         c = self._counts
         rate = (c.answered + c.failed) / max(now - self._started, 1e-6)
-        line = (f"answered {c.answered}  failed {c.failed}  cached {c.cached}  "
-                f"{rate:.1f} req/s  {c.tokens:,} tok  ${c.cost_usd:.4f}")
-        self._bar.update(self._task, total=c.total, line=line,
-                         completed=c.answered + c.failed + c.cached)
+        line = (f"usable {c.usable}  truncated {c.truncated}  empty {c.empty}  failed "
+                f"{c.failed}  cached {c.cached}  {rate:.1f} req/s  {c.tokens:,} tok  "
+                f"${c.cost_usd:.4f}")
+        done = c.answered + c.failed + c.cached
+        self._bar.update(self._task, total=c.total, line=line, completed=done)
+        if not console.is_terminal and now - self._last_line >= self._line_every:
+            self._last_line = now
+            console.print(f"drafting {done}/{c.total}  {line}", highlight=False)
 
     def close(self) -> None:
         self.refresh(force=True)
@@ -158,10 +165,14 @@ def draft_command(
 
 def _print_report(report, root: Path) -> None:
     table = Table(title=f"draft: {root}")
-    for name in ("drafts", "sent", "cached", "failed", "rounds", "tokens"):
+    for name in ("drafts", "usable", "truncated", "empty", "failed", "sent", "cached",
+                 "retries", "rounds", "tokens"):
         table.add_row(name, f"{getattr(report, name):,}")
-    table.add_row("cost (ledger total)", f"${report.cost_usd:.4f}")
+    table.add_row("waiting before retries", f"{report.waited_s:.1f} s")
+    estimated = " (estimated: the server reported no usage)" if report.usage_estimated else ""
+    table.add_row("cost (ledger total)", f"${report.cost_usd:.4f}{estimated}")
     console.print(table)
+    console.print(report.summary(), highlight=False)
     if report.short_classes:
         shown = ", ".join(f"{c} ({n})" for c, n in list(report.short_classes.items())[:20])
         more = len(report.short_classes) - 20
@@ -205,7 +216,12 @@ def ledger_stats(
     table.add_row("requests", f"{stats['requests']:,}")
     for status, count in stats["by_status"].items():
         table.add_row(f"  {status}", f"{count:,}")
-    table.add_row("attempts", f"{stats['attempts']:,}")
+    table.add_row("HTTP attempts", f"{stats['attempts']:,}")
+    table.add_row("reasoning outside content", f"{stats['reasoning_outside_content']:,}")
+    if stats["usage_estimated"]:
+        table.add_row("usage estimated (none reported)", f"{stats['usage_estimated']:,}")
+    if stats["stored_before_raw_fields"]:
+        table.add_row("rows from before reasoning was kept", f"{stats['stored_before_raw_fields']:,}")
     table.add_row("prompt tokens", f"{stats['prompt_tokens']:,}")
     table.add_row("completion tokens", f"{stats['completion_tokens']:,}")
     table.add_row("cost", f"${stats['cost_usd']:.4f}")
@@ -216,6 +232,40 @@ def ledger_stats(
     for reason, count in stats["failure_reasons"].items():
         table.add_row(f"failed: {reason}", f"{count:,}")
     Console().print(table)
+
+
+@ledger_app.command("reparse")
+def ledger_reparse(
+    run_dir: RunOption,
+    reask: Annotated[bool, typer.Option(
+        help="mark the rows whose reasoning may be lost as failed, so the next draft asks "
+        "them again (paid again)")] = False,
+) -> None:
+    """Rebuild the drafts from what the ledger kept, and find answers that lost their reasoning.
+
+    Since ledger schema 4, each answer keeps the message content and the reasoning a server returned beside it (reasoning_content, reasoning) apart, and the drafts are rebuilt from both: rerun `finecot draft --run RUN` (no request is sent for answered rows) and the filter reads `<think>` + content again.
+
+    Rows stored before schema 4 kept only the content. Those with a `<think>` are complete. Those without one may have lost a reasoning the server returned outside the content (LiteLLM, vLLM reasoning parsers, DeepSeek); nothing can rebuild them. This command counts them; with --reask it marks them failed so that the next `finecot draft` asks them again.
+    """
+    from curation.core.ledger import Ledger
+
+    with Ledger(_ledger_path(run_dir)) as ledger:
+        keys = ledger.unrecoverable()
+        if reask and keys:
+            ledger.mark_for_reask(keys, "reask: stored before the ledger kept reasoning apart; "
+                                        "its reasoning may have been dropped")
+    if not keys:
+        console.print("every answer is complete: rerun `finecot draft --run "
+                      f"{run_dir}` to rebuild drafts.parquet from the ledger (nothing is sent)")
+        return
+    if reask:
+        console.print(f"[yellow]{len(keys):,} rows marked for re-asking[/yellow]: run `finecot "
+                      f"draft --run {run_dir}` to ask them again and rebuild drafts.parquet")
+    else:
+        console.print(f"[yellow]{len(keys):,} answered rows[/yellow] were stored before the "
+                      "ledger kept reasoning apart and have no <think>: if the teacher returned "
+                      "its reasoning outside the content, it is lost. `finecot ledger reparse "
+                      f"--run {run_dir} --reask` marks them to be asked again (paid again).")
 
 
 @ledger_app.command("export")

@@ -32,7 +32,7 @@ import logging
 import math
 import os
 import signal
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -43,7 +43,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from curation.core.config import Recipe
+from curation.core.config import Recipe, RecipeError
 from curation.core.ledger import Entry, Ledger, cost_usd
 from curation.core.rundir import RunDir
 from curation.core.stage import StageStopped
@@ -68,11 +68,17 @@ class DraftStopped(StageStopped):
 
 
 class DraftProgress:
-    """Counters the stage keeps up to date; the CLI's rich bar (curation/draft/cli.py) shows them."""
+    """Counters the stage keeps up to date; the CLI's rich bar (curation/draft/cli.py) shows
+    them. `usable` counts answers the filters can read (not empty, not truncated)."""
 
     def __init__(self) -> None:
-        self.total = self.answered = self.failed = self.cached = self.tokens = 0
+        self.total = self.usable = self.truncated = self.empty = self.failed = 0
+        self.cached = self.tokens = 0
         self.cost_usd = 0.0
+
+    @property
+    def answered(self) -> int:
+        return self.usable + self.truncated + self.empty
 
     def add_total(self, count: int) -> None:
         self.total += count
@@ -85,8 +91,12 @@ class DraftProgress:
     def on_result(self, status: str, tokens: int, cost: float) -> None:
         if status == "failed":
             self.failed += 1
+        elif status == "length":
+            self.truncated += 1
+        elif status == "empty":
+            self.empty += 1
         else:
-            self.answered += 1
+            self.usable += 1
         self.tokens += tokens
         self.cost_usd += cost
         self.refresh()
@@ -123,6 +133,20 @@ class DraftReport:
     accepted_per_class: dict[str, int] = field(default_factory=dict)
     short_classes: dict[str, int] = field(default_factory=dict)
     stopped: str | None = None
+    usable: int = 0  # drafts the filters can read: answered, not empty, not truncated
+    truncated: int = 0
+    empty: int = 0
+    failed_reasons: dict[str, int] = field(default_factory=dict)
+    usage_estimated: int = 0  # drafts whose server reported no usage: tokens estimated
+    retries: int = 0  # HTTP retries this run
+    waited_s: float = 0.0  # time spent backing off before them
+
+    def summary(self) -> str:
+        """One line: usable, failed by reason, empty, truncated, retries."""
+        reasons = ", ".join(f"{r} {n}" for r, n in self.failed_reasons.items())
+        return (f"{self.usable} of {self.drafts} drafts usable; failed {self.failed}"
+                f"{f' ({reasons})' if reasons else ''}, empty {self.empty}, truncated "
+                f"{self.truncated}; {self.retries} retries, {self.waited_s:.1f} s waiting")
 
 
 # -- the stage -------------------------------------------------------------------------------
@@ -147,6 +171,7 @@ class Drafter:
         self.registry = pool_registry(run, self.pool)
         self.requests = Requests(recipe, self.registry, self.pool)
         draft = recipe.draft
+        _check_prices(recipe)
         # Only the quota loop and blind-then-hinted act on verdicts; otherwise the filter
         # stage judges, and a plain (or cached) draft run does not pay for it twice.
         self.report = DraftReport(
@@ -330,13 +355,8 @@ class Drafter:
     def _record(self, sample: Sample, meta: dict, c: Completion) -> None:
         teacher = self.recipe.teacher
         cost = cost_usd(teacher.prices, teacher.model, c.prompt_tokens, c.completion_tokens)
-        self.ledger.record(Entry(
-            key=sample.key, model=teacher.model, status=c.status, attempts=c.attempts,
-            error=c.error, response=c.text, finish_reason=c.finish_reason,
-            prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
-            latency_s=c.latency_s, cost_usd=cost, endpoint=c.endpoint,
-            meta={**meta, "sample_index": sample.index},
-        ))
+        self.ledger.record(c.entry(sample.key, teacher.model, cost,
+                                   {**meta, "sample_index": sample.index}))
         self.progress.on_result(c.status, c.prompt_tokens + c.completion_tokens, cost)
 
     # -- verdicts and the table -------------------------------------------------------------
@@ -364,10 +384,10 @@ class Drafter:
             "hinted": s.strategy == "hinted", "teacher_model": self.recipe.teacher.model,
             "prompt_template": self.requests.prompts.name, "prompt_sha": self.requests.prompts.sha,
             "sampling": self.requests.sampling_json, "sample_index": s.index,
-            "request_key": s.key, "status": e.status, "error": e.error, "response": e.response,
+            "request_key": s.key, "status": e.status, "error": e.error, "response": e.text,
             "finish_reason": e.finish_reason, "prompt_tokens": e.prompt_tokens,
             "completion_tokens": e.completion_tokens, "cost_usd": e.cost_usd,
-            "latency_s": e.latency_s,
+            "latency_s": e.latency_s, "_usage_estimated": e.usage_estimated,
         }
 
     def _finish(self) -> None:
@@ -377,12 +397,22 @@ class Drafter:
         schema = pa.schema([pa.field("draft_id", pa.string()), *pool_schema,
                             *(pa.field(n, t) for n, t in DRAFT_FIELDS)])
         report = self.report
+        statuses: Counter[str] = Counter()
+        reasons: Counter[str] = Counter()
         with ParquetStreamWriter(self.run_dir.path("drafts.parquet"), schema) as out:
             for _, row in self._drafts(self.schedule):
+                report.usage_estimated += row.pop("_usage_estimated")
                 out.write(row)
-                report.failed += row["status"] == "failed"
+                statuses[row["status"]] += 1
+                if row["status"] == "failed":
+                    reasons[_failure_reason(row["error"])] += 1
         report.drafts = out.count
         report.not_sent = len(self.schedule) - out.count
+        report.usable, report.failed = statuses["ok"], statuses["failed"]
+        report.truncated, report.empty = statuses["length"], statuses["empty"]
+        report.failed_reasons = dict(reasons.most_common())
+        if self.client is not None:
+            report.retries, report.waited_s = self.client.counts["retried"], self.client.waited_s
         report.cost_usd, report.tokens = self.ledger.totals()
         report.stopped = self.stop_reason()
         if report.judged:
@@ -395,6 +425,15 @@ class Drafter:
         if report.stopped:
             self.ledger.event(report.stopped, f"{report.not_sent} scheduled requests not sent")
             raise DraftStopped(self._stop_message())
+        share = self.recipe.draft.min_usable_share
+        if report.drafts and (report.usable == 0 or report.usable < share * report.drafts):
+            self.ledger.event("unusable", report.summary())
+            raise DraftStopped(
+                f"too few usable answers: {report.summary()} (draft.min_usable_share "
+                f"{share:.0%}). The answers are in the ledger and drafts.parquet (columns status, "
+                "error, finish_reason): check teacher.max_tokens for truncation, the model "
+                "for empty answers, `finecot ledger stats` for the failures; rerun to retry "
+                "the failed ones.")
         if report.short_classes:
             log.warning("%d class(es) below %d accepted drafts: %s", len(report.short_classes),
                         target, ", ".join(f"{c} ({n})" for c, n in report.short_classes.items()))
@@ -407,13 +446,38 @@ class Drafter:
         if r.stopped == "refused":
             t = self.recipe.teacher
             return (f"the teacher refused the requests ({self.client.refused}); {done}. Check "
-                    f"the API key in ${t.api_key_env}, teacher.base_urls and teacher.model "
-                    f"({t.model!r}), then rerun the same command.")
+                    f"the model name (teacher.model = {t.model!r}: the server's /v1/models "
+                    f"lists what it serves), the API key in ${t.api_key_env}, "
+                    f"teacher.base_urls, and the image size the server accepts "
+                    f"(teacher.image_max_side, teacher.image_max_pixels); then rerun the same "
+                    "command.")
         limit = (f"${d.budget_usd:.4f}" if d.budget_usd is not None
                  and r.cost_usd >= d.budget_usd else f"{d.budget_tokens} tokens")
         return (f"budget reached: spent ${r.cost_usd:.4f} and {r.tokens} tokens (limit {limit}); "
                 f"{done}. Raise draft.budget_usd / draft.budget_tokens (--budget-usd, "
                 "--budget-tokens) and rerun the same command: answered requests are not paid again.")
+
+
+def _check_prices(recipe: Recipe) -> None:
+    """A USD budget needs the model's price: without one every cost is $0 and the budget
+    never stops anything."""
+    teacher, budget = recipe.teacher, recipe.draft.budget_usd
+    if budget is not None and teacher.model not in teacher.prices:
+        raise RecipeError(
+            f"draft.budget_usd is {budget} but teacher.prices has no price for the model "
+            f"{teacher.model!r}, so every request would cost $0 and the budget would never "
+            f"stop the run. Add its price in USD per million tokens, e.g. --set "
+            f"'teacher.prices={{\"{teacher.model}\": {{input_per_m: 2.5, output_per_m: 10}}}}' "
+            "(0 and 0 for a free local model), or budget tokens instead (draft.budget_tokens).")
+
+
+def _failure_reason(error: str | None) -> str:
+    """The kind of a failure, for the summary: 'http 400', 'timeout', 'image'...
+
+    >>> _failure_reason("http 400: Invalid model name"), _failure_reason("timeout: no answer")
+    ('http 400', 'timeout')
+    """
+    return (error or "unknown").split(":", 1)[0].strip() or "unknown"
 
 
 @contextmanager

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from curation.core.config import Recipe
-from curation.core.ledger import Entry, Ledger, cost_usd
+from curation.core.ledger import Ledger, cost_usd
 from curation.core.rundir import RunDir
 from curation.core.stage import Progress
 from curation.teacher.client import Completion, TeacherClient, image_data_url
@@ -104,7 +104,7 @@ async def _judge_rows(
         for row in rows:
             entry = cached.get(keys[row["draft_id"]])
             if entry is not None and entry.status != "failed":
-                out[row["draft_id"]] = verdict(entry.response, entry.status)
+                out[row["draft_id"]] = verdict(entry.text, entry.status)
             else:
                 todo.append(row)
 
@@ -121,12 +121,8 @@ async def _judge_rows(
                 key = keys[row["draft_id"]]
 
                 def record(_: int, c: Completion) -> None:
-                    ledger.record(Entry(
-                        key=key, model=t.model, status=c.status, attempts=c.attempts,
-                        error=c.error, response=c.text, finish_reason=c.finish_reason,
-                        prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
-                        latency_s=c.latency_s, endpoint=c.endpoint, meta={"kind": "judge"},
-                        cost_usd=cost_usd(t.prices, t.model, c.prompt_tokens, c.completion_tokens)))
+                    cost = cost_usd(t.prices, t.model, c.prompt_tokens, c.completion_tokens)
+                    ledger.record(c.entry(key, t.model, cost, {"kind": "judge"}))
                     out[row["draft_id"]] = verdict(c.text, c.status)
 
                 try:

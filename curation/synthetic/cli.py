@@ -76,6 +76,12 @@ def teacher(
     rate_reset: Annotated[float, typer.Option(help="share whose connection is reset")] = 0.0,
     rate_malformed: Annotated[float, typer.Option(help="share answered 200 with an invalid JSON body")] = 0.0,
     honour_n: Annotated[bool, typer.Option(help="--no-honour-n: ignore n > 1 and return one choice")] = True,
+    reasoning_field: Annotated[str | None, typer.Option(help="move each answer's <think> block into message.reasoning_content or message.reasoning (as LiteLLM and vLLM reasoning parsers do)")] = None,
+    error_400_model: Annotated[str | None, typer.Option(help="serve only this model name: any other gets HTTP 400 'Invalid model name' (as LiteLLM does)")] = None,
+    finish_reason_always_stop: Annotated[bool, typer.Option(help="report finish_reason 'stop' for answers cut at max_tokens")] = False,
+    usage_summed_over_n: Annotated[bool, typer.Option(help="report prompt_tokens once per choice (summed over n)")] = False,
+    no_usage: Annotated[bool, typer.Option(help="send no usage in the response")] = False,
+    retry_after_header: Annotated[str | None, typer.Option(help="send the 429/503 wait only in this header, e.g. llm_provider-retry-after-ms")] = None,
 ) -> None:
     """Serve the scripted teacher: OpenAI Chat Completions on http://HOST:PORT/v1.
 
@@ -90,7 +96,11 @@ def teacher(
             latency_p99=latency_p99, max_concurrency=max_concurrency, rate_429=rate_429,
             retry_after=retry_after, rate_500=rate_500, rate_503=rate_503, rate_hang=rate_hang,
             hang_seconds=hang_seconds,
-            rate_reset=rate_reset, rate_malformed=rate_malformed, honour_n=honour_n)
+            rate_reset=rate_reset, rate_malformed=rate_malformed, honour_n=honour_n,
+            reasoning_field=reasoning_field, error_400_model=error_400_model,
+            finish_reason_always_stop=finish_reason_always_stop,
+            usage_summed_over_n=usage_summed_over_n, no_usage=no_usage,
+            retry_after_header=retry_after_header)
     except (ValueError, FileNotFoundError) as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(code=2) from None

@@ -58,6 +58,13 @@ class Behaviour:
     honour_n: bool = True  # False: ignore n > 1 and return one choice, like some servers
     world: str | None = None  # classes.json (or its folder): answer only with these classes
     log_size: int = 10_000
+    # What real servers do (README "Real servers"), reproduced at the HTTP boundary:
+    reasoning_field: str | None = None  # move <think>...</think> there (LiteLLM, vLLM parsers)
+    error_400_model: str | None = None  # serve only this model name; others: HTTP 400
+    finish_reason_always_stop: bool = False  # a cut answer still says "stop" (LitServe)
+    usage_summed_over_n: bool = False  # prompt_tokens counted once per choice
+    no_usage: bool = False  # no usage in the body
+    retry_after_header: str | None = None  # the only header carrying the wait of a 429/503
 
     def __post_init__(self) -> None:
         rates = {k: v for k, v in asdict(self).items() if k.endswith("_rate") or k.startswith("rate_")}
@@ -70,6 +77,9 @@ class Behaviour:
             raise ValueError("latency_p99 must be at least latency_median")
         if self.world:
             load_world(self.world)  # fail now, not at the first request
+        if self.reasoning_field not in (None, "reasoning_content", "reasoning"):
+            raise ValueError("reasoning_field must be reasoning_content or reasoning "
+                             f"(got {self.reasoning_field!r})")
 
     def fault(self, u: float) -> str | None:
         for name in FAULTS:

@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import random
+import re
 import socket
 import struct
 import threading
@@ -62,6 +63,42 @@ def _reset(request: web.Request) -> None:
     transport.abort()
 
 
+def _wait_headers(behaviour: Behaviour) -> dict[str, str]:
+    """The wait hint of a 429/503: Retry-After and retry-after-ms, or only the header the
+    flags name (LiteLLM forwards an upstream's as llm_provider-retry-after[-ms])."""
+    seconds = str(max(1, math.ceil(behaviour.retry_after)))
+    millis = str(int(behaviour.retry_after * 1000))
+    name = behaviour.retry_after_header
+    if name:
+        return {name: millis if name.lower().endswith("-ms") else seconds}
+    return {"Retry-After": seconds, "retry-after-ms": millis}
+
+
+_THINK = re.compile(r"^\s*<think>(.*?)</think>\s*", re.DOTALL)
+
+
+def as_served(result: dict, behaviour: Behaviour) -> dict:
+    """The response body as the flagged server would send it: reasoning moved out of
+    `content` (as LiteLLM does: the leading `<think>` block goes to `reasoning_content`),
+    truncation reported as "stop", prompt_tokens summed over the choices, or no usage."""
+    for choice in result["choices"]:
+        message = choice["message"]
+        if behaviour.reasoning_field and message.get("content"):
+            found = _THINK.match(message["content"])
+            if found:
+                message[behaviour.reasoning_field] = found.group(1)
+                message["content"] = message["content"][found.end():]
+        if behaviour.finish_reason_always_stop and choice["finish_reason"] == "length":
+            choice["finish_reason"] = "stop"
+    usage = result["usage"]
+    if behaviour.usage_summed_over_n:
+        usage["prompt_tokens"] *= len(result["choices"])
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+    if behaviour.no_usage:
+        del result["usage"]
+    return result
+
+
 TEACHER = web.AppKey("teacher", Teacher)
 
 
@@ -84,8 +121,7 @@ def make_app(behaviour: Behaviour) -> web.Application:
         fault = behaviour.fault(rng.random())
         entry = {"t": time.time(), "key": key, "attempt": occurrence, "outcome": fault or "ok"}
         try:
-            wait = {"Retry-After": str(max(1, math.ceil(behaviour.retry_after))),
-                    "retry-after-ms": str(int(behaviour.retry_after * 1000))}
+            wait = _wait_headers(behaviour)
             if fault == "429":
                 return _error(429, "rate limit reached (scripted)", "rate_limit_error", wait)
             if fault == "503":
@@ -98,6 +134,12 @@ def make_app(behaviour: Behaviour) -> web.Application:
                 entry["outcome"] = "bad_request"
                 return _error(400, f"invalid JSON body: {err}", "invalid_request_error")
             entry.update(model=req.get("model"), n=req.get("n"), seed=req.get("seed"))
+            pinned = behaviour.error_400_model
+            if pinned is not None and req.get("model") != pinned:
+                entry["outcome"] = "bad_request"
+                return _error(400, f"Invalid model name passed in model={req.get('model')}. "
+                              "Call `/v1/models` to view available models for your key.",
+                              "invalid_request_error")
             if limit is not None:
                 await limit.acquire()
             teacher.active += 1
@@ -131,7 +173,7 @@ def make_app(behaviour: Behaviour) -> web.Application:
             if any(c["finish_reason"] == "length" for c in result["choices"]):
                 entry["outcome"] = "length"
             return web.Response(status=200, content_type="application/json",
-                                text=json.dumps(result))
+                                text=json.dumps(as_served(result, behaviour)))
         finally:
             teacher.in_flight -= 1
             entry["latency_s"] = round(time.perf_counter() - t0, 6)

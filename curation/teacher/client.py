@@ -8,14 +8,23 @@ concurrency the client's CPU per request sets the pace, and the SDK's per-call w
 copies, request building) about doubles it (bench/draft_throughput.py measures both).
 
 What it does around each request:
-- 401/403/404 (a wrong key, URL or model) set `refused`: the caller stops sending; so does
-  a connection error that outlives its retries before any endpoint has ever answered;
+- 401/403/404 (a wrong key, URL or model) set `refused`: the caller stops sending; so do
+  the same client error (400, 405, 413, 422: a model name the server does not serve, an
+  image over its limit) on `REFUSE_AFTER` requests in a row, and a connection error that
+  outlives its retries before any endpoint has ever answered;
 - a concurrency limit (a semaphore held only while a request is on the wire, not while
   it waits to be retried) and RPM/TPM token buckets that adapt to 429 + Retry-After;
 - retries with exponential backoff and jitter for 429, 408/409/5xx, timeouts, connection
   errors and malformed bodies; after max attempts a failed Completion carries the reason
   (nothing is raised into the caller's loop); other 4xx fail at once;
-- `finish_reason: length` and empty content come back as such (the filter decides);
+- reasoning returned outside `content` (`reasoning_content`, `reasoning`, or the structured
+  `reasoning_details` / `thinking_blocks`: vLLM reasoning parsers, LiteLLM, DeepSeek,
+  OpenRouter) is kept apart and put back as `<think>...</think>` before the content;
+- `finish_reason: length`, a completion as long as max_tokens whatever its finish_reason,
+  and empty content come back as such (the filter decides);
+- usage: split over the choices by their length; estimated (and marked so) when the server
+  reports none; counted once when a server sums prompt_tokens over the `n` choices (learned
+  from one request split in two, see `sample`);
 - several base URLs: each request goes to the least busy healthy one;
 - `n` samples in one request where the server honours `n`; a server that answers with
   fewer choices is detected and the missing samples go as separate requests.
@@ -52,21 +61,31 @@ import openai
 from PIL import Image, ImageOps
 
 from curation.core.config import TeacherConfig
+from curation.core.ledger import Entry, compose_answer
 from curation.teacher.ratelimit import RateLimits
 
 log = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
 REFUSED_STATUS = {401, 403, 404}  # wrong key, no access, wrong URL or model: stop, do not burn
+# Client errors that mean a misconfiguration when every request gets the same one (real
+# servers answer a wrong model name with 400: LiteLLM "Invalid model name passed in model=",
+# transformers serve "Server is pinned to ...").
+CLIENT_ERROR_STATUS = {400, 405, 413, 422}
+REFUSE_AFTER = 3  # identical client errors in a row, with no success between, stop the run
 _DATA_URL = re.compile(r'"data:[^"]*"')
+REASONING_FIELDS = ("reasoning_content", "reasoning", "reasoning_details", "thinking_blocks")
 
 
 @dataclass
 class Completion:
-    """One sample's outcome. status: ok | length | empty | failed (then `error` says why)."""
+    """One sample's outcome. status: ok | length | empty | failed (then `error` says why).
+
+    `content` is the message content as the server sent it, `reasoning` what it returned
+    beside it (from the field `reasoning_field`); `text` is the two together, as read."""
 
     status: str
-    text: str | None = None
+    content: str | None = None
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -74,6 +93,35 @@ class Completion:
     attempts: int = 0
     error: str | None = None
     endpoint: str | None = None
+    reasoning: str | None = None
+    reasoning_field: str | None = None
+    usage_estimated: bool = False
+    shared: int = 1  # samples answered by the same HTTP request
+    truth: Any = None  # ground truth a scripted server attaches to the choice (finecot_truth)
+
+    @property
+    def text(self) -> str | None:
+        return compose_answer(self.content, self.reasoning)
+
+    @property
+    def usable(self) -> bool:
+        return self.status == "ok"
+
+    def entry(self, key: str, model: str, cost: float, meta: dict[str, Any]) -> Entry:
+        """The ledger row of this outcome (content and reasoning kept apart)."""
+        extra: dict[str, Any] = {}
+        if self.reasoning_field:
+            extra["reasoning_field"] = self.reasoning_field
+        if self.truth is not None:
+            extra["truth"] = self.truth
+        return Entry(
+            key=key, model=model, status=self.status, attempts=self.attempts, error=self.error,
+            response=self.content, finish_reason=self.finish_reason,
+            prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
+            latency_s=self.latency_s, cost_usd=cost, endpoint=self.endpoint, meta=meta,
+            reasoning=self.reasoning, extra=extra, usage_estimated=self.usage_estimated,
+            shared=self.shared,
+        )
 
 
 # -- images: resized and encoded once per image ----------------------------------------------
@@ -161,14 +209,22 @@ class _Reply:
 
 def _retry_after(headers: Any) -> float | None:
     """Seconds to wait from `retry-after-ms` (OpenAI's, precise) or `Retry-After` (seconds
-    or an HTTP date); None when neither is there."""
-    millis = headers.get("retry-after-ms")
-    if millis:
-        try:
-            return max(0.0, float(millis) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("Retry-After")
+    or an HTTP date), or their `llm_provider-` forms (LiteLLM passes the upstream's hints
+    under that prefix); None when none is there.
+
+    >>> _retry_after({"llm_provider-retry-after-ms": "1500"})
+    1.5
+    >>> _retry_after({"Retry-After": "2"}), _retry_after({})
+    (2.0, None)
+    """
+    for name in ("retry-after-ms", "llm_provider-retry-after-ms"):
+        millis = headers.get(name)
+        if millis:
+            try:
+                return max(0.0, float(millis) / 1000)
+            except ValueError:
+                pass
+    value = headers.get("Retry-After") or headers.get("llm_provider-retry-after")
     if not value:
         return None
     try:
@@ -198,8 +254,14 @@ class TeacherClient:
         self._turn = 0
         self.n_supported: bool | None = None if config.use_n else False
         self.counts: Counter[str] = Counter()  # sent, retried, failed, reasons...
+        self.waited_s = 0.0  # time spent backing off before retries
         self.refused: str | None = None  # set on 401/403/404: the caller should stop sending
         self._answered = False  # any endpoint ever answered (else a connection error is fatal)
+        self._same_error: tuple[str, int] = ("", 0)  # client error text, requests in a row
+        # Does the server sum prompt_tokens over the n choices? Learned once (see sample).
+        self.usage_summed: bool | None = None if self.n_supported is not False else False
+        self._probe: asyncio.Future | None = None
+        self._reasoning_seen: str | None = None
         self._params = {"model": config.model, "temperature": config.temperature,
                         "top_p": config.top_p, "max_tokens": config.max_tokens}
 
@@ -242,6 +304,10 @@ class TeacherClient:
         estimate = self._estimate_tokens(encoded, len(indices)) if self.limits.tokens else 0.0
         done = 0
         rest = list(indices)
+        if len(rest) > 2 and self.usage_summed is None and self.n_supported is not False:
+            if self._probe is None:
+                return await self._probe_usage(encoded, rest, estimate, on_result, gate)
+            await asyncio.shield(self._probe)  # a few requests wait one round trip, once
         if len(rest) > 1 and self.n_supported is not False:
             completions = await self._chat(encoded, len(rest), rest[0], estimate, gate)
             if completions is None:
@@ -265,6 +331,42 @@ class TeacherClient:
             done += sum(outcomes)
         return done
 
+    async def _probe_usage(self, encoded: str, indices: list[int], estimate: float,
+                           on_result: Callable[[int, Completion], None],
+                           gate: Callable[[], bool] | None) -> int:
+        """The first request of 3+ samples goes as 1 + (n - 1): the same messages' prompt
+        tokens, reported once for one choice and once for n - 1 choices, tell whether the
+        server sums prompt_tokens over the choices. No extra sample is paid for."""
+        self._probe = asyncio.get_running_loop().create_future()
+        single: list[Completion] = []
+        try:
+            single_estimate = estimate / len(indices)
+
+            def first(index: int, completion: Completion) -> None:
+                single.append(completion)
+                on_result(index, completion)
+
+            done = await self._one(encoded, indices[0], single_estimate, first, gate)
+            many = await self._chat(encoded, len(indices) - 1, indices[1], estimate, gate,
+                                    learn_usage=single[0].prompt_tokens if single else None)
+            if many is None:
+                return done
+            for index, completion in zip(indices[1:], many, strict=False):
+                on_result(index, completion)
+            done += min(len(many), len(indices) - 1)
+            if many[0].status != "failed":
+                self.n_supported = len(many) >= len(indices) - 1
+            missing = indices[1 + len(many):] if many[0].status != "failed" else []
+            for index in missing:  # the server ignored n: the rest one by one
+                done += await self._one(encoded, index, single_estimate, on_result, gate)
+            return done
+        finally:
+            if self.usage_summed is None and (self.n_supported is False or self.refused):
+                self.usage_summed = False  # nothing to learn: n is not used
+            self._probe.set_result(None)
+            if self.usage_summed is None:
+                self._probe = None  # the probe failed: the next request of 3+ samples tries
+
     async def _one(self, encoded: str, index: int, estimate: float,
                    on_result: Callable[[int, Completion], None], gate: Callable[[], bool] | None) -> int:
         completions = await self._chat(encoded, 1, index, estimate, gate)
@@ -276,7 +378,8 @@ class TeacherClient:
     # -- one logical request, with retries ----------------------------------------------------
 
     async def _chat(self, encoded: str, n: int, first_index: int, estimate: float,
-                    gate: Callable[[], bool] | None) -> list[Completion] | None:
+                    gate: Callable[[], bool] | None,
+                    learn_usage: int | None = None) -> list[Completion] | None:
         params = dict(self._params)
         if self.config.seed is not None:
             params["seed"] = self.config.seed + first_index
@@ -297,15 +400,18 @@ class TeacherClient:
                 began = time.monotonic()
                 reply = await self._send(endpoint, payload)
                 latency = time.monotonic() - began
-            completions, error, retry = self._interpret(reply)
+            completions, error, retry = self._interpret(reply, encoded)
             if completions is not None:
                 self._answered = True
+                self._same_error = ("", 0)
                 endpoint.failures = 0
                 self.limits.on_success()
+                self._settle_usage(completions, learn_usage)
                 used = sum(c.prompt_tokens + c.completion_tokens for c in completions)
                 self.limits.settle(estimate, used)
                 for c in completions:
                     c.latency_s, c.attempts, c.endpoint = latency, attempts, endpoint.label
+                    c.shared = len(completions)
                 return completions
             endpoint.failures += 1
             self.counts[f"error {error.split(':')[0]}"] += 1
@@ -313,11 +419,17 @@ class TeacherClient:
                 self.limits.on_throttle(reply.retry_after)
             if reply.status in REFUSED_STATUS and self.refused is None:
                 self.refused = self._scrub(error)  # every request would fail the same way
+            elif reply.status in CLIENT_ERROR_STATUS:
+                self._count_client_error(error)
             if not retry:
                 break
             if attempts < cfg.max_attempts:
                 self.counts["retried"] += 1
-                await asyncio.sleep(self._backoff(attempts, reply.retry_after))
+                wait = self._backoff(attempts, reply.retry_after)
+                self.waited_s += wait
+                log.debug("retry %d/%d in %.1f s after %s", attempts + 1, cfg.max_attempts,
+                          wait, self._scrub(error)[:200])
+                await asyncio.sleep(wait)
         self.counts["failed"] += 1
         error, elapsed = self._scrub(error), time.monotonic() - started
         if (error.startswith("connection:") and not self._answered and self.refused is None
@@ -326,8 +438,38 @@ class TeacherClient:
             # URL or port, a server not started). Every other request would fail the same way.
             urls = ", ".join(e.url for e in self.endpoints)
             self.refused = f"nothing answers at {urls}: {error}"
-        return [Completion(status="failed", error=error, attempts=attempts, latency_s=elapsed)
-                for _ in range(n)]
+        return [Completion(status="failed", error=error, attempts=attempts, latency_s=elapsed,
+                           shared=n) for _ in range(n)]
+
+    def _count_client_error(self, error: str) -> None:
+        """The same client error on REFUSE_AFTER requests in a row (no success between) is
+        a misconfiguration, not a bad item: stop with the server's words."""
+        text = self._scrub(error)
+        same, count = self._same_error
+        count = count + 1 if text == same else 1
+        self._same_error = (text, count)
+        if count >= REFUSE_AFTER and self.refused is None:
+            self.refused = f"{count} requests in a row answered {text}"
+
+    def _settle_usage(self, completions: list[Completion], learn_usage: int | None) -> None:
+        """Correct usage for a server that sums prompt_tokens over the choices; log, once,
+        where the server puts its reasoning."""
+        count = len(completions)
+        if learn_usage is not None and count > 1 and self.usage_summed is None and learn_usage > 0:
+            reported = sum(c.prompt_tokens for c in completions)
+            self.usage_summed = reported >= 1.5 * learn_usage
+            if self.usage_summed:
+                log.warning("the teacher reports prompt_tokens summed over the n choices (%d "
+                            "for %d choices, %d for one): counting them once", reported,
+                            count, learn_usage)
+        if self.usage_summed and count > 1 and not completions[0].usage_estimated:
+            for c in completions:
+                c.prompt_tokens //= count
+        field = completions[0].reasoning_field
+        if field and self._reasoning_seen is None:
+            self._reasoning_seen = field
+            log.info("the teacher returns its reasoning in message.%s: kept in the ledger and "
+                     "put back as <think>...</think> before the content", field)
 
     def _backoff(self, attempts: int, retry_after: float | None) -> float:
         ceiling = min(self.config.backoff_max_s, self.config.backoff_s * 2 ** (attempts - 1))
@@ -375,16 +517,17 @@ class TeacherClient:
         except openai.APIConnectionError as err:
             return _Reply(error=f"connection: {type(err.__cause__ or err).__name__}")
 
-    def _interpret(self, reply: _Reply) -> tuple[list[Completion] | None, str, bool]:
+    def _interpret(self, reply: _Reply, encoded: str) -> tuple[list[Completion] | None, str, bool]:
         """(completions, error, retryable): completions is None when the attempt failed."""
         if reply.error:
             return None, reply.error, True
         if reply.status != 200:
-            detail = reply.raw[:300].decode("utf-8", "replace").strip()
-            return None, f"http {reply.status}: {detail}", reply.status in RETRYABLE_STATUS
+            return (None, f"http {reply.status}: {server_message(reply.raw)}",
+                    reply.status in RETRYABLE_STATUS)
         try:
-            return _parse_choices(reply.raw), "", False
-        except (ValueError, KeyError, TypeError, IndexError) as err:
+            return _parse_choices(reply.raw, self.config.max_tokens,
+                                  lambda: self._estimate_tokens(encoded, 0)), "", False
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
             return None, f"malformed: {err}", True
 
     def _scrub(self, text: str) -> str:
@@ -393,39 +536,115 @@ class TeacherClient:
         return text
 
     def _estimate_tokens(self, encoded: str, n: int) -> float:
-        """Rough tokens of one request for the TPM bucket (settled with the real usage later)."""
+        """Rough tokens of one request for the TPM bucket (settled with the real usage later);
+        with n = 0, of its prompt alone (the usage of a server that reports none)."""
         images = len(_DATA_URL.findall(encoded))
         text = len(_DATA_URL.sub('""', encoded))
         image_tokens = self.config.image_max_pixels / 784 + 85
         return text / 4 + images * image_tokens + self.config.max_tokens * n
 
 
-def _parse_choices(raw: bytes) -> list[Completion]:
-    """Completions from a chat.completion body; raises on a body that is not one."""
+def server_message(raw: bytes, limit: int = 300) -> str:
+    """The readable part of an error body: OpenAI's error.message, FastAPI's detail, or the
+    text itself.
+
+    >>> server_message(b'{"error": {"message": "Invalid model name passed in model=x"}}')
+    'Invalid model name passed in model=x'
+    >>> server_message(b'{"detail": "Server is pinned to m"}'), server_message(b"busy")
+    ('Server is pinned to m', 'busy')
+    """
+    text = raw[:4000].decode("utf-8", "replace").strip()
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text[:limit]
+    if isinstance(data, dict):
+        error = data.get("error")
+        message = error.get("message") if isinstance(error, dict) else error
+        message = message or data.get("detail") or data.get("message")
+        if isinstance(message, str) and message.strip():
+            return message.strip()[:limit]
+    return text[:limit]
+
+
+def _text_of(value: Any) -> str:
+    """Text of a reasoning field: a string, or the parts providers send (lists of objects
+    with `text`, `thinking`, `content` or `summary`)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        for name in ("text", "thinking", "content", "summary"):
+            if isinstance(value.get(name), str):
+                return value[name]
+        return ""
+    if isinstance(value, list):
+        return "".join(_text_of(part) for part in value)
+    return ""
+
+
+def _reasoning(message: dict) -> tuple[str | None, str | None]:
+    """(reasoning text, field) of a message, the first field that holds any text."""
+    for name in REASONING_FIELDS:
+        value = message.get(name)
+        if value:
+            text = _text_of(value)
+            if text.strip():
+                return text, name
+    return None, None
+
+
+def _parse_choices(raw: bytes, max_tokens: int | None,
+                   prompt_estimate: Callable[[], float]) -> list[Completion]:
+    """Completions from a chat.completion body; raises on a body that is not one.
+
+    Usage covers all choices: it is split over them by their length (the sum stays
+    exact). A server that reports none gets an estimate (prompt: the TPM estimate; answer:
+    4 characters a token), marked `usage_estimated`. An answer as long as max_tokens is
+    truncated whatever its finish_reason says (some servers say "stop")."""
     data = json.loads(raw)
     choices = data["choices"]
     if not isinstance(choices, list) or not choices:
         raise ValueError("no choices in the response")
+    choices = sorted(choices, key=lambda c: c.get("index", 0))
+    truths = data.get("finecot_truth")
     usage = data.get("usage") or {}
     prompt = int(usage.get("prompt_tokens") or 0)
     completion = int(usage.get("completion_tokens") or 0)
-    count = len(choices)
     out = []
-    for i, choice in enumerate(sorted(choices, key=lambda c: c.get("index", 0))):
-        content = choice["message"].get("content")
+    for i, choice in enumerate(choices):
+        message = choice["message"]
+        content = message.get("content")
         if isinstance(content, list):  # content parts
             content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-        finish = choice.get("finish_reason")
-        if not content or not str(content).strip():
-            status = "empty"
-        elif finish == "length":
-            status = "length"
-        else:
-            status = "ok"
-        # usage covers all choices: split it so the sum stays exact
-        out.append(Completion(
-            status=status, text=content if content else None, finish_reason=finish,
-            prompt_tokens=prompt // count + (prompt % count if i == 0 else 0),
-            completion_tokens=completion // count + (completion % count if i == 0 else 0),
-        ))
+        reasoning, field = _reasoning(message)
+        truth = truths[i] if isinstance(truths, list) and i < len(truths) else None
+        out.append(Completion(status="ok", content=content or None,
+                              finish_reason=choice.get("finish_reason"), reasoning=reasoning,
+                              reasoning_field=field, truth=truth))
+    lengths = [len(c.content or "") + len(c.reasoning or "") for c in out]
+    estimated = prompt + completion == 0 and any(lengths)
+    if estimated:
+        prompt = math.ceil(prompt_estimate())
+        completion = sum(math.ceil(n / 4) for n in lengths)
+    weights = lengths if sum(lengths) else [1] * len(out)
+    _split(prompt, [1] * len(out), out, "prompt_tokens")
+    _split(completion, weights, out, "completion_tokens")
+    # Per-choice token counts are known for one choice; for several, only when all of them
+    # must have reached max_tokens.
+    at_limit = bool(max_tokens) and not estimated and completion >= len(out) * max_tokens
+    for c in out:
+        c.usage_estimated = estimated
+        if not (c.content or "").strip() and not (c.reasoning or "").strip():
+            c.status = "empty"
+        elif c.finish_reason == "length" or at_limit:
+            c.status = "length"
     return out
+
+
+def _split(total: int, weights: list[int], completions: list[Completion], name: str) -> None:
+    """Share `total` over the completions by weight, integers summing exactly to it."""
+    whole = sum(weights)
+    shares = [total * w // whole for w in weights]
+    shares[0] += total - sum(shares)
+    for c, share in zip(completions, shares, strict=True):
+        setattr(c, name, share)

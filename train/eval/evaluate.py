@@ -299,13 +299,8 @@ def answer(items: Sequence[Item], mode: str, backend, ledger: Ledger, settings: 
 
     def record(request: Request, c: Completion) -> None:
         cost = cost_usd(settings.prices, backend.model_id, c.prompt_tokens, c.completion_tokens)
-        ledger.record(Entry(
-            key=request.key, model=backend.model_id, status=c.status, attempts=c.attempts,
-            error=c.error, response=c.text, finish_reason=c.finish_reason,
-            prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
-            latency_s=c.latency_s, cost_usd=cost, endpoint=c.endpoint,
-            meta={"item_id": by_key[request.key][0], "purpose": f"eval-{mode}"},
-        ))
+        ledger.record(c.entry(request.key, backend.model_id, cost,
+                              {"item_id": by_key[request.key][0], "purpose": f"eval-{mode}"}))
         progress.advance(len(by_key[request.key]))
 
     if todo:
@@ -322,7 +317,7 @@ def score(items: Sequence[Item], entries: dict[str, Entry], mode: str, registry:
     rows = []
     for item in items:
         entry = entries.get(item.id)
-        response = entry.response if entry is not None else None
+        response = entry.text if entry is not None else None
         row: dict[str, Any] = {
             "id": item.id, "dataset": item.dataset, "label": item.label,
             "class_split": item.class_split, "question": item.question,

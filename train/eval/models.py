@@ -217,7 +217,7 @@ class LocalModel:
             prompt_tokens = int(inputs["attention_mask"][row].sum())
             completion_tokens = next((i + 1 for i, t in enumerate(ids) if t in eos), len(ids))
             completions.append(Completion(
-                status=status, text=text or None, finish_reason="stop" if finished else "length",
+                status=status, content=text or None, finish_reason="stop" if finished else "length",
                 prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                 latency_s=latency / len(batch), attempts=1, endpoint=str(self.path)))
         return completions

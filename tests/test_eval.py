@@ -179,6 +179,22 @@ def test_budget_stops_sending_and_a_rerun_finishes(start_teacher, loaded, tmp_pa
     assert server.stats(log=False)["counts"]["requests"] == 96  # nothing was asked twice
 
 
+def test_reasoning_outside_content_scores_as_direct(start_teacher, loaded, tmp_path):
+    """Behind a server that moves <think> to message.reasoning_content (LiteLLM, vLLM
+    reasoning parsers), the format and accuracy scores are those of going direct."""
+    items, registry = loaded
+    scores = {}
+    for name, flags in (("direct", {}), ("moved", {"reasoning_field": "reasoning_content"})):
+        server = start_teacher(perception_error_rate=0.3, **flags)
+        backend = EndpointModel(TeacherConfig(model="scripted", base_urls=[server.base_url],
+                                              temperature=0, concurrency=8))
+        result = ev.evaluate({mode: items[mode] for mode in ev.MODES}, registry, backend,
+                             tmp_path / name, ev.Settings())
+        scores[name] = {mode: result["results"][mode]["averages"] for mode in ev.MODES}
+    assert scores["moved"] == scores["direct"]
+    assert all(s["format"]["Avg"] == 1.0 for s in scores["moved"].values())
+
+
 # -- an endpoint that always answers the first option ------------------------------------------
 
 

@@ -426,7 +426,8 @@ class Drafter:
             self.ledger.event(report.stopped, f"{report.not_sent} scheduled requests not sent")
             raise DraftStopped(self._stop_message())
         share = self.recipe.draft.min_usable_share
-        if report.drafts and (report.usable == 0 or report.usable < share * report.drafts):
+        if share > 0 and report.drafts and (
+                report.usable == 0 or report.usable < share * report.drafts):
             self.ledger.event("unusable", report.summary())
             raise DraftStopped(
                 f"too few usable answers: {report.summary()} (draft.min_usable_share "

@@ -463,8 +463,8 @@ class TeacherClient:
                             "for %d choices, %d for one): counting them once", reported,
                             count, learn_usage)
         if self.usage_summed and count > 1 and not completions[0].usage_estimated:
-            for c in completions:
-                c.prompt_tokens //= count
+            once = sum(c.prompt_tokens for c in completions) // count
+            _split(once, [1] * count, completions, "prompt_tokens")
         field = completions[0].reasoning_field
         if field and self._reasoning_seen is None:
             self._reasoning_seen = field

@@ -21,6 +21,21 @@ LS_STAMP := $(LS_VENV)/.installed-$(LS_VERSION)
 .PHONY: labelstudio
 labelstudio: $(LS_STAMP)
 
+# The LiteLLM proxy, a real third-party server the tests put in front of the scripted
+# teacher (it moves <think> into reasoning_content, answers a wrong model with 400), in its
+# own venv: its pins are not ours.
+LITELLM_VERSION := 1.108.7
+LITELLM_VENV := .venv-litellm
+LITELLM_STAMP := $(LITELLM_VENV)/.installed-$(LITELLM_VERSION)
+
+.PHONY: litellm
+litellm: $(LITELLM_STAMP)
+
+$(LITELLM_STAMP):
+	test -x $(LITELLM_VENV)/bin/python || $(PYTHON) -m venv $(LITELLM_VENV)
+	$(LITELLM_VENV)/bin/python -m pip install --quiet --disable-pip-version-check 'litellm[proxy]==$(LITELLM_VERSION)'
+	touch $(LITELLM_STAMP)
+
 $(LS_STAMP):
 	test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)
 	$(LS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check label-studio==$(LS_VERSION)
@@ -32,13 +47,13 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip
 	$(PIP) torch==2.13.0
-	$(PIP) -e '.[test]'
+	$(PIP) -e '.[test,serve]'
 	touch $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-test: $(STAMP) $(LS_STAMP)
+test: $(STAMP) $(LS_STAMP) $(LITELLM_STAMP)
 	$(BIN)/ruff check .
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) || echo 'chromium not installed: the report render test will be skipped'
 	$(BIN)/pytest -n 2
@@ -47,4 +62,4 @@ demo: $(STAMP)
 	$(BIN)/finecot demo
 
 clean:
-	rm -rf $(VENV) $(LS_VENV) runs .pytest_cache
+	rm -rf $(VENV) $(LS_VENV) $(LITELLM_VENV) runs .pytest_cache

@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from PIL import Image
@@ -27,7 +29,16 @@ def _inputs(processor, colour=(200, 30, 30)):
 
 
 def test_auto_classes_load_what_was_saved(tiny):
-    processor = AutoProcessor.from_pretrained(tiny)
+    """The folder names the standard processor (servers with torchvision load it as is) and
+    ships the video-free one as remote code (what loads here, without torchvision)."""
+    config = json.loads((tiny / "processor_config.json").read_text())
+    assert config["processor_class"] == "Qwen2_5_VLProcessor"
+    assert config["auto_map"] == {"AutoProcessor": "video_free_processor.FinecotQwenVLProcessor"}
+    assert (tiny / "video_free_processor.py").exists()
+    assert (tiny / "video_preprocessor_config.json").exists()
+    with pytest.raises((ImportError, OSError, ValueError), match="(?i)torchvision|video"):
+        AutoProcessor.from_pretrained(tiny)  # the standard class needs torchvision: loud
+    processor = AutoProcessor.from_pretrained(tiny, trust_remote_code=True)
     model = AutoModelForImageTextToText.from_pretrained(tiny)
     assert type(model).__name__ == "Qwen2_5_VLForConditionalGeneration"
     assert type(processor).__name__ == "FinecotQwenVLProcessor"

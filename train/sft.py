@@ -19,7 +19,7 @@ from typing import Any
 from trl import SFTConfig, SFTTrainer
 
 from train.data import load_sft
-from train.tiny import load_processor
+from train.tiny import load_processor, save_processor
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def run_sft(recipe: SFTRecipe, callbacks: list | None = None) -> dict[str, Any]:
     trainer = build_trainer(recipe, callbacks)
     result = trainer.train()
     trainer.save_model(recipe.output_dir)
-    trainer.processing_class.save_pretrained(recipe.output_dir)
+    save_processor(trainer.processing_class, recipe.output_dir)
     trainer.state.save_to_json(str(Path(recipe.output_dir) / "trainer_state.json"))  # the loss log
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     log.info("SFT done: %d steps, loss %s -> %s, saved to %s", result.global_step,

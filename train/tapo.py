@@ -44,7 +44,7 @@ from trl.models.utils import disable_gradient_checkpointing
 from train.data import load_registry, load_rl
 from train.rewards import REWARD_WEIGHTS, reward_functions
 from train.tapo_loss import TAPOCoefficients, dynamic_sampling_keep, group_advantages, tapo_loss
-from train.tiny import load_processor
+from train.tiny import load_processor, save_processor
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +263,7 @@ def run_tapo(config: TAPOConfig, plain_grpo: bool = False, callbacks: list | Non
     trainer = build_trainer(config, plain_grpo, callbacks)
     result = trainer.train()
     trainer.save_model(config.output_dir)
-    trainer.processing_class.save_pretrained(config.output_dir)
+    save_processor(trainer.processing_class, config.output_dir)
     trainer.state.save_to_json(str(Path(config.output_dir) / "trainer_state.json"))  # the loss log
     history = [e for e in trainer.state.log_history if "loss" in e]
     log.info("%s done: %d steps, saved to %s", "GRPO" if plain_grpo else "TAPO", result.global_step, config.output_dir)

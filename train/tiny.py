@@ -13,15 +13,21 @@ tokenizer trained in milliseconds on the dataset's own text. Nothing is download
     'red plumage'
 
 The Qwen2/2.5-VL processors insist on a video processor, whose loading needs torchvision
-(never installed here: the reachable builds are CUDA-linked). `FinecotQwenVLProcessor` is
-the same processor without the video part; it is registered with AutoProcessor and its
-class name is what the saved `processor_class` says, so AutoProcessor loads it once this
-module is imported (`load_processor` does that for you).
+(never installed here: the reachable builds are CUDA-linked). `FinecotQwenVLProcessor`
+(train/video_free_processor.py) is the same processor without the video part;
+`load_processor` falls back to it. `save_processor` writes a folder that servers nobody
+here wrote load as a vision-language model without importing finecot: processor_class is
+the standard `Qwen2_5_VLProcessor` (with a video processor config, for machines that have
+torchvision, such as vLLM's), and `auto_map` names the video-free class shipped in the
+folder (`--trust-remote-code` where torchvision is missing, e.g. `transformers serve`
+here). A server that loads the folder as text only drops every image without an error.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -30,10 +36,12 @@ from transformers import (
     PreTrainedTokenizerFast,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
-    Qwen2_5_VLProcessor,
 )
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 from trl.chat_template_utils import qwen2_5_vl_chat_template
+
+from train import video_free_processor
+from train.video_free_processor import FinecotQwenVLProcessor
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +58,33 @@ SPECIAL_TOKENS = [
 PATCH = 14  # Qwen2.5-VL patch size; one image token covers (2*14)^2 pixels after the merger
 
 
-class FinecotQwenVLProcessor(Qwen2_5_VLProcessor):
-    """Qwen2.5-VL processor without the video processor (no torchvision needed)."""
-
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-        super().__init__(image_processor, tokenizer, chat_template=chat_template, **kwargs)
-
-
 AutoProcessor.register(Qwen2_5_VLConfig, FinecotQwenVLProcessor, exist_ok=True)
+
+REMOTE_CODE = Path(video_free_processor.__file__)
+
+
+def save_processor(processor, out: str | Path) -> None:
+    """Save `processor` so that stock servers load it with its images (see the module doc)."""
+    out = Path(out)
+    processor.save_pretrained(out)
+    if not isinstance(processor, FinecotQwenVLProcessor):
+        return  # a standard processor saved itself as such
+    shutil.copyfile(REMOTE_CODE, out / REMOTE_CODE.name)
+    auto_map = {"AutoProcessor": f"{REMOTE_CODE.stem}.{FinecotQwenVLProcessor.__name__}"}
+    config_file = out / "processor_config.json"
+    config = json.loads(config_file.read_text())
+    config.update(processor_class="Qwen2_5_VLProcessor", auto_map=auto_map)
+    config_file.write_text(json.dumps(config, indent=2) + "\n")
+    tokenizer_file = out / "tokenizer_config.json"
+    if tokenizer_file.exists():
+        tokenizer_config = json.loads(tokenizer_file.read_text())
+        tokenizer_config["processor_class"] = "Qwen2_5_VLProcessor"
+        tokenizer_file.write_text(json.dumps(tokenizer_config, indent=2) + "\n")
+    image = {k: v for k, v in config.get("image_processor", {}).items()
+             if k != "image_processor_type"}
+    video = {**image, "video_processor_type": "Qwen2VLVideoProcessor",
+             "processor_class": "Qwen2_5_VLProcessor"}
+    (out / "video_preprocessor_config.json").write_text(json.dumps(video, indent=2) + "\n")
 
 
 def default_corpus() -> list[str]:
@@ -170,7 +197,7 @@ def build_tiny_model(
         image_processor=image_processor, tokenizer=tokenizer, chat_template=qwen2_5_vl_chat_template
     )
     model.save_pretrained(out)
-    processor.save_pretrained(out)
+    save_processor(processor, out)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("tiny Qwen2.5-VL (%d parameters, vocab %d) saved to %s", n_params, len(tokenizer), out)
     return out

@@ -381,6 +381,16 @@ def test_cli_run_and_compare_with_the_paper_rows(teacher_server, export, tmp_pat
     assert missing.exit_code == 2 and "run `finecot export`" in missing.output
 
 
+def test_a_usd_budget_without_a_price_is_refused_before_any_request(teacher_server, export,
+                                                                     tmp_path):
+    before = teacher_server.stats(log=False)["counts"]["requests"]
+    result = CliRunner().invoke(app, ["eval", "run", "--data", str(export), "--endpoint",
+                                      teacher_server.base_url, "--endpoint-model", "scripted",
+                                      "--budget-usd", "1", "--out", str(tmp_path / "e")])
+    assert result.exit_code != 0 and "--budget-usd needs the price of 'scripted'" in result.output
+    assert teacher_server.stats(log=False)["counts"]["requests"] == before
+
+
 def test_a_wrong_endpoint_stops_the_evaluation_with_the_reason(teacher_server, export, tmp_path):
     wrong = teacher_server.root_url + "/no-such-api/v1"  # answers 404 to every request
     result = CliRunner().invoke(app, ["eval", "run", "--data", str(export), "--endpoint", wrong,

@@ -222,3 +222,20 @@ def test_an_old_ledger_migrates_and_reparse_finds_what_may_be_lost(tmp_path):
         assert rows["k-bare"].status == "failed" and rows["k-bare"].error.startswith("reask:")
         assert rows["k-think"].status == "ok"
         assert ledger.stats()["recent_events"][0]["kind"] == "reask"
+
+
+def test_the_scripted_teachers_truth_reaches_the_drafts(tmp_path, synthetic_world, start_teacher):
+    """The ledger keeps what a scripted teacher says it did, per sample; drafts.parquet
+    carries it as `teacher_truth`, so the filters can be measured on a pipeline run."""
+    import json
+
+    server = start_teacher(perception_error_rate=0.5)
+    run = make_run(tmp_path, synthetic_world, per_class=2)
+    draft_stage(spec(run, server, draft={"samples": 3}), run)
+    rows = list(drafts(run).values())
+    truths = [json.loads(r["teacher_truth"]) for r in rows]
+    answered = [(t, r) for t, r in zip(truths, rows, strict=True) if t["format_error"] is None]
+    assert answered and all(f"<answer>{t['answer']}</answer>" in r["response"]
+                            for t, r in answered)  # each sample's own truth, not its neighbour's
+    assert {t["misperceived"] for t in truths} == {True, False}
+    assert all(t["true_class"] == r["label"] for t, r in zip(truths, rows, strict=True))

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import itertools
+import json
 import logging
 import math
 import os
@@ -60,6 +61,7 @@ DRAFT_FIELDS = [
     ("status", pa.string()), ("error", pa.string()), ("response", pa.string()),
     ("finish_reason", pa.string()), ("prompt_tokens", pa.int64()),
     ("completion_tokens", pa.int64()), ("cost_usd", pa.float64()), ("latency_s", pa.float64()),
+    ("teacher_truth", pa.string()),  # JSON: what a scripted teacher says it did (else null)
 ]
 
 
@@ -388,6 +390,8 @@ class Drafter:
             "finish_reason": e.finish_reason, "prompt_tokens": e.prompt_tokens,
             "completion_tokens": e.completion_tokens, "cost_usd": e.cost_usd,
             "latency_s": e.latency_s, "_usage_estimated": e.usage_estimated,
+            "teacher_truth": (json.dumps(e.extra["truth"], sort_keys=True)
+                              if "truth" in e.extra else None),
         }
 
     def _finish(self) -> None:

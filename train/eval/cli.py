@@ -87,8 +87,8 @@ def run_command(
     temperature: Annotated[float, typer.Option("--temperature", help="endpoint sampling temperature (0: greedy)")] = 0.0,
     budget_usd: Annotated[float | None, typer.Option("--budget-usd", help="stop sending at this total ledger cost")] = None,
     budget_tokens: Annotated[int | None, typer.Option("--budget-tokens", help="or at this many total tokens")] = None,
-    price_in: Annotated[float, typer.Option("--price-in", help="endpoint USD per 1M prompt tokens (cost accounting)")] = 0.0,
-    price_out: Annotated[float, typer.Option("--price-out", help="endpoint USD per 1M completion tokens")] = 0.0,
+    price_in: Annotated[float | None, typer.Option("--price-in", help="endpoint USD per 1M prompt tokens (cost accounting; needed by --budget-usd, 0 for a free server)")] = None,
+    price_out: Annotated[float | None, typer.Option("--price-out", help="endpoint USD per 1M completion tokens")] = None,
     ledger: Annotated[Path | None, typer.Option("--ledger", help="ledger file (default OUT/ledger.sqlite; a run's ledger.sqlite works)")] = None,
 ) -> None:
     """Evaluate one model. Answers are cached in the ledger: a rerun sends nothing already answered.
@@ -137,10 +137,16 @@ def run_command(
                 model=endpoint_model, base_urls=list(endpoint), api_key_env=api_key_env,
                 concurrency=concurrency, temperature=temperature, top_p=1.0,
                 max_tokens=max_new_tokens, seed=seed))
+        if budget_usd is not None and model is None and (price_in is None or price_out is None):
+            raise ValueError(  # without a price every answer costs $0: the budget never stops
+                f"--budget-usd needs the price of {endpoint_model!r}: give --price-in and "
+                "--price-out (USD per million prompt / completion tokens; 0 for a free local "
+                "server), or budget tokens with --budget-tokens")
         settings = ev.Settings(
             paper_compat=paper_compat, embedder=embedder, budget_usd=budget_usd,
             budget_tokens=budget_tokens,
-            prices={backend.model_id: Price(input_per_m=price_in, output_per_m=price_out)},
+            prices={backend.model_id: Price(input_per_m=price_in or 0.0,
+                                            output_per_m=price_out or 0.0)},
         )
         metrics = ev.evaluate(items, registry, backend, out, settings, ledger_path=ledger,
                               progress=RichEvalProgress(), source=source, skipped=skipped,

@@ -181,3 +181,101 @@ def test_ledger_commands(tmp_path):
     out = tmp_path / "x.parquet"
     exported = runner.invoke(app, ["ledger", "export", "--run", str(run), str(out)])
     assert exported.exit_code == 0 and pq.read_table(out).num_rows == 2
+
+
+# -- running totals (issue 22): the same cost at any ledger size -----------------------------
+
+
+def _aggregates(db: sqlite3.Connection) -> dict:
+    """What the totals must equal: the aggregates over every request, computed the slow way."""
+    row = db.execute(
+        "SELECT COUNT(*), COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0),"
+        " ROUND(COALESCE(SUM(cost_usd), 0), 9), ROUND(COALESCE(SUM(attempts * 1.0 / shared), 0), 6),"
+        " COUNT(reasoning), COALESCE(SUM(usage_estimated), 0) FROM requests").fetchone()
+    by_status = dict(db.execute("SELECT status, COUNT(*) FROM requests GROUP BY status"))
+    return {"row": row, "by_status": by_status}
+
+
+def _from_stats(stats: dict) -> dict:
+    row = (stats["requests"], stats["prompt_tokens"], stats["completion_tokens"],
+           round(stats["cost_usd"], 9), None, stats["reasoning_outside_content"],
+           stats["usage_estimated"])
+    return {"row": row, "by_status": {k: v for k, v in stats["by_status"].items() if v}}
+
+
+def test_totals_follow_inserts_retries_reasks_and_deletes(tmp_path):
+    import random
+
+    rng = random.Random(0)
+    path = tmp_path / "l.sqlite"
+    with Ledger(path) as ledger:
+        for _ in range(300):
+            key = f"k{rng.randrange(120)}"  # repeats: the upsert path (a failed row re-sent)
+            ledger.record(entry(key, model=rng.choice(["a", "b"]),
+                                status=rng.choice(["ok", "failed", "length", "empty"]),
+                                attempts=rng.randint(1, 3), shared=rng.choice([1, 1, 3]),
+                                prompt_tokens=rng.randint(0, 900), cost_usd=rng.random() / 7,
+                                reasoning=rng.choice([None, "why"]),
+                                usage_estimated=rng.random() < 0.2))
+        ledger.record_many(entry(f"bulk{i}", model="c") for i in range(50))
+        ledger.mark_for_reask([f"k{i}" for i in range(0, 120, 7)], "reask: test")
+        ledger._db.execute("DELETE FROM requests WHERE key IN ('k3', 'k5', 'bulk7')")
+        stats = ledger.stats()
+    db = sqlite3.connect(path)
+    want = _aggregates(db)
+    got = _from_stats(stats)
+    assert got["by_status"] == want["by_status"]
+    assert got["row"][:4] == want["row"][:4] and got["row"][5:] == want["row"][5:]
+    assert stats["attempts"] == round(want["row"][4])
+    with Ledger(path) as reopened:  # what the next process reads, without a scan
+        assert reopened.totals() == pytest.approx((want["row"][3], want["row"][1] + want["row"][2]))
+
+
+def test_a_ledger_of_the_previous_release_migrates_in_place_with_its_totals(tmp_path):
+    """A schema-4 ledger (what the previous release wrote) gains the totals table, filled
+    from its rows; the rows themselves are untouched."""
+    path = tmp_path / "v4.sqlite"
+    db = sqlite3.connect(path)
+    for script in MIGRATIONS[:4]:
+        db.executescript(script)
+    db.execute("PRAGMA user_version = 4")
+    for i in range(40):
+        db.execute("INSERT INTO requests (key, model, status, attempts, response, prompt_tokens,"
+                   " completion_tokens, cost_usd, shared, created_at, updated_at, raw_fields)"
+                   " VALUES (?, ?, ?, 2, 'x', 10, 5, 0.25, ?, 1, 1, 1)",
+                   (f"k{i}", "m" if i % 2 else "n", "ok" if i % 5 else "failed", 1 + i % 2))
+    db.commit()
+    want = _aggregates(db)
+    db.close()
+    with Ledger(path) as ledger:
+        assert ledger.schema_version == len(MIGRATIONS)
+        assert ledger.totals() == pytest.approx((10.0, 600))
+        stats = ledger.stats()
+    assert _from_stats(stats)["by_status"] == want["by_status"]
+    assert stats["attempts"] == round(want["row"][4]) == 60  # 2 attempts, shared by 1 or 2
+
+
+def test_what_a_stage_asks_the_ledger_uses_an_index(tmp_path):
+    """Every statement a draft, filter or eval run sends on each invocation (open, cache
+    check, lookups, record, event, budget, stats) reads by key, by index or the small totals
+    table: none scans the requests."""
+    with Ledger(tmp_path / "l.sqlite") as ledger:
+        ledger.record_many(entry(f"k{i}", status="failed" if i % 9 == 0 else "ok",
+                                 error="http 500: x" if i % 9 == 0 else None) for i in range(200))
+        statements: list[str] = []
+        ledger._db.set_trace_callback(statements.append)
+        ledger.statuses([f"k{i}" for i in range(50)])
+        ledger.get_many([f"k{i}" for i in range(50)], meta=False)
+        ledger.record(entry("new"))
+        ledger.record(entry("k1", attempts=1))
+        ledger.event("resume", "test")
+        ledger.totals()
+        ledger.stats()
+        ledger._db.set_trace_callback(None)
+        reads = [s for s in statements if s.lstrip().upper().startswith(("SELECT", "INSERT",
+                                                                          "UPDATE"))]
+        assert len(reads) >= 8
+        plans = {s: " | ".join(r[-1] for r in ledger._db.execute(f"EXPLAIN QUERY PLAN {s}"))
+                 for s in reads if "?" not in s}
+    scans = {s: plan for s, plan in plans.items() if "SCAN requests" in plan}
+    assert plans and scans == {}

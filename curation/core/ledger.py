@@ -36,6 +36,49 @@ log = logging.getLogger(__name__)
 
 STATUSES = ("ok", "length", "empty", "failed")
 
+# What one request adds to the running totals of its (model, status) (migration 5); {r} is
+# NEW or OLD in the triggers. Attempts are per HTTP request: n samples of one request share it.
+_TOTALS = {
+    "requests": "1",
+    "attempts": "{r}.attempts * 1.0 / MAX({r}.shared, 1)",
+    "prompt_tokens": "{r}.prompt_tokens",
+    "completion_tokens": "{r}.completion_tokens",
+    "cost_usd": "{r}.cost_usd",
+    "latency_sum": "COALESCE({r}.latency_s, 0)",
+    "latency_n": "{r}.latency_s IS NOT NULL",
+    "usage_estimated": "{r}.usage_estimated",
+    "with_reasoning": "{r}.reasoning IS NOT NULL",
+    "old_rows": "{r}.raw_fields = 0",
+}
+
+
+def _totals_migration() -> str:
+    """The totals table, filled once from the requests, and the triggers that keep it."""
+    names = ", ".join(_TOTALS)
+
+    def of(row: str) -> list[str]:
+        return [e.format(r=row) for e in _TOTALS.values()]
+
+    kinds = {c: "REAL" if c in ("attempts", "cost_usd", "latency_sum") else "INTEGER"
+             for c in _TOTALS}
+    table = ", ".join(f"{c} {kinds[c]} NOT NULL DEFAULT 0" for c in _TOTALS)
+    fill = ", ".join(f"SUM({e})" for e in of("requests"))
+    added = ", ".join(f"{c} = {c} + excluded.{c}" for c in _TOTALS)
+    add = (f"INSERT INTO totals (model, status, {names}) VALUES (NEW.model, NEW.status, "
+           f"{', '.join(of('NEW'))}) ON CONFLICT (model, status) DO UPDATE SET {added};")
+    taken = ", ".join(f"{c} = {c} - ({e})" for c, e in zip(_TOTALS, of("OLD"), strict=True))
+    remove = f"UPDATE totals SET {taken} WHERE model = OLD.model AND status = OLD.status;"
+    return f"""
+    CREATE TABLE totals (model TEXT NOT NULL, status TEXT NOT NULL, {table},
+                         PRIMARY KEY (model, status));
+    INSERT INTO totals (model, status, {names})
+        SELECT model, status, {fill} FROM requests GROUP BY model, status;
+    CREATE TRIGGER totals_on_insert AFTER INSERT ON requests BEGIN {add} END;
+    CREATE TRIGGER totals_on_update AFTER UPDATE ON requests BEGIN {remove} {add} END;
+    CREATE TRIGGER totals_on_delete AFTER DELETE ON requests BEGIN {remove} END;
+    """
+
+
 # Ordered migrations: index i brings the schema from user_version i to i + 1. Append only.
 MIGRATIONS: list[str] = [
     # 1: one row per request key
@@ -84,6 +127,10 @@ MIGRATIONS: list[str] = [
     ALTER TABLE requests ADD COLUMN shared INTEGER NOT NULL DEFAULT 1;
     ALTER TABLE requests ADD COLUMN raw_fields INTEGER NOT NULL DEFAULT 0;
     """,
+    # 5: running totals per (model, status), kept by triggers in the same transaction as each
+    # write, so opening a ledger, its budget check and `ledger stats` cost the same at ten
+    # rows or ten million (they read this table, not every request).
+    _totals_migration(),
 ]
 
 COLUMNS = (
@@ -175,7 +222,7 @@ class Ledger:
         self._migrate()
         cost, tokens = self._db.execute(
             "SELECT COALESCE(SUM(cost_usd), 0), COALESCE(SUM(prompt_tokens + completion_tokens), 0)"
-            " FROM requests"
+            " FROM totals"
         ).fetchone()
         self._cost, self._tokens = float(cost), int(tokens)
 
@@ -236,23 +283,26 @@ class Ledger:
             yield _entry(row)
 
     def stats(self) -> dict[str, Any]:
-        """Counts by status and model, tokens, cost, attempts, latency, top errors, events."""
+        """Counts by status and model, tokens, cost, attempts, latency, top errors, events.
+        Read from the running totals: the same cost at any ledger size."""
         db = self._db
-        by_status = dict(db.execute("SELECT status, COUNT(*) FROM requests GROUP BY status"))
+        by_status = dict(db.execute("SELECT status, SUM(requests) FROM totals GROUP BY status"))
         by_model = {
             model: {"requests": n, "cost_usd": cost, "tokens": tokens}
             for model, n, cost, tokens in db.execute(
-                "SELECT model, COUNT(*), SUM(cost_usd), SUM(prompt_tokens + completion_tokens)"
-                " FROM requests GROUP BY model"
+                "SELECT model, SUM(requests), SUM(cost_usd), SUM(prompt_tokens + completion_tokens)"
+                " FROM totals GROUP BY model"
             )
         }
         # attempts are per HTTP request: a request answering n samples is on n rows
-        n, attempts, prompt, completion, cost, latency, estimated, outside, old = db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(attempts * 1.0 / MAX(shared, 1)), 0),"
-            " COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0),"
-            " COALESCE(SUM(cost_usd), 0), AVG(latency_s), COALESCE(SUM(usage_estimated), 0),"
-            " COUNT(reasoning), COALESCE(SUM(raw_fields = 0), 0) FROM requests"
-        ).fetchone()
+        n, attempts, prompt, completion, cost, latency_sum, latency_n, estimated, outside, old = (
+            db.execute(
+                "SELECT COALESCE(SUM(requests), 0), COALESCE(SUM(attempts), 0),"
+                " COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0),"
+                " COALESCE(SUM(cost_usd), 0), COALESCE(SUM(latency_sum), 0),"
+                " COALESCE(SUM(latency_n), 0), COALESCE(SUM(usage_estimated), 0),"
+                " COALESCE(SUM(with_reasoning), 0), COALESCE(SUM(old_rows), 0) FROM totals"
+            ).fetchone())
         errors = dict(db.execute(
             "SELECT substr(error, 1, instr(error || ':', ':') - 1) AS reason, COUNT(*) FROM requests"
             " WHERE status = 'failed' GROUP BY reason ORDER BY COUNT(*) DESC LIMIT 10"
@@ -276,7 +326,7 @@ class Ledger:
             "prompt_tokens": prompt,
             "completion_tokens": completion,
             "cost_usd": cost,
-            "mean_latency_s": latency,
+            "mean_latency_s": latency_sum / latency_n if latency_n else None,
             "failure_reasons": errors,
             "recent_events": events,
         }
@@ -305,38 +355,30 @@ class Ledger:
         """Insert or update one request's outcome and commit it (durable when this returns).
 
         A key recorded before (a failed request sent again) keeps its created_at and adds up
-        its attempts.
+        its attempts, tokens and cost.
         """
-        now = time.time()
-        self._db.execute(
-            """
-            INSERT INTO requests (key, model, status, attempts, error, response, finish_reason,
-                prompt_tokens, completion_tokens, latency_s, cost_usd, created_at, updated_at,
-                endpoint, meta, reasoning, extra, usage_estimated, shared, raw_fields)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-            ON CONFLICT (key) DO UPDATE SET
-                model = excluded.model, status = excluded.status,
-                attempts = requests.attempts + excluded.attempts, error = excluded.error,
-                response = excluded.response, finish_reason = excluded.finish_reason,
-                prompt_tokens = requests.prompt_tokens + excluded.prompt_tokens,
-                completion_tokens = requests.completion_tokens + excluded.completion_tokens,
-                latency_s = excluded.latency_s, cost_usd = requests.cost_usd + excluded.cost_usd,
-                updated_at = excluded.updated_at, endpoint = excluded.endpoint,
-                meta = excluded.meta, reasoning = excluded.reasoning, extra = excluded.extra,
-                usage_estimated = MAX(requests.usage_estimated, excluded.usage_estimated),
-                shared = excluded.shared, raw_fields = excluded.raw_fields
-            """,
-            (
-                entry.key, entry.model, entry.status, entry.attempts, entry.error, entry.response,
-                entry.finish_reason, entry.prompt_tokens, entry.completion_tokens,
-                entry.latency_s, entry.cost_usd, now, now, entry.endpoint,
-                json.dumps(entry.meta, sort_keys=True) if entry.meta else None, entry.reasoning,
-                json.dumps(entry.extra, sort_keys=True) if entry.extra else None,
-                int(entry.usage_estimated), max(1, entry.shared), int(entry.raw_fields),
-            ),
-        )  # autocommit mode: the statement is its own transaction
+        self._db.execute(_UPSERT, _values(entry, time.time()))  # autocommit: its own transaction
         self._cost += entry.cost_usd
         self._tokens += entry.tokens
+
+    def record_many(self, entries: Iterable[Entry]) -> int:
+        """`record` for many entries in one transaction (imports, benchmarks): all or none."""
+        now, count = time.time(), 0
+        self._db.execute("BEGIN")
+        try:
+            for entry in entries:
+                self._db.execute(_UPSERT, _values(entry, now))
+                self._cost += entry.cost_usd
+                self._tokens += entry.tokens
+                count += 1
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            self._cost, self._tokens = self._db.execute(
+                "SELECT COALESCE(SUM(cost_usd), 0), COALESCE(SUM(prompt_tokens + completion_tokens),"
+                " 0) FROM totals").fetchone()
+            raise
+        self._db.execute("COMMIT")
+        return count
 
     def unrecoverable(self) -> list[str]:
         """Keys of answered rows stored before the ledger kept reasoning apart (raw_fields 0)
@@ -385,6 +427,38 @@ class Ledger:
                 out.write(row)
             count = out.count
         return count
+
+
+# A key recorded before (a failed request sent again) keeps its created_at and adds up its
+# attempts, tokens and cost: every attempt that was paid for stays on the bill.
+_UPSERT = """
+    INSERT INTO requests (key, model, status, attempts, error, response, finish_reason,
+        prompt_tokens, completion_tokens, latency_s, cost_usd, created_at, updated_at,
+        endpoint, meta, reasoning, extra, usage_estimated, shared, raw_fields)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (key) DO UPDATE SET
+        model = excluded.model, status = excluded.status,
+        attempts = requests.attempts + excluded.attempts, error = excluded.error,
+        response = excluded.response, finish_reason = excluded.finish_reason,
+        prompt_tokens = requests.prompt_tokens + excluded.prompt_tokens,
+        completion_tokens = requests.completion_tokens + excluded.completion_tokens,
+        latency_s = excluded.latency_s, cost_usd = requests.cost_usd + excluded.cost_usd,
+        updated_at = excluded.updated_at, endpoint = excluded.endpoint,
+        meta = excluded.meta, reasoning = excluded.reasoning, extra = excluded.extra,
+        usage_estimated = MAX(requests.usage_estimated, excluded.usage_estimated),
+        shared = excluded.shared, raw_fields = excluded.raw_fields
+"""
+
+
+def _values(entry: Entry, now: float) -> tuple:
+    return (
+        entry.key, entry.model, entry.status, entry.attempts, entry.error, entry.response,
+        entry.finish_reason, entry.prompt_tokens, entry.completion_tokens, entry.latency_s,
+        entry.cost_usd, now, now, entry.endpoint,
+        json.dumps(entry.meta, sort_keys=True) if entry.meta else None, entry.reasoning,
+        json.dumps(entry.extra, sort_keys=True) if entry.extra else None,
+        int(entry.usage_estimated), max(1, entry.shared), int(entry.raw_fields),
+    )
 
 
 EXPORT_SCHEMA = pa.schema([

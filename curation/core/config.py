@@ -84,6 +84,9 @@ class ExportConfig(Section):
     )
     system_prompt: str | None = Field(None, description="SFT system prompt (default: Fine-R1's)")
     license: str | None = Field(None, description="card license id (default: from the sources)")
+    eval_overlap: Literal["refuse", "drop"] = Field(
+        "refuse", description="an eval image that is also a training image (sha256 or pHash "
+        "within split.phash_distance): refuse the export, or drop those eval rows")
 
 
 class ReviewConfig(Section):

@@ -69,6 +69,7 @@ LABEL_CONFIG = Path(__file__).with_name("label_config.xml")
 REJECT_REASONS = ("wrong_traits", "wrong_class", "leaks_label", "incoherent", "other")
 LABEL_WRONG = "gold label is wrong"
 MEDIA_CONFIG = '<View><Image name="image" value="$image"/></View>'
+MEDIA_SUFFIX = " · images"  # the title of a run's image project: its project's + this
 UPLOAD_FILES_PER_REQUEST = 100  # Django DATA_UPLOAD_MAX_NUMBER_FILES default
 Progress = Callable[[int], None]
 
@@ -97,11 +98,23 @@ def open_client(cfg: ReviewConfig) -> Client:
     return connect(url, os.environ.get(cfg.api_key_env, ""), cfg.timeout_s)
 
 
+TITLE_MAX = 50  # Label Studio refuses longer project titles
+
+
 def project_title(recipe: Recipe, run: RunDir) -> str:
     """The project's label: the recipe's title, else the recipe name, the run's folder and
-    its run id (two runs of one recipe never look alike)."""
-    return recipe.review.project_title or (
-        f"finecot {recipe.name} · {run.root.name} · {lineage.run_id(run)}")
+    its run id (two runs of one recipe never look alike), within Label Studio's 50 characters."""
+    title = recipe.review.project_title
+    if title is not None:
+        if len(title) > TITLE_MAX - len(MEDIA_SUFFIX):
+            raise ReviewError(
+                f"review.project_title {title!r} has {len(title)} characters: Label Studio "
+                f"allows {TITLE_MAX}, and the image project adds {len(MEDIA_SUFFIX)}; use at "
+                f"most {TITLE_MAX - len(MEDIA_SUFFIX)}")
+        return title
+    suffix = f" · {lineage.run_id(run)[:8]}"
+    head = f"finecot {recipe.name} · {run.root.name}"
+    return head[: TITLE_MAX - len(MEDIA_SUFFIX) - len(suffix)] + suffix
 
 
 def text_sha256(text: str | None) -> str:
@@ -171,7 +184,7 @@ class Images:
         self.urls: dict[str, str] = {}  # image_sha256 -> URL (upload mode)
         self.media_id: int | None = None
         if cfg.image_mode == "upload":  # the run's own image project: by id once it exists
-            self.media_id = client.ensure_project(f"{title} · images", MEDIA_CONFIG, media_id)
+            self.media_id = client.ensure_project(f"{title}{MEDIA_SUFFIX}", MEDIA_CONFIG, media_id)
             for task in client.iter_tasks(self.media_id):
                 url = task["data"].get("image", "")
                 sha = Path(url).stem.split("-", 1)[-1]

@@ -63,6 +63,9 @@ def damaged(path: str | Path, err: BaseException) -> DamagedFileError:
         producer = "review apply"
     fix = (f"rerun `finecot {producer} --run {path.parent}` to rebuild it, or restore it from "
            "a backup" if producer else "restore it from a backup or rebuild it")
+    if path.name == "manifest.json":
+        fix = ("delete it: each stage records itself again when it next runs (until then, "
+               "no warnings about stale tables)")
     return DamagedFileError(f"{path} is damaged and cannot be read ({detail}): {fix}")
 
 

@@ -133,7 +133,7 @@ def _unreadable(path: Path, err: sqlite3.DatabaseError) -> str:
                 "`finecot ledger stats` and `ledger export` read it as it is")
     return (f"{path} is not a readable finecot ledger ({text}): the file is damaged. Restore "
             "it from a backup, or move it aside and rerun: a new ledger starts, and the requests "
-            "it held are sent (and paid for) again (`sqlite3 FILE .recover` may save them)")
+            f"it held are sent (and paid for) again (`sqlite3 {path} .recover` may save them)")
 
 
 def _open_readonly(path: Path) -> sqlite3.Connection:

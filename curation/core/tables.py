@@ -30,7 +30,7 @@ PRODUCERS = {
     "sources.json": "ingest", "split.json": "split", "pool.parquet": "split",
     "test.parquet": "split", "drafts.parquet": "draft", "draft_report.json": "draft",
     "accepted.parquet": "filter", "rejected.parquet": "filter", "funnel.json": "filter",
-    "review_project.json": "review push", "review_annotations.parquet": "review pull",
+    "review_annotations.parquet": "review pull",
     "reviewed.parquet": "review apply", "review_excluded.parquet": "review apply",
     "label_corrections.parquet": "review apply", "review_stats.json": "review apply",
     "triplets.parquet": "export", "export_skipped.parquet": "export", "export.json": "export",
@@ -63,6 +63,10 @@ def damaged(path: str | Path, err: BaseException) -> DamagedFileError:
         producer = "review apply"
     fix = (f"rerun `finecot {producer} --run {path.parent}` to rebuild it, or restore it from "
            "a backup" if producer else "restore it from a backup or rebuild it")
+    if path.name == "review_project.json":  # (a new push would start a new project)
+        fix = ("fix it by hand (it holds the url, title and project_id of the run's Label "
+               "Studio project), or delete it: the next `finecot review push` then starts a new "
+               "project")
     if path.name == "manifest.json":
         fix = ("delete it: each stage records itself again when it next runs (until then, "
                "no warnings about stale tables)")

@@ -467,7 +467,8 @@ def _drafts_of_another_pool(run: RunDir, pool: pa.Table, force: bool) -> Path | 
             f"{drafts} holds drafts of {len(dropped)} item(s) that the new pool does not have "
             f"(e.g. {', '.join(dropped[:3])}); with this split some of them could become test "
             "images. Nothing was written. Keep the current split (same --seed, --k, --mode), or "
-            "rerun with --force: drafts.parquet and every table made from it (accepted, "
+            f"run `finecot split --run {run.root} --force` with the new settings: "
+            "drafts.parquet and every table made from it (accepted, "
             "reviewed, dataset/, ...) move to RUN/archive/, and the ledger keeps every paid "
             "answer, so drafting the new pool re-pays only its new items"
         )

@@ -139,6 +139,8 @@ def build_dataset(
                 "label_id": infos.index(info),
                 "super_category": info["super_category"],
                 "image_sha256": "",
+                "original_label": None,  # (no reviewer corrected these labels)
+                "label_corrected_by": None,
             })
     evals = []
     for info in infos:

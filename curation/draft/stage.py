@@ -488,6 +488,7 @@ def _failure_reason(error: str | None) -> str:
 @contextmanager
 def _exclusive(path: Path) -> Iterator[None]:
     """One draft process per run directory: two would send (and pay for) the same requests.
+    The file is the run lock (curation/core/lock.py) that split, filter and export take too.
     An flock dies with its process, so a SIGKILLed run never leaves a stale lock."""
     with open(path, "a+") as handle:
         try:
@@ -495,7 +496,7 @@ def _exclusive(path: Path) -> Iterator[None]:
         except BlockingIOError:
             handle.seek(0)
             raise DraftStopped(
-                f"another `finecot draft` (pid {handle.read().strip() or '?'}) is working on "
+                f"another finecot command (pid {handle.read().strip() or '?'}) is working on "
                 f"{path.parent}; wait for it to finish or stop it, then rerun") from None
         handle.seek(0)
         handle.truncate()

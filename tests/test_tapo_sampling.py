@@ -190,3 +190,32 @@ def test_format_guard_lowers_gamma_or_stops(tiny, tmp_path, action, caplog):
         assert trainer.tapo_coef.gamma == pytest.approx(0.00125)
     else:
         assert trainer.state.global_step == 1  # the first step fired the guard: no second step
+
+
+def test_one_generation_serves_several_updates_as_the_release(tiny, tmp_path):
+    """prompts_per_update / rollout_batch_prompts: 2 prompts per update, 6 per generation ->
+    3 optimizer updates per generation, the 2nd and 3rd scored against the old policy."""
+    calls: list[int] = []
+
+    def accuracy(prompts, completions, completion_ids=None, **_):
+        calls.append(len(completions))
+        return [float(i % 2) for i in range(len(completions))]  # every group mixed: all kept
+
+    changed: list[bool] = []
+
+    class Watch(TrainerCallback):
+        last = None
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            now = torch.cat([p.detach().flatten() for p in model.parameters()])
+            changed.append(self.last is None or not torch.equal(now, self.last))
+            self.last = now.clone()
+
+    trainer = trainer_for(tiny, tmp_path, [accuracy, format_reward], [0.9, 0.1], max_steps=3,
+                          prompts_per_update=2, rollout_batch_prompts=6)
+    assert (trainer.args.gradient_accumulation_steps, trainer.args.steps_per_generation) == (1, 3)
+    trainer.add_callback(Watch())
+    trainer.train()
+    assert calls == [6 * trainer.num_generations]  # one generation for the three updates
+    assert changed == [True, True, True]
+    assert all("old_per_token_logps" in chunk for chunk in trainer._buffered_inputs)

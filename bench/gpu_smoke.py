@@ -159,9 +159,11 @@ class StepClock(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         sync(self.device)
         self.seconds.append(time.perf_counter() - self._start)
-        if self.trainer is not None and getattr(self.trainer, "_buffered_inputs", None):  # TAPO: this step's rows
-            chunk = self.trainer._buffered_inputs[(self.trainer._step - 1) % self.trainer.args.steps_per_generation]
-            self.tokens.append(int(chunk["prompt_mask"].sum() + chunk["completion_mask"].sum()))
+        trainer = self.trainer
+        if trainer is not None and getattr(trainer, "_buffered_inputs", None):  # TAPO: this step's micro-batches
+            steps = range(trainer._step - args.gradient_accumulation_steps, trainer._step)
+            chunks = [trainer._buffered_inputs[k % args.steps_per_generation] for k in steps]
+            self.tokens.append(sum(int(c["prompt_mask"].sum() + c["completion_mask"].sum()) for c in chunks))
 
 
 def peak(device: str) -> str:
@@ -257,6 +259,7 @@ def run_tapo(model, processor, data: Path, out: Path, args: argparse.Namespace) 
     cfg = load_train_config(TAPOConfig, "tapo_qwen2_5_vl_3b", [
         f"dataset={data}", f"output_dir={out}", f"max_steps={args.tapo_steps}", "use_vllm=false",
         "prompts_per_update=1", f"rollout_batch_prompts={args.updates_per_generation}",
+        f"per_device_train_batch_size={args.micro_batch}",
         f"max_completion_length={args.completion_tokens}", "save_strategy=\"no\"", "logging_steps=1",
         "disable_tqdm=true", *settings(args.device),
     ])
@@ -305,6 +308,8 @@ def main() -> None:
     parser.add_argument("--sft-steps", type=int, default=4)
     parser.add_argument("--tapo-steps", type=int, default=3)
     parser.add_argument("--updates-per-generation", type=int, default=3, help="the recipes' 3 (384 / 128 prompts)")
+    parser.add_argument("--micro-batch", type=int, default=10, help="TAPO rollouts per micro-step: the recipe's 10 "
+                        "(one group); 5 halves the activation memory (2 micro-steps per update)")
     parser.add_argument("--completion-tokens", type=int, default=None, help="default: the recipe's 2048 (--small: 8)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--workdir", type=Path, default=None)

@@ -19,8 +19,8 @@ Exactly how TAPOTrainer differs from TRL 1.16's stock GRPOTrainer:
    within (0.01, 0.99); while a process holds fewer kept groups than its generation batch,
    more groups are generated (at most `max_generation_rounds` rounds, then a warning and
    the batch is completed with masked groups). A generation batch with no kept group at all
-   makes no parameter change: no gradient reaches the weights, so the optimizer skips them
-   (no step, no momentum, no weight decay).
+   makes no parameter change: its micro-steps run no forward and no backward, so no gradient
+   exists and the optimizer moves nothing (no momentum, no weight decay).
 4. Negative image: once per generation batch, before any update, a no-grad forward pass of
    every kept rollout's tokens with the negative image's pixels gives logp_old(o | q, x-).
 5. Loss (train/tapo_loss.py), token-level averaged over the generation window:
@@ -109,6 +109,7 @@ class TAPOTrainer(GRPOTrainer):
         self._tapo_rewards: torch.Tensor | None = None
         self._refill_order: list[int] = []  # dataset indices still to serve to refill rounds
         self._refill_epoch = 0
+        self._prepared_at, self._prepared = -1, None  # the micro-step whose rows are prepared
 
     # -- rollouts -------------------------------------------------------------------------
 
@@ -295,12 +296,28 @@ class TAPOTrainer(GRPOTrainer):
 
     # -- loss -----------------------------------------------------------------------------
 
+    def _prepare_inputs(self, generation_batch):
+        # training_step below prepares a micro-step's rows before Trainer.training_step asks for
+        # them again: the second call must not generate a second time.
+        if self.model.training and self._prepared_at == self._step:
+            return self._prepared
+        prepared = super()._prepare_inputs(generation_batch)
+        if self.model.training:
+            self._prepared_at, self._prepared = self._step, prepared
+        return prepared
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        model.train()
+        prepared = self._prepare_inputs(inputs)  # generates when a new generation batch is due
+        if float(prepared["tapo_kept_tokens"]) == 0.0:
+            # No kept group in the whole generation batch, on any process: no forward and no
+            # backward. No gradient exists, so torch's optimizers leave every weight and moment
+            # as it is, and under DeepSpeed (whose optimizer steps inside backward) no step runs.
+            self._step += 1  # GRPOTrainer counts micro-steps here to know when to generate again
+            return torch.zeros((), device=self.accelerator.device)
+        return super().training_step(model, inputs, num_items_in_batch)
+
     def _compute_loss(self, model, inputs):
-        if float(inputs["tapo_kept_tokens"]) == 0.0:
-            # No kept group in the whole generation batch (on any process): a loss joined to no
-            # weight, so no gradient exists and the optimizer leaves every parameter and its
-            # moments as they are (torch's optimizers skip parameters without a gradient).
-            return torch.zeros((), device=self.accelerator.device, requires_grad=True)
         prompt_ids, completion_ids = inputs["prompt_ids"], inputs["completion_ids"]
         input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
         attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)

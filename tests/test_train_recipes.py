@@ -126,3 +126,10 @@ def test_every_shipped_recipe_loads_and_a_missing_one_is_named():
     assert (RECIPES / "accelerate_zero3.yaml").exists()
     with pytest.raises(FileNotFoundError, match="sft_tiny_cpu"):
         load_train_config(SFTRecipe, "no_such_recipe")
+
+
+def test_format_guard_takes_a_bare_off_and_refuses_a_typo():
+    assert load_train_config(TAPOConfig, "tapo_tiny_cpu", ["format_guard=off"]).format_guard == "off"
+    assert load_train_config(TAPOConfig, "tapo_qwen2_5_vl_3b", [*CPU, "use_vllm=false"]).format_guard == "warn"
+    with pytest.raises(ValueError, match="format_guard must be one of"):
+        load_train_config(TAPOConfig, "tapo_tiny_cpu", ["format_guard=loud"])

@@ -101,6 +101,8 @@ class TAPOConfig(GRPOConfig):
     reward_weights: list[float] | None = field(default_factory=lambda: list(REWARD_WEIGHTS))
 
     def __post_init__(self) -> None:
+        if self.format_guard is False:  # YAML 1.1 reads a bare `off` as false
+            self.format_guard = "off"
         if self.format_guard not in ACTIONS:
             raise ValueError(f"format_guard must be one of {ACTIONS}, got {self.format_guard!r}")
         if self.rollout_batch_prompts is not None and self.prompts_per_update is None:

@@ -13,7 +13,7 @@ Needs torch, transformers, accelerate, peft, pyarrow, plus trl and datasets: on 
 without network, install the wheels that `bench/gpu_wheels.sh` downloads (README, "The GPU
 check"). `--device cpu --small` runs the same code on a tiny model anywhere (a test runs it).
 
-    python bench/gpu_smoke.py --json $OUT/gpu_smoke.json     # one GPU, ~5 min on an H100
+    python bench/gpu_smoke.py --json $OUT/gpu_smoke.json     # one GPU; sized for one 10-minute run
     python bench/gpu_smoke.py --device cpu --small           # CPU, under a minute
 """
 

@@ -62,6 +62,19 @@ FORMAT_INSTRUCTION = (
     "<think> </think> tags. Then, provide your final answer enclosed within <answer> </answer> "
     "tags."
 )
+# The release puts the instruction after the question with a blank line between them
+# (TAPO/examples/format_prompt/cls_thinking.jinja: `{{ content | trim }}`, "\n\n", instruction).
+RL_PROMPT_SEPARATOR = "\n\n"
+
+
+def rl_prompt_text(question: str) -> str:
+    """The text of an RL prompt (TAPO rollouts, and `finecot eval` open-world by default).
+
+    >>> rl_prompt_text("  Which bird is this? ").split(RL_PROMPT_SEPARATOR)[0]
+    'Which bird is this?'
+    """
+    return f"{question.strip()}{RL_PROMPT_SEPARATOR}{FORMAT_INSTRUCTION}"
+
 CONFIG_SPLITS = {"sft": "train", "rl": "train", "eval_open": "test", "eval_closed": "test"}
 DROPPED = {"image_path"}  # absolute local paths say nothing to users and leak their disks
 
@@ -336,7 +349,7 @@ def export_stage(recipe: Recipe, run: RunDir, progress: Progress | None = None) 
                     "role": "user",
                     "content": [
                         {"type": "image", "text": None},
-                        {"type": "text", "text": f"{question} {FORMAT_INSTRUCTION}"},
+                        {"type": "text", "text": rl_prompt_text(question)},
                     ],
                 }
             ],

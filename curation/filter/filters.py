@@ -8,23 +8,28 @@ recipe's `filters:` section (curation/core/config.py FilterConfig).
     format                   tags well formed, four sections, not truncated (parse codes)
     answer_correct           <answer> vs the gold with THE matcher (curation/labels.match):
                              wrong_answer | ambiguous_answer | unknown_answer | empty_answer
-    prediction_consistent    the prose prediction names the class of <answer>
+    prediction_consistent    the prose prediction names the class of <answer> and commits to
+                             it (no "either A or B", no "cannot be determined")
     gold_in_candidates       the gold class is among the candidates
     candidates_count         between min_candidates and max_candidates candidates
     hallucinated_candidates  candidates that are not classes of the registry (counted; too
                              large a share rejects)
-    label_leak               the gold (or an alias) named in the visual analysis; references
-                             to side information ("as described", "the label says", ...)
-    unseen_mention           names a class of the unseen split (flag or reject)
+    label_leak               the gold named in the visual analysis, in any form a teacher
+                             writes it (curation/filter/name_forms.py); references to side
+                             information (the grammar of curation/filter/side_text.py)
+    unseen_mention           names a class of the unseen split, in any form (flag or reject)
     off_domain               calls the object something outside its super-category
                              (curation/filter/domains.py)
     length, language         word bounds; expected language (stopword share)
+    repetition               degenerate text that loops (curation/filter/repetition.py)
     duplicate                near-duplicate of an accepted rationale of the same image/class
                              (curation/filter/dedup.py)
     judge (optional, off)    a second teacher call: does the visual analysis match the image?
                              Runs in the filter stage only (curation/filter/judge.py)
 
 Every reason code, with the filter that emits it and what it means, is in REASONS below.
+Side information, unseen mentions and repetition read `<think>`, or the whole response when
+the tag is missing (such a draft is rejected for format, and its evidence still counts).
 
 The public API for the draft quota loop and review: `ctx = make_context(recipe, run)`, then
 `judge(draft, ctx) -> Verdict` per draft (draft keys: response, finish_reason, label,
@@ -43,12 +48,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from curation.core.config import FilterConfig, Recipe, RecipeError
-from curation.core.labels import ClassInfo, Registry, match, normalize
+from curation.core.labels import ClassInfo, Registry, match
 from curation.core.rundir import RunDir
 from curation.filter.dedup import NearDuplicates
 from curation.filter.domains import off_domain_phrase
 from curation.filter.mentions import MentionIndex, fast_normalize, normalized_words
 from curation.filter.rationale import ERROR_CODES, Rationale, parse
+from curation.filter.repetition import repetition
+from curation.filter.side_text import TRIGGERS, side_information_phrase
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +115,7 @@ class FilterContext:
         if found is None:
             vocabulary = self._vocabularies.get(dataset)
             if vocabulary is None:
-                vocabulary = self._vocabularies[dataset] = _SIDE_WORDS.union(
+                vocabulary = self._vocabularies[dataset] = TRIGGERS.union(
                     self.mentions(dataset).starts["exact"], *self.unseen_names(dataset)
                 )
             found = self._key_words[key] = vocabulary.intersection(self.words(text))
@@ -236,11 +243,48 @@ def check_answer(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evidence)
     return f"{result.status}_answer"
 
 
+# A prediction that declines to decide ("it is not possible to identify", "cannot be
+# determined", "I am not sure"); "most likely A" is a committed prediction.
+DECLINE = re.compile(
+    r"\b(?:cannot|can ?not|can't|unable to|not possible to|impossible to|hard to|difficult to)"
+    r"(?: be)? (?:determine|identif|tell|say|decide|distinguish|rule)[a-z]*"
+    r"|\b(?:not sure|unsure|uncertain|inconclusive|undetermined)\b",
+    re.IGNORECASE,
+)
+_ALTERNATIVE_WORDS = ("or", "either")
+
+
+def hedged_prediction(prediction: str, words: list[str], index: MentionIndex) -> str | None:
+    """Why a prose prediction commits to no class ("It is either the A or the B"), or None.
+
+    >>> from curation.core.labels import ClassInfo, Registry
+    >>> index = MentionIndex(Registry([ClassInfo(0, "Gnat", "d", "x"), ClassInfo(1, "Bee", "d", "x")]), "d")
+    >>> hedged_prediction("It is either the Gnat or the Bee.", ["it", "is", "either", "the",
+    ...                   "gnat", "or", "the", "bee"], index)
+    'alternatives: Gnat, Bee'
+    >>> hedged_prediction("It is not possible to identify it.", [], index)
+    'not possible to identify'
+    >>> hedged_prediction("It is most likely a Gnat.", ["it", "is", "most", "likely", "a", "gnat"], index)
+    """
+    declined = DECLINE.search(prediction)
+    if declined:
+        return declined.group(0)
+    if any(w in words for w in _ALTERNATIVE_WORDS):
+        named = index.find_words(words)
+        if len(named) > 1:
+            return "alternatives: " + ", ".join(c.name for c in named)
+    return None
+
+
 def check_prediction(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evidence) -> Outcome:
     if not r.prediction or not r.answer:
         return None  # format reports the missing part
     index = ctx.mentions(str(draft.get("dataset") or ""))
     answer, prediction = ctx.words(r.answer), ctx.words(r.prediction)
+    hedge = hedged_prediction(r.prediction, prediction, index)
+    if hedge:
+        ev["prediction_hedged"] = [hedge]
+        return "prediction_hedged"
     answered = index.find_words(answer)
     if len(answered) == 1:  # a less specific prediction ("Boeing 747") does not contradict
         ok = index.names_class(prediction, answered[0], "cover")
@@ -293,72 +337,13 @@ def check_hallucinated(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evi
     return "hallucinated_candidates" if too_many else None
 
 
-# References to text the teacher was given beside the image. The phrasing must point at a
-# source ("the description provided", "the label says"); "as described above" is the
-# rationale citing itself and does not count.
-SIDE_INFORMATION = re.compile(
-    r"\bas (?:described|stated|mentioned|specified|given)\b"
-    r"(?! (?:above|below|earlier|previously|before|in (?:the )?(?:visual|analysis|image|step|section)))"
-    r"|\b(?:the|this) (?:provided |given |accompanying |attached |initial )?(?:description|caption|"
-    r"label|prompt|hint|text|annotation|metadata)(?: provided| given)? (?:says|states|mentions|"
-    r"indicates|notes|specifies|describes|identifies|suggests|confirms|names)\b"
-    r"|\b(?:provided|given|accompanying) (?:description|caption|label|hint|text|details|information|annotation)\b"
-    r"|\b(?:description|caption|label|hint|details|information) (?:provided|given)\b"
-    r"|\baccording to the (?:description|caption|label|prompt|hint|text|annotation)\b"
-    r"|\b(?:in|from) the (?:description|caption|prompt|hint|initial text|label)\b"
-    r"|\b(?:described|mentioned|stated) in the (?:prompt|description|question|text|caption)\b"
-    r"|\bthe (?:ground[- ]truth|correct) (?:label|answer) (?:is|was)\b",
-    re.IGNORECASE,
-)
-
-
-# Cheap triggers: the regex only runs on a window around each (most texts have a few).
-# Every SIDE_INFORMATION phrasing holds one of these words: the regex runs only on windows
-# around them (most texts have none or a few; one regex over a whole text costs 3x more).
-_SIDE_WORDS = frozenset((
-    "described", "description", "descriptions", "stated", "mentioned", "mentions", "specified",
-    "given", "caption", "label", "prompt", "hint", "annotation", "metadata", "provided",
-    "accompanying", "ground", "correct", "details", "information",
-))
-_SIDE_WINDOW = 80
-# The same regex without IGNORECASE, for ASCII windows of the lower-cased text (twice as fast;
-# on ASCII the two agree, as the pattern's letters are all lower case).
-_SIDE_INFORMATION_LOWER = re.compile(SIDE_INFORMATION.pattern)
-
-
-def _side_information(text: str, words: frozenset[str]) -> str | None:
-    """The first SIDE_INFORMATION phrase of `text`, as written; `words`: its words (at least
-    those of _SIDE_WORDS).
-
-    >>> _side_information("Wings. As Described, a jet.", frozenset({"described", "jet"}))
-    'As Described'
-    >>> SIDE_INFORMATION.pattern.islower()  # (what _SIDE_INFORMATION_LOWER relies on)
-    True
-    """
-    present = words & _SIDE_WORDS
-    if not present:
-        return None
-    lowered = text.lower()
-    aligned = len(lowered) == len(text)  # (else some character lowers to two)
-    starts = []
-    for word in present:
-        at = lowered.find(word)
-        while at != -1:
-            starts.append(at)
-            at = lowered.find(word, at + len(word))
-    last = -_SIDE_WINDOW
-    for at in sorted(starts):
-        if at < last + _SIDE_WINDOW // 2:
-            continue  # inside the window searched last time
-        last = at
-        start, end = max(0, at - _SIDE_WINDOW), at + _SIDE_WINDOW
-        if aligned and text[max(0, start - 1) : end].isascii():  # (\b looks one back)
-            hit = _SIDE_INFORMATION_LOWER.search(lowered, start, end)
-        else:
-            hit = SIDE_INFORMATION.search(text, start, end)
-        if hit:
-            return text[hit.start() : hit.end()]
-    return None
+def _reasoning(draft: Mapping, r: Rationale) -> str:
+    """The text a check of the reasoning reads: <think>, or the whole response without it
+    (a draft that lost its tags is rejected for format, but its evidence still counts)."""
+    if r.think is not None:
+        return r.think
+    response = draft.get("response")
+    return response if isinstance(response, str) else ""
 
 
 def check_label_leak(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evidence) -> Outcome:
@@ -369,14 +354,16 @@ def check_label_leak(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evide
         visual = ctx.words(r.visual_analysis)
         joined = f" {' '.join(visual)} "
         if gold is not None:  # a substring test first; the scan settles "Basset" in "Basset Hound"
-            leaked = any(f" {normalize(name)} " in joined for name in gold.all_names) and \
-                ctx.mentions(dataset).names_class(visual, gold)
+            index = ctx.mentions(dataset)
+            leaked = any(f" {form} " in joined for form in index.forms.get(gold, ())) and \
+                index.names_class(visual, gold)
         else:
             leaked = f" {fast_normalize(label)} " in joined
         if leaked:
             codes.append("label_leak")
             ev["label_leak"] = [gold.name if gold else label]
-    side = _side_information(r.think or "", ctx.key_words(r.think or "", dataset))
+    text = _reasoning(draft, r)
+    side = side_information_phrase(text, ctx.key_words(text, dataset))
     if side:
         codes.append("side_information")
         ev["side_information"] = [side]
@@ -389,7 +376,7 @@ def check_unseen(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evidence)
     if not unseen:
         return None
     index = ctx.mentions(dataset)
-    think = r.think or ""
+    think = _reasoning(draft, r)
     key_words = ctx.key_words(think, dataset)
     found: list[ClassInfo] = []
     # The full scan (longest name first) only where an unseen name may be in the text: most
@@ -427,6 +414,16 @@ def check_length(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evidence)
     if words > ctx.settings.max_words:
         return "too_long"
     return None
+
+
+def check_repetition(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evidence) -> Outcome:
+    text = _reasoning(draft, r)
+    found = repetition(text, ctx.words(text), ctx.settings.max_repeated_share,
+                       ctx.settings.max_repeated_run)
+    if found is None:
+        return None
+    ev["repetition"] = [found]
+    return "repetition"
 
 
 STOPWORDS: dict[str, frozenset[str]] = {
@@ -497,6 +494,7 @@ FILTERS: dict[str, Callable[[Mapping, Rationale, FilterContext, Evidence], Outco
     "unseen_mention": check_unseen,
     "off_domain": check_off_domain,
     "length": check_length,
+    "repetition": check_repetition,
     "language": check_language,
     "duplicate": check_duplicate,
 }
@@ -549,6 +547,8 @@ REASONS: dict[str, tuple[str, str]] = {
     "unknown_answer": ("answer_correct", "<answer> names no class of the registry"),
     "empty_answer": ("answer_correct", "<answer> is missing or empty"),
     "prediction_inconsistent": ("prediction_consistent", "the prose prediction names another class"),
+    "prediction_hedged": ("prediction_consistent", "the prose prediction commits to no class "
+                          "(\"either A or B\", \"cannot be determined\")"),
     "gold_not_in_candidates": ("gold_in_candidates", "the gold class is not among the candidates"),
     "too_few_candidates": ("candidates_count", "fewer than filters.min_candidates candidates"),
     "too_many_candidates": ("candidates_count", "more than filters.max_candidates candidates"),
@@ -560,6 +560,8 @@ REASONS: dict[str, tuple[str, str]] = {
     "off_domain": ("off_domain", "calls the object something outside its super-category"),
     "too_short": ("length", "fewer than filters.min_words words in <think>"),
     "too_long": ("length", "more than filters.max_words words in <think>"),
+    "repetition": ("repetition", "degenerate text: <think> loops (filters.max_repeated_share, "
+                   "filters.max_repeated_run)"),
     "wrong_language": ("language", "not in filters.language"),
     "near_duplicate": ("duplicate", "a near copy of an accepted rationale (same image/class)"),
     "judge_mismatch": ("judge", "the judge (a second teacher call) says the visual analysis "

@@ -1,0 +1,88 @@
+"""Degenerate text: a rationale that loops instead of reasoning.
+
+Teachers sometimes fall into a loop: one sentence written 250 times, a paragraph again and
+again, a candidate list that restarts until max_tokens. Length bounds do not catch a loop of
+a few hundred words, and a dataset that teaches looping is worse than a short one. Three
+measures of `<think>`, each cheap (C-level set and bytes operations, no per-word Python):
+
+- repeated chunks: the share of its 4-word chunks (consecutive, not overlapping, so a
+  loop of any period repeats them) seen before in the text;
+- repeated sentences: the share of its characters in sentences (or lines) that already
+  appeared, for loops a counter or list marker breaks into distinct chunks;
+- a run: one sentence more than `max_run` times in a row ("It is a sedan." x 5).
+
+Real rationales stay far from the defaults (filters.max_repeated_share 0.3, max_repeated_run
+3): on Fine-R1's 404 Stage-1 rationales, whose "Final Answer" recaps restate the analysis,
+the largest shares are 0.10 (chunks) and 0.07 (sentences), and no sentence repeats in a row.
+
+    >>> loop = "The bird has a red head and grey flanks. " * 30
+    >>> repetition(loop, loop.lower().replace(".", "").split())
+    '87% of its 4-word chunks repeat'
+    >>> runs = ("A compact sports sedan with a single-frame grille, LED daytime running lights "
+    ...         "and silver mirror caps on a dark body. " + "It is a sedan. " * 5)
+    >>> repetition(runs, runs.lower().replace(".", "").split())
+    'a sentence 5 times in a row'
+    >>> recap = "Only the Pine Grosbeak has a rosy head and grey flanks. "
+    >>> text = (recap + "The Evening Grosbeak is yellow, with a huge pale bill and a white wing "
+    ...         "patch. The Rose Breasted Grosbeak is black and white with a red bib. " + recap)
+    >>> repetition(text, text.lower().replace(".", "").split()) is None
+    True
+"""
+
+from __future__ import annotations
+
+from operator import eq
+
+CHUNK = 4  # words per chunk
+_MIN_CHUNKS = 25  # shorter texts: the chunk share is not measured (too few to tell)
+_MIN_CHARS = 400  # shorter texts: nor the sentence share
+
+
+def chunk_share(words: list[str]) -> float:
+    """The share of non-overlapping CHUNK-word chunks of `words` that repeat an earlier one.
+
+    >>> chunk_share(("a b c d " * 30).split()), chunk_share([f"w{i}" for i in range(200)])
+    (0.9666666666666667, 0.0)
+    """
+    n = len(words) // CHUNK
+    if n < _MIN_CHUNKS:
+        return 0.0
+    chunks = zip(*(words[i::CHUNK] for i in range(CHUNK)), strict=False)  # (stops at the shortest)
+    return 1 - len(set(chunks)) / n
+
+
+def _units(text: str) -> list[str]:
+    """Sentences and lines, roughly (split at ". " and newlines; cheap and exact enough for
+    copies, which is all that is compared)."""
+    return text.replace("\n", ". ").split(". ")
+
+
+def repeated_run(units: list[str], max_run: int) -> int:
+    """How many times in a row the first sentence of `units` that occurs more than
+    `max_run` times in a row does so (0: none does)."""
+    same = bytes(map(eq, units, units[1:]))  # 1 where a unit equals the next one
+    pattern = b"\x01" * max_run
+    at = same.find(pattern)
+    while at != -1:
+        if len(units[at].strip()) > 3:  # (blank lines and bullets repeat legitimately)
+            end = at
+            while end < len(same) and same[end]:
+                end += 1
+            return end - at + 1
+        at = same.find(pattern, at + 1)
+    return 0
+
+
+def repetition(text: str, words: list[str], max_share: float = 0.3, max_run: int = 3) -> str | None:
+    """What makes `text` degenerate (for the evidence), or None. `words`: its normalised
+    words (curation/filter/mentions.normalized_words)."""
+    share = chunk_share(words)
+    if share > max_share:
+        return f"{share:.0%} of its {CHUNK}-word chunks repeat"
+    units = _units(text)
+    total = sum(map(len, units))
+    repeated = total - sum(map(len, set(units)))  # characters in units seen before
+    if total >= _MIN_CHARS and repeated / total > max_share:
+        return f"{repeated / total:.0%} of its sentences repeat"
+    count = repeated_run(units, max_run)
+    return f"a sentence {count} times in a row" if count else None

@@ -1,0 +1,133 @@
+"""Side information: a rationale that cites text it was given beside the image.
+
+A teacher shown the label, a description or a caption writes "as described", "the
+description mentions ...", "given the visual features and the context provided". Such a
+rationale was not reasoned from the pixels, and a model trained on it learns to cite text it
+will not have. The grammar below names every phrasing the label_leak filter reports as
+`side_information`, one rule each (SIDE_RULES); a SOURCE is the kind of text a teacher may
+be given:
+
+    SOURCE      description(s) | caption | context | prompt | label | hint | annotation |
+                metadata | details | information | (initial | accompanying) text
+    provided    (provided | given | supplied | accompanying | attached | initial) SOURCE
+                "the provided description", "the given details", "the provided image and
+                description"; "the provided X" for any X but the image or its features
+                ("the provided weight range")
+    source_of   SOURCE (provided | given | supplied) -- "the context provided"
+    source_says (the | this) [provided] SOURCE (says | states | mentions | notes | lists |
+                specifies | indicates | reads | describes | suggests | confirms | names |
+                identifies) -- "the description mentions", "the metadata lists"
+    question    the question (specifies | states | says | mentions | notes | indicates |
+                gives | provides) -- "the question specifies the year as 2012"
+    as_told     as (described | stated | mentioned | specified | given), unless the rationale
+                points at itself (above, below, earlier, previously, in the analysis ...)
+    told_in     (described | mentioned | stated | specified | given | noted) in the
+                (prompt | description | question | text | caption | context | hint | ...)
+    according   according to the SOURCE
+    in_source   (in | from) the (description | caption | prompt | hint | metadata | label |
+                initial text | context), not followed by "of" ("in the context of")
+    based_on    (based on | given | considering | using) the (description | context | caption |
+                prompt | hint | metadata | details | information) -- "Given the description and
+                visual features", "Based on the description and the image"
+    is_told     (is | are | was | were) (described | mentioned) (as | but | in) -- "the bird is
+                described as medium-sized", "heated mirrors are mentioned but not visible"
+    told_range  (range | weight | size | height | length) (mentioned | given | provided |
+                stated | described) -- "the weight range mentioned (80-115 pounds)"
+    gold        the (ground truth | correct) (label | answer) (is | was)
+
+Not side information (class knowledge and self-reference, by the labelling guide in
+tests/fixtures/labelled_rationales/GUIDE.md): "closely matches the description of a Saint
+Bernard", "consistent with the description", "as described above", "the image provided
+shows", "the visual features provided", "the question asks".
+
+    >>> side_information_phrase("Given the visual features and the context provided, a jet.")
+    'context provided'
+    >>> side_information_phrase("The question specifies the year as 2012.")
+    'The question specifies'
+    >>> side_information_phrase("It closely matches the description of a Saint Bernard.") is None
+    True
+    >>> side_information_phrase("As described above, the tail is long.") is None
+    True
+"""
+
+from __future__ import annotations
+
+import re
+
+_SOURCE = (r"(?:descriptions?|caption|context|prompt|label|hint|annotations?|metadata|details|"
+           r"information|(?:initial|accompanying) text)")
+_NOT_SELF = (r"(?! (?:above|below|earlier|previously|before|here|in (?:the |this |my )?"
+             r"(?:visual|analysis|image|step|section|features|observations|previous|first)))")
+
+SIDE_RULES: dict[str, str] = {
+    "provided": rf"\b(?:provided|given|supplied|accompanying|attached|initial) (?:image and |"
+                rf"(?:visual )?features and )?{_SOURCE}\b"
+                r"|\bthe provided (?!image|photo|picture|view|visual|features?\b)[a-z]+",
+    "source_of": rf"\b{_SOURCE} (?:provided|given|supplied)\b",
+    "source_says": rf"\b(?:the|this) (?:provided |given |accompanying |attached |initial )?"
+                   rf"{_SOURCE} (?:says|states|mentions|notes|lists|specifies|indicates|"
+                   r"reads|describes|suggests|confirms|names|identifies)\b",
+    "question": r"\bthe question (?:specifies|states|says|mentions|notes|indicates|gives|provides)\b",
+    "as_told": rf"\bas (?:described|stated|mentioned|specified|given)\b{_NOT_SELF}",
+    "told_in": r"\b(?:described|mentioned|stated|specified|given|noted) in the (?:prompt|"
+               r"description|question|text|caption|context|hint|metadata|initial text|label)\b",
+    "according": rf"\baccording to the {_SOURCE}\b",
+    "in_source": r"\b(?:in|from) the (?:description|caption|prompt|hint|metadata|label|initial text|"
+                 r"context)\b(?! of)",
+    "based_on": r"\b(?:based on|given|considering|using) the (?:description|context|caption|prompt|"
+                r"hint|metadata|details|information)\b(?! of)",
+    "is_told": r"\b(?:is|are|was|were) (?:described|mentioned) (?:as|but|in)\b",
+    "told_range": r"\b(?:range|weight|size|height|length) (?:mentioned|given|provided|stated|described)\b",
+    "gold": r"\bthe (?:ground[- ]truth|correct) (?:label|answer) (?:is|was)\b",
+}
+SIDE_INFORMATION = re.compile("|".join(f"(?:{p})" for p in SIDE_RULES.values()), re.IGNORECASE)
+
+# Every rule holds one of these words: the regex runs only on windows around them (most
+# texts have none or a few; one regex over a whole text costs 3x more).
+TRIGGERS = frozenset((
+    "described", "description", "descriptions", "stated", "mentioned", "mentions", "specified",
+    "specifies", "given", "caption", "label", "prompt", "hint", "annotation", "annotations",
+    "metadata", "provided", "accompanying", "attached", "supplied", "initial", "ground", "correct",
+    "details", "information", "context", "question", "according", "noted",
+))
+_WINDOW = 80
+# The same regex without IGNORECASE, for ASCII windows of the lower-cased text (twice as
+# fast; on ASCII the two agree, as the pattern's letters are all lower case).
+_SIDE_LOWER = re.compile(SIDE_INFORMATION.pattern)
+
+
+def side_information_phrase(text: str, words: frozenset[str] | None = None) -> str | None:
+    """The first side-information phrase of `text`, as written, or None. `words`: the
+    normalised words of `text` (at least those in TRIGGERS), when already known.
+
+    >>> side_information_phrase("Wings. As Described, a jet.", frozenset({"described", "jet"}))
+    'As Described'
+    >>> SIDE_INFORMATION.pattern == SIDE_INFORMATION.pattern.lower()  # (what _SIDE_LOWER relies on)
+    True
+    """
+    lowered = text.lower()
+    if words is None:
+        words = frozenset(re.findall(r"[a-z]+", lowered))
+    present = words & TRIGGERS
+    if not present:
+        return None
+    aligned = len(lowered) == len(text)  # (else some character lowers to two)
+    starts = []
+    for word in present:
+        at = lowered.find(word)
+        while at != -1:
+            starts.append(at)
+            at = lowered.find(word, at + len(word))
+    last = -_WINDOW
+    for at in sorted(starts):
+        if at < last + _WINDOW // 2:
+            continue  # inside the window searched last time
+        last = at
+        start, end = max(0, at - _WINDOW), at + _WINDOW
+        if aligned and text[max(0, start - 1) : end].isascii():  # (\b looks one back)
+            hit = _SIDE_LOWER.search(lowered, start, end)
+        else:
+            hit = SIDE_INFORMATION.search(text, start, end)
+        if hit:
+            return text[hit.start() : hit.end()]
+    return None

@@ -116,7 +116,9 @@ class MentionIndex:
         # possessives, joined or split words, moved or dropped years: name_forms.py).
         forms, shortened = name_forms(names)
         self.phrases: dict[str, list[ClassInfo]] = {**forms, **names}
-        self.shortened = shortened  # forms that do not count when a body type or year follows
+        # Shortened forms -> the words of their class: in prose ("exact"), such a form does not
+        # count when another body type or year follows; candidate lists keep loose prefixes.
+        self.shortened = {"exact": shortened, "loose": {}, "cover": {}}
         # mode -> phrase -> classes: names and their forms; + unique leading parts of the
         # names; + every leading part
         self.modes: dict[str, dict[str, list[ClassInfo]]] = {
@@ -173,7 +175,7 @@ class MentionIndex:
             positions = _positions(words, hits)
         n = len(words)
         last = n - 1
-        shortened = self.shortened
+        shortened = self.shortened[mode]
         resume = 0  # words before this index are part of a name already found
         for i in positions:
             if i < resume:
@@ -192,7 +194,8 @@ class MentionIndex:
                     phrase = " ".join(words[i : i + width])
                     hit = phrases.get(phrase)
                     if hit is not None:
-                        if phrase in shortened and i + width < n and is_qualifier(words[i + width]):
+                        if shortened and i + width < n and phrase in shortened and \
+                                is_qualifier(words[i + width]) and words[i + width] not in shortened[phrase]:
                             continue  # "Volkswagen Beetle Convertible" is not the Beetle Hatchback
                         yield hit
                         resume = i + width

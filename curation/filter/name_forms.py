@@ -153,12 +153,15 @@ def is_qualifier(word: str) -> bool:
     return word in BODY_WORDS or (len(word) == 4 and _YEAR.fullmatch(word) is not None)
 
 
-def name_forms(phrases: Mapping[str, list[ClassInfo]]) -> tuple[dict[str, list[ClassInfo]], frozenset[str]]:
+def name_forms(
+    phrases: Mapping[str, list[ClassInfo]],
+) -> tuple[dict[str, list[ClassInfo]], dict[str, frozenset[str]]]:
     """The other phrases that name each class of one dataset, {phrase: classes}, none of them
-    one of `phrases` (the dataset's own normalised names, {phrase: classes}); and the
-    shortened ones among them, which name the class only when no other body type or year
-    follows ("volkswagen beetle" for the Beetle Hatchback, not in "Volkswagen Beetle
-    Convertible")."""
+    one of `phrases` (the dataset's own normalised names, {phrase: classes}); and, for the
+    shortened ones among them, the words of their class's name: such a form names the class
+    only when no other body type or year follows ("volkswagen beetle" for the Beetle
+    Hatchback, not in "Volkswagen Beetle Convertible"; "mazda tribute" in "Mazda Tribute
+    (2011)")."""
     names = {tuple(p.split()): infos for p, infos in phrases.items()}
     vocabulary = frozenset(w for words in names for w in words if len(w) >= _MIN_PART and w.isalpha())
     prefixes = _prefixes(names)
@@ -169,18 +172,20 @@ def name_forms(phrases: Mapping[str, list[ClassInfo]]) -> tuple[dict[str, list[C
     rest_prefixes = _prefixes({words[1:]: infos for words, infos in names.items()
                                if len(words) > 1 and words[0] in makes})
     forms: dict[str, list[ClassInfo]] = {}
-    shortened: set[str] = set()
+    shortened: dict[str, frozenset[str]] = {}
     for words, infos in names.items():
         if len(infos) != 1:
             continue  # a phrase several classes share stays theirs alone
         info = infos[0]
         found = list(_spellings(words, vocabulary))
         short = [*_shortenings(words, info, prefixes), *_make_dropped(words, info, makes, rest_prefixes)]
-        shortened.update(" ".join(f) for f in short if len(f) < len(words) or f[0] != words[0])
+        for form in short:
+            if len(form) < len(words) or form[0] != words[0]:
+                shortened[" ".join(form)] = frozenset(words)
         for form in found + short:
             phrase = " ".join(form)
             if phrase not in phrases:
                 bucket = forms.setdefault(phrase, [])
                 if info not in bucket:
                     bucket.append(info)
-    return forms, frozenset(p for p in shortened if p in forms)
+    return forms, {p: own for p, own in shortened.items() if p in forms}

@@ -55,7 +55,7 @@ from curation.filter.domains import off_domain_phrase
 from curation.filter.mentions import MentionIndex, fast_normalize, normalized_words
 from curation.filter.rationale import ERROR_CODES, Rationale, parse
 from curation.filter.repetition import repetition
-from curation.filter.side_text import TRIGGERS, side_information_phrase
+from curation.filter.side_text import TRIGGERS, described_feature, side_information_phrase
 
 log = logging.getLogger(__name__)
 
@@ -364,6 +364,10 @@ def check_label_leak(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evide
             ev["label_leak"] = [gold.name if gold else label]
     text = _reasoning(draft, r)
     side = side_information_phrase(text, ctx.key_words(text, dataset))
+    if side is None and r.visual_analysis:
+        side = described_feature(r.visual_analysis)
+        if side and ctx.mentions(dataset).find(side):
+            side = None  # "the description of a Saint Bernard's coat": class knowledge
     if side:
         codes.append("side_information")
         ev["side_information"] = [side]

@@ -21,7 +21,8 @@ the dataset so that a form names one class only:
   buick enclave"; not "dodge charger" (also the Charger SRT-8) nor "honda odyssey minivan"
   (2007 and 2012);
 - the make left out when the rest holds a model number and names one class: "737 300",
-  "s5 coupe" (a model word alone, "patriot", is too often an ordinary word).
+  "s5 coupe", and a designation alone that no other class's name holds: "s6" (a model
+  word alone, "patriot", is too often an ordinary word).
 
     >>> from curation.core.labels import ClassInfo
     >>> cars = [ClassInfo(0, "Dodge Charger Sedan 2012", "c", "car"),
@@ -131,15 +132,25 @@ def normalized_year(info: ClassInfo) -> str:
     return last if _YEAR.fullmatch(last) else ""
 
 
+def _designation(word: str) -> bool:
+    """A model designation: letters and digits in one word ("s6", "a320", "x3"), not a year."""
+    return not word.isdigit() and not word.isalpha() and _YEAR.fullmatch(word) is None
+
+
 def _make_dropped(words: tuple[str, ...], info: ClassInfo, makes: frozenset[str],
-                  rest_prefixes: Mapping[tuple[str, ...], set[ClassInfo]]) -> Iterator[tuple[str, ...]]:
-    """The name without its make when the rest holds a model number and names one class."""
+                  rest_prefixes: Mapping[tuple[str, ...], set[ClassInfo]],
+                  designations: Mapping[str, set[ClassInfo]]) -> Iterator[tuple[str, ...]]:
+    """The name without its make when the rest holds a model number and names one class;
+    down to the designation alone ("s6" for Audi S6 Sedan 2011) when no other class's name
+    holds it, even spelled apart ("srt8" is also the Charger's "SRT-8")."""
     if len(words) < 2 or words[0] not in makes:
         return
     rest = words[1:]
     candidates = [rest]
     if _YEAR.fullmatch(rest[-1]) and len(rest) > 1:
         candidates += [rest[:-1], _without_body(rest[:-1])]
+    if _designation(rest[0]) and designations.get(rest[0]) == {info}:
+        candidates.append(rest[:1])
     for short in dict.fromkeys(candidates):
         numbered = any(any(ch.isdigit() for ch in w) and not _YEAR.fullmatch(w) for w in short)
         if numbered and not (len(short) == 1 and short[0].isdigit()) \
@@ -169,6 +180,11 @@ def name_forms(
     for words, infos in names.items():
         firsts.setdefault(words[0], set()).update(infos)
     makes = frozenset(w for w, infos in firsts.items() if len(infos) > 1)
+    designations: dict[str, set[ClassInfo]] = {}  # every word, and every two joined, -> classes
+    for words, infos in names.items():
+        for i, word in enumerate(words):
+            for token in (word, word + words[i + 1]) if i + 1 < len(words) else (word,):
+                designations.setdefault(token, set()).update(infos)
     rest_prefixes = _prefixes({words[1:]: infos for words, infos in names.items()
                                if len(words) > 1 and words[0] in makes})
     forms: dict[str, list[ClassInfo]] = {}
@@ -178,7 +194,8 @@ def name_forms(
             continue  # a phrase several classes share stays theirs alone
         info = infos[0]
         found = list(_spellings(words, vocabulary))
-        short = [*_shortenings(words, info, prefixes), *_make_dropped(words, info, makes, rest_prefixes)]
+        short = [*_shortenings(words, info, prefixes),
+                 *_make_dropped(words, info, makes, rest_prefixes, designations)]
         for form in short:
             if len(form) < len(words) or form[0] != words[0]:
                 shortened[" ".join(form)] = frozenset(words)

@@ -31,9 +31,18 @@ be given:
                 visual features", "Based on the description and the image"
     is_told     (is | are | was | were) (described | mentioned) (as | but | in) -- "the bird is
                 described as medium-sized", "heated mirrors are mentioned but not visible"
-    told_range  (range | weight | size | height | length) (mentioned | given | provided |
-                stated | described) -- "the weight range mentioned (80-115 pounds)"
+    told_range  (range | weight | size | height | length | year) (mentioned | provided |
+                stated | specified) -- "the weight range mentioned (80-115 pounds)", "based on
+                the year mentioned"
     gold        the (ground truth | correct) (label | answer) (is | was)
+
+In the visual analysis only (the filter passes it separately, see described_feature): the
+description of a feature -- "(the) description of" followed, within four words, by a
+feature (size, build, coat, colour options, paws, weight, inches ...) or by being /
+standing / having / weighing / measuring: "aligns with the description of webbed paws",
+"consistent with the description of being approximately 12-14 inches". Before the
+candidates there is no description of the rationale's own to point back to; "the
+description of a Saint Bernard's coat" names a class and is knowledge (the filter checks).
 
 Not side information (class knowledge and self-reference, by the labelling guide in
 tests/fixtures/labelled_rationales/GUIDE.md): "closely matches the description of a Saint
@@ -77,7 +86,7 @@ SIDE_RULES: dict[str, str] = {
     "based_on": r"\b(?:based on|given|considering|using) the (?:description|context|caption|prompt|"
                 r"hint|metadata|details|information)\b(?! of)",
     "is_told": r"\b(?:is|are|was|were) (?:described|mentioned) (?:as|but|in)\b",
-    "told_range": r"\b(?:range|weight|size|height|length) (?:mentioned|given|provided|stated|described)\b",
+    "told_range": r"\b(?:range|weight|size|height|length|year) (?:mentioned|provided|stated|specified)\b",
     "gold": r"\bthe (?:ground[- ]truth|correct) (?:label|answer) (?:is|was)\b",
 }
 SIDE_INFORMATION = re.compile("|".join(f"(?:{p})" for p in SIDE_RULES.values()), re.IGNORECASE)
@@ -94,6 +103,33 @@ _WINDOW = 80
 # The same regex without IGNORECASE, for ASCII windows of the lower-cased text (twice as
 # fast; on ASCII the two agree, as the pattern's letters are all lower case).
 _SIDE_LOWER = re.compile(SIDE_INFORMATION.pattern)
+
+
+_FEATURES = (
+    "size|sizes|build|body|structure|coat|fur|colou?rs?|colou?ration|options|paws|feet|tail|"
+    "ears|weight|height|length|inches|pounds|cm|kg|trunk|seats|interior|behaviou?r|habitat|"
+    "temperament|markings|plumage|stance|proportions"
+)
+DESCRIBED_FEATURE = re.compile(
+    r"\bthe description of (?:(?:being|standing|having|weighing|measuring)\b"
+    rf"|(?:[\w\"'\u201c\u2018-]+ ){{0,3}}?[\"'\u201c\u2018]?(?:{_FEATURES})\b)",
+    re.IGNORECASE,
+)
+
+
+def described_feature(visual_analysis: str) -> str | None:
+    """The first "description of <a feature>" phrase of a visual analysis, or None; the
+    caller makes sure it names no class ("the description of a Saint Bernard's coat").
+
+    >>> described_feature("The paws are large, which aligns with the description of webbed paws.")
+    'the description of webbed paws'
+    >>> described_feature("It fits the description of a compact sedan.") is None
+    True
+    """
+    if "description of" not in visual_analysis.lower():
+        return None
+    hit = DESCRIBED_FEATURE.search(visual_analysis)
+    return hit.group(0) if hit else None
 
 
 def side_information_phrase(text: str, words: frozenset[str] | None = None) -> str | None:

@@ -47,10 +47,12 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from curation.core.config import FilterConfig, Recipe, RecipeError
 from curation.core.labels import ClassInfo, Registry, match
 from curation.core.rundir import RunDir
-from curation.filter.dedup import NearDuplicates
+from curation.filter.dedup import NearDuplicates, signature
 from curation.filter.domains import off_domain_phrase
 from curation.filter.mentions import MentionIndex, fast_normalize, normalized_words
 from curation.filter.rationale import ERROR_CODES, Rationale, parse
@@ -469,14 +471,13 @@ def check_language(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evidenc
 
 
 def check_duplicate(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evidence) -> Outcome:
-    twin = ctx.duplicates.find(_dedup_key(draft, ctx), _draft_key(draft), ctx.words(r.think or ""))
-    if twin is None:
-        return None
-    ev["duplicate_of"] = [twin]
-    return "near_duplicate"
+    """The duplicate filter's place in FILTERS (funnel order, settings); it depends on the
+    drafts accepted before, so conclude() runs it, in input order."""
+    raise RuntimeError("the duplicate filter runs in conclude(), not with the other filters")
 
 
-def _dedup_key(draft: Mapping, ctx: FilterContext) -> str:
+def dedup_key(draft: Mapping, ctx: FilterContext) -> str:
+    """The bucket the duplicate filter compares a draft in: its image, or its class."""
     if ctx.settings.duplicate_scope == "class":
         return f"class:{draft.get('dataset')}:{draft.get('label')}"
     return f"image:{draft.get('image_sha256') or draft.get('item_id')}"
@@ -504,28 +505,54 @@ FILTERS: dict[str, Callable[[Mapping, Rationale, FilterContext, Evidence], Outco
 }
 
 
-def run_filters(
-    draft: Mapping, ctx: FilterContext, parsed: Rationale
-) -> tuple[dict[str, list[str]], Evidence]:
-    """({filter name: reason codes} of the filters that failed, evidence); all filters run."""
+@dataclass(frozen=True)
+class Assessment:
+    """A draft parsed and judged by every filter but `duplicate`, which depends on the drafts
+    accepted before it and so runs in input order (conclude). `words` (in process) or
+    `signature` (from a worker process: curation/filter/parallel.py) is what the duplicate
+    filter compares."""
+
+    parsed: Rationale
+    failed: dict[str, list[str]]  # filter name -> reason codes, for the filters that failed
+    evidence: Evidence
+    words: list[str] | None = None
+    signature: np.ndarray | None = None
+
+
+def assess(draft: Mapping, ctx: FilterContext, signature_now: bool = False) -> Assessment:
+    """Parse one draft and run every enabled filter except `duplicate` (all of them run, every
+    reason is kept). `signature_now`: compute the duplicate filter's MinHash signature here
+    (a worker process) rather than keep the words (the signature is only needed when the
+    draft's image already has an accepted rationale, or the draft is accepted)."""
+    r = parse(draft.get("response"))
     evidence: Evidence = {}
     failed: dict[str, list[str]] = {}
     ctx.begin_draft()
     for name in ctx.enabled:
-        outcome = FILTERS[name](draft, parsed, ctx, evidence)
+        if name == "duplicate":
+            continue
+        outcome = FILTERS[name](draft, r, ctx, evidence)
         if outcome:
             failed[name] = [outcome] if isinstance(outcome, str) else list(outcome)
-    return failed, evidence
+    if "duplicate" not in ctx.enabled:
+        return Assessment(r, failed, evidence)
+    words = ctx.words(r.think or "")
+    if signature_now:
+        return Assessment(r, failed, evidence, signature=signature(words))
+    return Assessment(r, failed, evidence, words=words)
 
 
-def judge(draft: Mapping, ctx: FilterContext) -> Verdict:
-    """Parse and filter one draft. An accepted draft is remembered for the duplicate filter.
-
-    Local filters only: the optional second-call judge (filters.judge) needs the network
-    and runs in the filter stage (curation/filter/stage.py, curation/filter/judge.py).
-    """
-    r = parse(draft.get("response"))
-    failed, evidence = run_filters(draft, ctx, r)
+def conclude(draft: Mapping, ctx: FilterContext, a: Assessment) -> Verdict:
+    """The verdict of an assessed draft: the duplicate filter against the drafts accepted so
+    far (so call this in input order), flags apart from reasons; an accepted draft is
+    remembered for the duplicate filter."""
+    failed, evidence = a.failed, a.evidence
+    if "duplicate" in ctx.enabled:
+        bucket, key = dedup_key(draft, ctx), _draft_key(draft)
+        twin = ctx.duplicates.find(bucket, key, a.words, a.signature)
+        if twin is not None:
+            failed = {**failed, "duplicate": ["near_duplicate"]}
+            evidence["duplicate_of"] = [twin]
     reasons: list[str] = []
     flags: list[str] = []
     for name, codes in failed.items():
@@ -535,8 +562,18 @@ def judge(draft: Mapping, ctx: FilterContext) -> Verdict:
             reasons += codes
     accepted = not reasons
     if accepted and "duplicate" in ctx.enabled:
-        ctx.duplicates.add(_dedup_key(draft, ctx), _draft_key(draft), ctx.words(r.think or ""))
-    return Verdict(accepted, tuple(dict.fromkeys(reasons)), r, tuple(flags), evidence)
+        ctx.duplicates.add(bucket, key, a.words, a.signature)
+    return Verdict(accepted, tuple(dict.fromkeys(reasons)), a.parsed, tuple(flags), evidence)
+
+
+def judge(draft: Mapping, ctx: FilterContext) -> Verdict:
+    """Parse and filter one draft. An accepted draft is remembered for the duplicate filter.
+
+    Local filters only: the optional second-call judge (filters.judge) needs the network
+    and runs in the filter stage (curation/filter/stage.py, curation/filter/judge.py). Many
+    drafts over worker processes: curation/filter/parallel.py (the same verdicts).
+    """
+    return conclude(draft, ctx, assess(draft, ctx))
 
 
 # Every reason code a verdict can carry: code -> (filter, what it means). The parse-error

@@ -92,6 +92,10 @@ class NearDuplicates:
             self._last = (words, signature(words))
         return self._last[1]
 
+    def has(self, bucket: str) -> bool:
+        """Whether `bucket` holds an accepted rationale."""
+        return bool(self._buckets.get(bucket))
+
     def find(self, bucket: str, key: str, words: list[str] | None,
              sig: np.ndarray | None = None) -> str | None:
         """The key of an accepted near-duplicate in `bucket` (not `key` itself), or None.

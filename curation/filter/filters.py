@@ -253,7 +253,9 @@ DECLINE = re.compile(
     r"|\b(?:not sure|unsure|uncertain|inconclusive|undetermined)\b",
     re.IGNORECASE,
 )
-_ALTERNATIVE_WORDS = ("or", "either")
+# Every DECLINE phrasing holds one of these words (the regex runs only when one is there).
+_DECLINE_WORDS = frozenset(("not", "cannot", "cant", "unable", "impossible", "hard", "difficult",
+                            "unsure", "uncertain", "inconclusive", "undetermined"))
 
 
 def hedged_prediction(prediction: str, words: list[str], index: MentionIndex) -> str | None:
@@ -264,14 +266,14 @@ def hedged_prediction(prediction: str, words: list[str], index: MentionIndex) ->
     >>> hedged_prediction("It is either the Gnat or the Bee.", ["it", "is", "either", "the",
     ...                   "gnat", "or", "the", "bee"], index)
     'alternatives: Gnat, Bee'
-    >>> hedged_prediction("It is not possible to identify it.", [], index)
+    >>> hedged_prediction("It is not possible to identify it.", ["it", "is", "not", "possible"], index)
     'not possible to identify'
     >>> hedged_prediction("It is most likely a Gnat.", ["it", "is", "most", "likely", "a", "gnat"], index)
     """
-    declined = DECLINE.search(prediction)
+    declined = None if _DECLINE_WORDS.isdisjoint(words) else DECLINE.search(prediction)
     if declined:
         return declined.group(0)
-    if any(w in words for w in _ALTERNATIVE_WORDS):
+    if "or" in words or "either" in words:
         named = index.find_words(words)
         if len(named) > 1:
             return "alternatives: " + ", ".join(c.name for c in named)
@@ -357,7 +359,7 @@ def check_label_leak(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evide
         joined = f" {' '.join(visual)} "
         if gold is not None:  # a substring test first; the scan settles "Basset" in "Basset Hound"
             index = ctx.mentions(dataset)
-            leaked = any(f" {form} " in joined for form in index.forms.get(gold, ())) and \
+            leaked = any(f" {word} " in joined for word in index.form_starts.get(gold, ())) and \
                 index.names_class(visual, gold)
         else:
             leaked = f" {fast_normalize(label)} " in joined
@@ -536,10 +538,15 @@ def assess(draft: Mapping, ctx: FilterContext, signature_now: bool = False) -> A
             failed[name] = [outcome] if isinstance(outcome, str) else list(outcome)
     if "duplicate" not in ctx.enabled:
         return Assessment(r, failed, evidence)
-    words = ctx.words(r.think or "")
-    if signature_now:
-        return Assessment(r, failed, evidence, signature=signature(words))
-    return Assessment(r, failed, evidence, words=words)
+    if not signature_now:
+        return Assessment(r, failed, evidence, words=ctx.words(r.think or ""))
+    # A worker: the signature of a draft every other filter let through (it will be
+    # remembered, or compared); for a rejected one, conclude() computes it only if its image
+    # already has an accepted rationale (most have none).
+    flagged = ctx.settings.unseen_mention == "flag"
+    if all(name == "unseen_mention" and flagged for name in failed):
+        return Assessment(r, failed, evidence, signature=signature(ctx.words(r.think or "")))
+    return Assessment(r, failed, evidence)
 
 
 def conclude(draft: Mapping, ctx: FilterContext, a: Assessment) -> Verdict:
@@ -549,7 +556,10 @@ def conclude(draft: Mapping, ctx: FilterContext, a: Assessment) -> Verdict:
     failed, evidence = a.failed, a.evidence
     if "duplicate" in ctx.enabled:
         bucket, key = dedup_key(draft, ctx), _draft_key(draft)
-        twin = ctx.duplicates.find(bucket, key, a.words, a.signature)
+        words = a.words
+        if words is None and a.signature is None:  # (from a worker, rejected: words if needed)
+            words = normalized_words(a.parsed.think or "") if ctx.duplicates.has(bucket) else []
+        twin = ctx.duplicates.find(bucket, key, words, a.signature)
         if twin is not None:
             failed = {**failed, "duplicate": ["near_duplicate"]}
             evidence["duplicate_of"] = [twin]
@@ -562,7 +572,7 @@ def conclude(draft: Mapping, ctx: FilterContext, a: Assessment) -> Verdict:
             reasons += codes
     accepted = not reasons
     if accepted and "duplicate" in ctx.enabled:
-        ctx.duplicates.add(bucket, key, a.words, a.signature)
+        ctx.duplicates.add(bucket, key, words, a.signature)
     return Verdict(accepted, tuple(dict.fromkeys(reasons)), a.parsed, tuple(flags), evidence)
 
 

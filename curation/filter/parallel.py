@@ -22,7 +22,10 @@ import multiprocessing
 import os
 from collections.abc import Iterator, Mapping, Sequence
 
+import numpy as np
+
 from curation.filter.filters import Assessment, FilterContext, Verdict, assess, conclude
+from curation.filter.rationale import Rationale
 
 CHUNK = 128  # drafts per task: large enough that the round trip is a small share
 MIN_PER_WORKER = 256
@@ -39,13 +42,28 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
-def _assess_range(bounds: tuple[int, int]) -> list[Assessment]:
+Packed = tuple  # an Assessment as plain values: pickled and unpickled several times faster
+
+
+def _pack(a: Assessment) -> Packed:
+    r = a.parsed
+    return (r.think, r.answer, r.visual_analysis, r.candidates, r.comparison, r.prediction,
+            r.truncated, r.errors, a.failed, a.evidence,
+            None if a.signature is None else a.signature.tobytes())
+
+
+def _unpack(p: Packed) -> Assessment:
+    sig = None if p[10] is None else np.frombuffer(p[10], dtype=np.uint64)
+    return Assessment(Rationale(*p[:8]), p[8], p[9], signature=sig)
+
+
+def _assess_range(bounds: tuple[int, int]) -> list[Packed]:
     """A forked worker: assess drafts[start:end] of the inherited job."""
     if _JOB is None:
         raise RuntimeError("_assess_range runs in a worker forked by judge_all")
     drafts, ctx = _JOB
     start, end = bounds
-    return [assess(drafts[i], ctx, signature_now=True) for i in range(start, end)]
+    return [_pack(assess(drafts[i], ctx, signature_now=True)) for i in range(start, end)]
 
 
 _SPAWNED: FilterContext | None = None  # a spawned worker's own context
@@ -56,11 +74,11 @@ def _start_spawned(ctx: FilterContext) -> None:
     _SPAWNED = ctx
 
 
-def _assess_chunk(chunk: list[Mapping]) -> list[Assessment]:
+def _assess_chunk(chunk: list[Mapping]) -> list[Packed]:
     """A spawned worker: assess a chunk of drafts sent to it."""
     if _SPAWNED is None:
         raise RuntimeError("_assess_chunk runs in a worker started by judge_all")
-    return [assess(draft, _SPAWNED, signature_now=True) for draft in chunk]
+    return [_pack(assess(draft, _SPAWNED, signature_now=True)) for draft in chunk]
 
 
 def judge_all(
@@ -87,13 +105,13 @@ def judge_all(
         try:
             with multiprocessing.get_context("fork").Pool(workers) as pool:
                 for (start, _), chunk in zip(bounds, pool.imap(_assess_range, bounds), strict=True):
-                    for i, a in enumerate(chunk, start):
-                        yield conclude(drafts[i], ctx, a)
+                    for i, packed in enumerate(chunk, start):
+                        yield conclude(drafts[i], ctx, _unpack(packed))
         finally:
             _JOB = None
         return
     with multiprocessing.get_context("spawn").Pool(workers, _start_spawned, (ctx,)) as pool:
         chunks = (list(drafts[start:end]) for start, end in bounds)
         for (start, _), chunk in zip(bounds, pool.imap(_assess_chunk, chunks), strict=True):
-            for i, a in enumerate(chunk, start):
-                yield conclude(drafts[i], ctx, a)
+            for i, packed in enumerate(chunk, start):
+                yield conclude(drafts[i], ctx, _unpack(packed))

@@ -326,7 +326,13 @@ def match(
     else:
         gold_info = registry.resolve(gold, dataset)
     scope = dataset or (gold_info.dataset if gold_info else None)
-    words = normalize(answer).split()
+    phrase = normalize(answer)
+    if gold_info is not None and "?" not in answer and "/" not in answer:
+        # The usual answer: exactly one class's name, nothing around it (nothing to hedge).
+        exact = registry._by_name.get(gold_info.dataset, {}).get(phrase, ())
+        if len(exact) == 1:
+            return MatchResult("correct" if exact[0] == gold_info else "wrong", (exact[0].name,))
+    words = phrase.split()
     spans = registry.name_spans(words, gold_info.dataset if gold_info else scope or "")
     hedged = bool(hedge_words(words, spans)) or "?" in answer or \
         _slash_alternatives(answer, registry, gold_info.dataset if gold_info else scope)

@@ -5,18 +5,16 @@ again, a candidate list that restarts until max_tokens. Length bounds do not cat
 a few hundred words, and a dataset that teaches looping is worse than a short one. Three
 measures of `<think>`, each cheap (C-level set and bytes operations, no per-word Python):
 
-- repeated sentences: the share of its characters in sentences (or lines) that already
-  appeared (compared by their last 40 characters, so a counter in front does not hide a
-  copy);
-- repeated chunks, when a "sentence" runs past 500 characters (a loop without full stops:
+- repeated sentences: the share of its characters in sentences that already appeared
+  (compared by their last characters, so a counter in front does not hide a copy);
+- repeated chunks, when a "sentence" runs past 1,000 characters (a loop without full stops:
   "Golden Retriever Golden Retriever ..."): the share of its 4-word chunks (consecutive, not
   overlapping, so a loop of any period repeats them) seen before in the text;
 - a run: one sentence more than `max_run` times in a row ("It is a sedan." x 5).
 
 Real rationales stay far from the defaults (filters.max_repeated_share 0.3, max_repeated_run
 3): on Fine-R1's 404 Stage-1 rationales, whose "Final Answer" recaps restate the analysis,
-the largest shares are 0.18 (sentences) and 0.10 (chunks), no sentence runs past 370
-characters, and none repeats in a row.
+the largest shares are 0.15 (sentences) and 0.10 (chunks), and no sentence repeats in a row.
 
     >>> loop = "The bird has a red head and grey flanks. " * 30
     >>> repetition(loop, loop.lower().replace(".", "").split())
@@ -39,9 +37,11 @@ from operator import eq, itemgetter
 CHUNK = 4  # words per chunk
 _MIN_CHUNKS = 25  # shorter texts: the chunk share is not measured (too few to tell)
 _MIN_CHARS = 400  # shorter texts: nor the sentence share
-_LONG_UNIT = 500  # characters: a "sentence" this long has lost its full stops (a loop can)
-_KEY = itemgetter(slice(-40, None))  # sentences are compared by their last 40 characters: a
-# counter in front ("Observation 12: the head is green") does not make copies distinct
+_LONG_UNIT = 1000  # characters: a "sentence" this long may have lost its full stops (a loop)
+# Sentences are compared by their last 40 characters but the last 3: a counter in front
+# ("Observation 12: the head is green") or a list marker after ("Boeing 737-400\n5") does
+# not make copies distinct.
+_KEY = itemgetter(slice(-40, -3))
 
 
 def chunk_share(words: list[str]) -> float:
@@ -77,7 +77,7 @@ def repetition(text: str, words: list[str], max_share: float = 0.3, max_run: int
     """What makes `text` degenerate (for the evidence), or None. `words`: its normalised
     words (curation/filter/mentions.normalized_words), read only when a sentence has lost
     its full stops."""
-    units = text.replace("\n", ". ").split(". ")  # sentences and lines, roughly (enough for copies)
+    units = text.split(". ")  # sentences, roughly (enough to find copies; lists stay together)
     total = sum(map(len, units))
     if total >= _MIN_CHARS:
         last = dict(zip(map(_KEY, units), map(len, units), strict=True))  # (copies: one entry)
@@ -88,5 +88,9 @@ def repetition(text: str, words: list[str], max_share: float = 0.3, max_run: int
             share = chunk_share(words)
             if share > max_share:
                 return f"{share:.0%} of its {CHUNK}-word chunks repeat"
+    if total < _MIN_CHARS:
+        last = dict.fromkeys(units)
+    if len(last) > len(units) - max_run:
+        return None  # fewer copies than a run needs
     count = repeated_run(units, max_run)
     return f"a sentence {count} times in a row" if count else None

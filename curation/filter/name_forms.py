@@ -11,7 +11,8 @@ the dataset so that a form names one class only:
 
 - plural or possessive of the last word (straight or curly apostrophes fold away in
   normalisation): "grosbeaks", "huskies", "sphynxes", "737-400s";
-- a possessive inside the name: "henslows sparrow" for "Henslow Sparrow";
+- a possessive inside the name, on its first word or the one before the last: "henslows
+  sparrow" for "Henslow Sparrow", "le contes sparrow";
 - two words joined or one compound split: "german shorthaired pointer" for "German Short
   Haired Pointer", "staffordshire bull terrier" for "Staffordshire Bullterrier" (both halves
   words of the dataset's names);
@@ -72,15 +73,15 @@ def plurals(word: str) -> list[str]:
 
 def _spellings(words: Sequence[str], vocabulary: frozenset[str]) -> Iterator[tuple[str, ...]]:
     """The name with its last word inflected; for names without numbers (birds, breeds,
-    flowers, not car or aircraft models), also one inner word made possessive, two words
-    joined, or a compound split in two."""
+    flowers, not car or aircraft models), also its first word or the one before the last made
+    possessive, two words joined, or a compound split in two."""
     last = len(words) - 1
     for plural in plurals(words[last]):
         yield (*words[:last], plural)
     if any(ch.isdigit() for w in words for ch in w):
         return
     for i, word in enumerate(words):
-        if i < last and word.isalpha() and len(word) >= _MIN_PART and not word.endswith("s"):
+        if i in (0, last - 1) and word.isalpha() and len(word) >= _MIN_PART and not word.endswith("s"):
             possessive = (*words[:i], f"{word}s", *words[i + 1 :])  # "Henslow's Sparrow"
             yield possessive
             yield from ((*possessive[:last], p) for p in plurals(words[last]))  # "... Sparrows"

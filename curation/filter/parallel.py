@@ -18,6 +18,7 @@ cost more than it saves.
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -102,6 +103,10 @@ def judge_all(
     bounds = [(i, min(i + CHUNK, len(drafts))) for i in range(0, len(drafts), CHUNK)]
     if "fork" in multiprocessing.get_all_start_methods():
         _JOB = (drafts, ctx)
+        # Objects made so far (the drafts, the name indexes) leave the collector's view: a
+        # collection in a worker would otherwise touch every one of them and copy the
+        # memory pages the worker shares with this process (the gc module's advice for fork).
+        gc.freeze()
         try:
             with multiprocessing.get_context("fork").Pool(workers) as pool:
                 for (start, _), chunk in zip(bounds, pool.imap(_assess_range, bounds), strict=True):
@@ -109,6 +114,7 @@ def judge_all(
                         yield conclude(drafts[i], ctx, _unpack(packed))
         finally:
             _JOB = None
+            gc.unfreeze()
         return
     with multiprocessing.get_context("spawn").Pool(workers, _start_spawned, (ctx,)) as pool:
         chunks = (list(drafts[start:end]) for start, end in bounds)

@@ -12,7 +12,7 @@ alone) gives the labels' own reliability.
 from __future__ import annotations
 
 import pytest
-from labelled_set import LABELS, found, load, misses, score, table
+from labelled_set import LABELS, found, kappa, load, misses, score, table
 
 BAR = 0.95
 MEASURED = ("leak", "side_information", "unseen_mention", "hedge", "degenerate", "off_domain")
@@ -51,3 +51,18 @@ def test_print_the_table(labelled, capsys):
         print(f"\n{len(rows)} labelled rationales ({sum(r['source'] != 'handwritten' for r in rows)} "
               f"from Fine-R1 Stage-1):\n{table(score(rows, reported))}")
     assert set(score(rows, reported)) == set(LABELS)
+def test_two_labelling_passes_agree(capsys):
+    first = {r["id"]: set(r["labels"]) for r in load()}
+    second = {r["id"]: set(r["labels"]) for r in load("second_pass.jsonl")}
+    assert len(second) >= 40 and set(second) <= set(first)
+    ids = sorted(second)
+    lines = [f"two labelling passes on {len(ids)} rows:",
+             f"{'defect':<18}{'pass 1':>7}{'pass 2':>7}{'agree':>7}{'kappa':>7}"]
+    for name in LABELS:
+        a = [name in first[i] for i in ids]
+        b = [name in second[i] for i in ids]
+        agree = sum(x == y for x, y in zip(a, b, strict=True)) / len(ids)
+        lines.append(f"{name:<18}{sum(a):>7}{sum(b):>7}{agree:>7.2f}{kappa(a, b):>7.2f}")
+        assert agree >= 0.8, (name, agree)
+    with capsys.disabled():
+        print("\n" + "\n".join(lines))

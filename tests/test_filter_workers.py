@@ -105,3 +105,20 @@ def test_cli_audit_workers_and_funnel_columns(tmp_path):
     assert "a wrong class cannot show" in text  # answer_correct is vacuous without a gold
     bad = CliRunner().invoke(app, ["audit", str(corpus), "--split", "fine-r1", "--workers", "0"])
     assert bad.exit_code != 0
+
+
+def test_funnel_keeps_the_teacher_truth_with_the_reasons(fine_r1):
+    """The hook for precision and recall against the scripted teacher's truth: drafts with a
+    `teacher_truth` column are paired with their reasons, in input order."""
+    from curation.filter.stage import Funnel
+
+    registry, lists = fine_r1
+    rows = drafts()[:20]
+    for i, row in enumerate(rows):
+        row["teacher_truth"] = json.dumps({"index": i, "leak": False}) if i % 2 else None
+    ctx = build_context(registry, FilterConfig(), lists)
+    funnel = Funnel(ctx.enabled)
+    for row, v in zip(rows, judge_all(rows, ctx, 1), strict=True):
+        funnel.add(row, v)
+    assert [json.loads(t)["index"] for t, _ in funnel.truth] == list(range(1, 20, 2))
+    assert all(isinstance(reasons, tuple) for _, reasons in funnel.truth)

@@ -80,9 +80,15 @@ class Funnel:
         self.hallucinated_names = 0
         self.per_class: dict[str, dict[str, int]] = {}
         self.vacuous: dict[str, str] = {}  # filter -> why it cannot reject anything here
+        # The hook for filter precision and recall against the scripted teacher's ground
+        # truth: (the draft's `teacher_truth` JSON, its reasons) for each draft that has one.
+        self.truth: list[tuple[str, tuple[str, ...]]] = []
 
     def add(self, draft: Mapping, v: Verdict) -> None:
         self.drafts += 1
+        truth = draft.get("teacher_truth")
+        if isinstance(truth, str) and truth:
+            self.truth.append((truth, v.reasons))
         self.accepted += v.accepted
         failed_filters = {filter_of(code) for code in v.reasons}
         for code in v.reasons:

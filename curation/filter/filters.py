@@ -359,7 +359,7 @@ def check_label_leak(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evide
         joined = f" {' '.join(visual)} "
         if gold is not None:  # a substring test first; the scan settles "Basset" in "Basset Hound"
             index = ctx.mentions(dataset)
-            leaked = any(f" {word} " in joined for word in index.form_starts.get(gold, ())) and \
+            leaked = any(f" {form} " in joined for form in index.forms.get(gold, ())) and \
                 index.names_class(visual, gold)
         else:
             leaked = f" {fast_normalize(label)} " in joined

@@ -130,9 +130,6 @@ class MentionIndex:
         for phrase, infos in self.phrases.items():
             for info in infos:
                 self.forms.setdefault(info, []).append(phrase)
-        # class -> the first words of its phrases: a text without one of them names it not
-        self.form_starts = {info: tuple(dict.fromkeys(p.split()[0] for p in phrases))
-                            for info, phrases in self.forms.items()}
         self.starts = {mode: _starts(phrases) for mode, phrases in self.modes.items()}
         self.seconds = {mode: _seconds(phrases) for mode, phrases in self.modes.items()}
         self.excluded_nouns = excluded_nouns(names)  # for the off_domain filter

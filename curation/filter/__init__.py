@@ -7,6 +7,7 @@
     repetition.py degenerate text that loops
     domains.py    off-domain detection: the object called something outside its super-category
     dedup.py      near-duplicate rationales (MinHash)
+    context.py    what the filters share: registry, settings, split, name indexes, caches
     filters.py    the label-grounded filters, one small function each, and `judge()`
     judge.py      the optional second teacher call that checks a visual analysis
     parallel.py   many drafts over worker processes, the same verdicts as one process

@@ -1,7 +1,8 @@
-"""Benchmark: parse + every non-judge filter over many drafts, on one core.
+"""Benchmark: parse + every non-judge filter over many drafts, one worker or several.
 
-    .venv/bin/python bench/filter_throughput.py              # 50,000 drafts
-    .venv/bin/python bench/filter_throughput.py --drafts 5000 --real-share 1.0
+    .venv/bin/python bench/filter_throughput.py                  # 50,000 drafts, one worker
+    .venv/bin/python bench/filter_throughput.py --drafts 5000 --real-share 1.0 --workers 2
+    .venv/bin/python bench/filter_throughput.py --compare 76c9c7a    # the issue-16 check
 
 Drafts are generated from two sources and mixed: real teacher rationales (the Fine-R1
 sample in tests/fixtures, ~3,400 characters each, judged with the paper's class registry)
@@ -10,19 +11,37 @@ two texts are equal), and synthetic four-part rationales from templates over a 1
 compositional bird registry (~900 characters). Prints drafts/s by wall clock and by process
 CPU time (the fair figure on a shared machine), parse alone and parse + filters, and the
 funnel. Target: >= 5,000 drafts/s on one core.
+
+--compare REF measures another commit's filters beside this checkout's, in ONE run: it
+checks REF out into a temporary git worktree (removed afterwards), then, round after round,
+runs the same harness (this file) on each checkout in a subprocess: REF with one worker, this
+checkout with one worker and with two. It prints the CPU cost per draft of each (the least
+over the rounds: the least disturbed by other load), the ratio of this checkout's one-worker
+cost to REF's (the issue's bar: within 15%), the wall-clock throughput of two workers over
+one (bar: >= 1.7x on 2 cores), and the CPU all processes spent per draft with two workers
+(what the speed-up on an idle machine is bounded by). It prints the machine reference and
+the load average, because a loaded machine cannot show a 2-worker speed-up.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
+import resource
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import timeit
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+if __name__ == "__main__":  # the code measured: this checkout, or --code-root's
+    _root = sys.argv[sys.argv.index("--code-root") + 1] if "--code-root" in sys.argv else str(ROOT)
+    sys.path.insert(0, _root)
 
 from curation.core.config import FilterConfig  # noqa: E402
 from curation.core.labels import ClassInfo, Registry  # noqa: E402
@@ -31,7 +50,7 @@ from curation.filter.rationale import parse  # noqa: E402
 from curation.filter.stage import Funnel  # noqa: E402
 from curation.ingest.split import fine_r1_registry  # noqa: E402
 
-FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "fine_r1_stage1_sample.json"
+FIXTURE = ROOT / "tests" / "fixtures" / "fine_r1_stage1_sample.json"
 
 CROWNS = ["Crimson", "Azure", "Golden", "Slate", "Olive", "Ivory"]
 BREASTS = ["Streaked", "Spotted", "Plain", "Barred", "Scaled"]
@@ -100,23 +119,123 @@ def real_draft(rng: random.Random, base: list[dict], registry: Registry, n: int)
             "draft_id": f"r#{n}"}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--drafts", type=int, default=50_000)
-    parser.add_argument("--real-share", type=float, default=0.5,
-                        help="share of drafts varied from real teacher output (the rest synthetic)")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-
-    rng = random.Random(args.seed)
+def make_drafts(n: int, real_share: float, seed: int) -> tuple[Registry, dict, list[dict]]:
+    """(registry, splits, drafts): the same drafts for the same arguments, in any checkout."""
+    rng = random.Random(seed)
     fr1, lists = fine_r1_registry()
     synth = synthetic_registry()
     registry = Registry([*fr1, *synth])
     splits = {**lists, "synthbirds": {"unseen": [c.name for c in synth][::5]}}
     base = real_drafts()
     classes = list(synth)
-    drafts = [real_draft(rng, base, fr1, n) if rng.random() < args.real_share
-              else synthetic_draft(rng, classes, n) for n in range(args.drafts)]
+    drafts = [real_draft(rng, base, fr1, i) if rng.random() < real_share
+              else synthetic_draft(rng, classes, i) for i in range(n)]
+    return registry, splits, drafts
+
+
+def machine_reference() -> float:
+    """How fast this core runs plain Python (us for sum(range(1000))): figures from
+    different machines compare only through it (the same code measured ~2.5x apart)."""
+    return 1e6 * min(timeit.repeat("sum(range(1000))", number=2000, repeat=5)) / 2000
+
+
+def measure(n: int, real_share: float, seed: int, workers: int) -> dict:
+    """Judge the drafts once: CPU per draft (this process, and its workers), wall drafts/s."""
+    registry, splits, drafts = make_drafts(n, real_share, seed)
+    ctx = build_context(registry, FilterConfig(), splits)
+    for dataset in registry.datasets:  # build the per-dataset name indexes outside the timing
+        ctx.mentions(dataset)
+    funnel = Funnel(ctx.enabled)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    c0, w0 = time.process_time(), time.perf_counter()
+    if workers == 1:  # the API every checkout has
+        for d in drafts:
+            funnel.add(d, judge(d, ctx))
+    else:
+        from curation.filter.parallel import judge_all
+
+        for d, v in zip(drafts, judge_all(drafts, ctx, workers, min_per_worker=1), strict=True):
+            funnel.add(d, v)
+    cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    child_cpu = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
+    return {"drafts": n, "workers": workers, "cpu_us": 1e6 * cpu / n,
+            "all_cpu_us": 1e6 * (cpu + child_cpu) / n, "wall_per_s": n / wall,
+            "accepted": funnel.as_dict()["accepted"], "reference_us": machine_reference()}
+
+
+def _run(code_root: Path, args: argparse.Namespace, workers: int) -> dict:
+    command = [sys.executable, str(Path(__file__).resolve()), "--measure", "--code-root", str(code_root),
+               "--drafts", str(args.drafts), "--real-share", str(args.real_share), "--seed",
+               str(args.seed), "--workers", str(workers)]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def compare(args: argparse.Namespace) -> None:
+    """--compare REF: REF's filters beside this checkout's, side by side (module docstring)."""
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.compare],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    with tempfile.TemporaryDirectory(prefix="finecot-bench-") as tmp:
+        other = Path(tmp) / "checkout"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(other), commit],
+                       capture_output=True, text=True, check=True)
+        try:
+            runs: dict[str, list[dict]] = {"ref": [], "one": [], "two": []}
+            for i in range(args.rounds):
+                runs["ref"].append(_run(other, args, 1))
+                runs["one"].append(_run(ROOT, args, 1))
+                runs["two"].append(_run(ROOT, args, 2))
+                print(f"round {i + 1}/{args.rounds}: CPU us/draft {commit} "
+                      f"{runs['ref'][-1]['cpu_us']:.0f}, {head} {runs['one'][-1]['cpu_us']:.0f}; "
+                      f"wall drafts/s {head} 1 worker {runs['one'][-1]['wall_per_s']:.0f}, "
+                      f"2 workers {runs['two'][-1]['wall_per_s']:.0f}", flush=True)
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(other)],
+                           capture_output=True, text=True, check=False)
+    ref_cpu = min(r["cpu_us"] for r in runs["ref"])
+    one_cpu = min(r["cpu_us"] for r in runs["one"])
+    two_all = min(r["all_cpu_us"] for r in runs["two"])
+    one_wall = max(r["wall_per_s"] for r in runs["one"])
+    two_wall = max(r["wall_per_s"] for r in runs["two"])
+    speedup = [t["wall_per_s"] / o["wall_per_s"] for o, t in zip(runs["one"], runs["two"], strict=True)]
+    reference = statistics.median(r["reference_us"] for rs in runs.values() for r in rs)
+    print(f"\n{args.drafts} drafts, {args.real_share:.0%} real, {args.rounds} rounds; "
+          f"{os.cpu_count()} cores, load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    print(f"machine reference: sum(range(1000)) takes {reference:.1f} us (median over the runs)")
+    print(f"one worker, CPU per draft: {commit} {ref_cpu:.0f} us, {head} {one_cpu:.0f} us -> "
+          f"ratio {one_cpu / ref_cpu:.3f} (bar: <= 1.15)")
+    print(f"two workers, wall throughput: {two_wall:.0f} vs one worker {one_wall:.0f} drafts/s -> "
+          f"{two_wall / one_wall:.2f}x best, per round {', '.join(f'{x:.2f}' for x in speedup)} "
+          f"(bar: >= 1.7x on 2 idle cores)")
+    print(f"two workers, CPU of all processes per draft: {two_all:.0f} us -> at most "
+          f"{2 * one_cpu / two_all:.2f}x on 2 idle cores")
+    print(f"accepted: {commit} {runs['ref'][0]['accepted']}, {head} {runs['one'][0]['accepted']} "
+          f"(one worker) = {runs['two'][0]['accepted']} (two workers)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--drafts", type=int, default=50_000)
+    parser.add_argument("--real-share", type=float, default=0.5,
+                        help="share of drafts varied from real teacher output (the rest synthetic)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1, help="processes to judge over")
+    parser.add_argument("--compare", metavar="REF", help="measure commit REF beside this checkout")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the --compare runs")
+    parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)  # one JSON line
+    parser.add_argument("--code-root", help=argparse.SUPPRESS)  # (read before the imports above)
+    args = parser.parse_args()
+    if args.compare:
+        compare(args)
+        return
+    if args.measure:
+        print(json.dumps(measure(args.drafts, args.real_share, args.seed, args.workers)))
+        return
+
+    registry, splits, drafts = make_drafts(args.drafts, args.real_share, args.seed)
     chars = sum(len(d["response"]) for d in drafts) / len(drafts)
     print(f"{len(drafts)} drafts, {args.real_share:.0%} from real rationales, "
           f"{chars:.0f} characters on average")
@@ -125,30 +244,17 @@ def main() -> None:
     for d in drafts:
         parse(d["response"])
     parse_cpu, parse_wall = time.process_time() - c0, time.perf_counter() - w0
-
-    ctx = build_context(registry, FilterConfig(), splits)
-    for dataset in registry.datasets:  # build the per-dataset name indexes outside the timing
-        ctx.mentions(dataset)
-    funnel = Funnel(ctx.enabled)
-    c0, w0 = time.process_time(), time.perf_counter()
-    for d in drafts:
-        funnel.add(d, judge(d, ctx))
-    cpu, wall = time.process_time() - c0, time.perf_counter() - w0
-
     n = len(drafts)
     print(f"parse only:        {n / parse_cpu:8.0f} drafts/s CPU  ({n / parse_wall:8.0f} wall)")
-    print(f"parse + filters:   {n / cpu:8.0f} drafts/s CPU  ({n / wall:8.0f} wall), "
-          f"{1e6 * cpu / n:.0f} us per draft, filters enabled: {', '.join(ctx.enabled)}")
-    summary = funnel.as_dict()
-    print(f"accepted {summary['accepted']} of {n}; reasons: "
-          + ", ".join(f"{k} {v}" for k, v in list(summary["reasons"].items())[:10]))
-    # How fast this core runs plain Python, so figures from different machines compare:
-    # the same code measured ~2.5x apart on two sessions' machines (see README).
-    reference = min(timeit.repeat("sum(range(1000))", number=2000, repeat=5)) / 2000
-    print(f"machine reference: sum(range(1000)) takes {1e6 * reference:.1f} us")
+    result = measure(args.drafts, args.real_share, args.seed, args.workers)
+    cpu = result["all_cpu_us"]  # (with workers: this process and theirs)
+    print(f"parse + filters:   {1e6 / cpu:8.0f} drafts/s CPU  ({result['wall_per_s']:8.0f} wall), "
+          f"{cpu:.0f} us CPU per draft, {args.workers} worker(s)")
+    print(f"accepted {result['accepted']} of {n}")
+    print(f"machine reference: sum(range(1000)) takes {result['reference_us']:.1f} us")
     target = 5000
-    verdict = "meets" if n / cpu >= target else "below"
-    print(f"target >= {target} drafts/s on one core: {verdict} ({n / cpu:.0f} drafts/s CPU)")
+    verdict = "meets" if 1e6 / cpu >= target else "below"
+    print(f"target >= {target} drafts/s on one core: {verdict} ({1e6 / cpu:.0f} drafts/s CPU)")
 
 
 if __name__ == "__main__":

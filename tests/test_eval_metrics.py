@@ -129,8 +129,11 @@ def test_paper_compat_closed_world_needs_the_answer_tag(birds):
 def test_open_world_uses_the_matcher(birds):
     assert m.judge_open("<answer>a laysan albatross</answer>", "Laysan Albatross", birds, "bird")[1:] == (
         "correct", "Laysan Albatross")
+    # Only the full name "Sooty Albatross" is named, but "or" offers an alternative: a hedge.
     assert m.judge_open("<answer>Laysan or Sooty Albatross</answer>", "Laysan Albatross", birds,
-                        "bird")[1] == "wrong"  # only the full name "Sooty Albatross" is named
+                        "bird")[1:] == ("ambiguous", "")
+    assert m.judge_open("<answer>Sooty Albatross</answer>", "Laysan Albatross", birds,
+                        "bird")[1:] == ("wrong", "Sooty Albatross")
     assert m.judge_open("<answer>Laysan Albatross, Heermann Gull</answer>", "Laysan Albatross",
                         birds, "bird")[1] == "ambiguous"
 

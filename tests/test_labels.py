@@ -144,3 +144,62 @@ def test_duplicate_label_ids_are_refused():
 @pytest.mark.parametrize("missing", [None, float("nan"), 3])
 def test_match_treats_missing_answers_as_empty(missing):
     assert match(missing, "Brewer's Blackbird", _registry(), "bird").status == "empty"
+
+
+def _hedge_registry() -> Registry:
+    return Registry([
+        ClassInfo(0, "Boeing 737-300", "aircraft", "aircraft"),
+        ClassInfo(1, "Boeing 737-400", "aircraft", "aircraft"),
+        ClassInfo(2, "F/A-18", "aircraft", "aircraft"),
+        ClassInfo(0, "Golden Retriever", "dog", "dog"),
+        ClassInfo(1, "Labrador Retriever", "dog", "dog"),
+        ClassInfo(2, "Black and Tan Coonhound", "dog", "dog"),
+        ClassInfo(0, "Scarlet Tanager", "bird", "bird"),
+        ClassInfo(1, "Blue Jay", "bird", "bird"),
+        ClassInfo(2, "Cape May Warbler", "bird", "bird"),
+    ])
+
+
+@pytest.mark.parametrize(("answer", "gold"), [
+    # the examples: alternatives in any form, negation, doubt
+    ("Boeing 737-300 or 737-400", "Boeing 737-300"),
+    ("Golden Retriever or Labrador", "Golden Retriever"),
+    ("Not a Scarlet Tanager", "Scarlet Tanager"),
+    ("I am not sure; maybe Scarlet Tanager", "Scarlet Tanager"),
+    ("Scarlet Tanager or a Blue Jay", "Scarlet Tanager"),
+    ("Scarlet Tanager or some other warbler", "Scarlet Tanager"),
+    ("Boeing 737-300/737-400", "Boeing 737-300"),
+    ("Golden Retriever/Labrador Retriever", "Golden Retriever"),
+    ("Boeing 737-300, possibly a 737-400", "Boeing 737-300"),
+    ("Golden Retriever or another retriever", "Golden Retriever"),
+    ("not a Blue Jay but a Scarlet Tanager", "Scarlet Tanager"),
+    ("likely a Scarlet Tanager", "Scarlet Tanager"),
+    ("Possibly the Boeing 737-300", "Boeing 737-300"),
+    ("probably Golden Retriever", "Golden Retriever"),
+    ("It could be a Scarlet Tanager", "Scarlet Tanager"),
+    ("Scarlet Tanager?", "Scarlet Tanager"),
+    ("Either the Boeing 737-300 or something similar", "Boeing 737-300"),
+])
+def test_hedged_answers_are_never_correct(answer, gold):
+    result = match(answer, gold, _hedge_registry())
+    assert result.status in ("ambiguous", "unknown"), result
+
+
+@pytest.mark.parametrize(("answer", "gold", "status"), [
+    ("Cape May Warbler", "Cape May Warbler", "correct"),  # "may" inside the name
+    ("Black and Tan Coonhound", "Black and Tan Coonhound", "correct"),
+    ("F/A-18", "F/A-18", "correct"),  # a "/" inside the name
+    ("The F/A-18 Hornet", "F/A-18", "correct"),
+    ("It is a Golden Retriever.", "Golden Retriever", "correct"),
+    ("Blue Jay", "Scarlet Tanager", "wrong"),
+    ("maybe a warbler", "Scarlet Tanager", "unknown"),  # hedged, and names no class
+])
+def test_committed_answers_keep_their_status(answer, gold, status):
+    assert match(answer, gold, _hedge_registry()).status == status
+
+
+def test_hedges_name_what_they_name():
+    result = match("maybe Scarlet Tanager", "Scarlet Tanager", _hedge_registry())
+    assert (result.status, result.named) == ("ambiguous", ("Scarlet Tanager",))
+    unregistered = match("maybe a Summer Tanager", "Summer Tanager", _hedge_registry(), "bird")
+    assert unregistered.status == "ambiguous"

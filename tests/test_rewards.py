@@ -115,8 +115,8 @@ def test_dataset_column_scopes_the_match():
         ClassInfo(0, "Beagle", "pets", "pet"), ClassInfo(1, "Bengal", "pets", "pet"),
     ])
     acc = make_accuracy_reward(reg)
-    completions = ["<think>.</think><answer>Beagle or Basset</answer>"] * 2
-    # dogs knows both names: a hedge. pets knows only Beagle: one class named, the gold.
+    completions = ["<think>.</think><answer>Beagle, Basset</answer>"] * 2
+    # dogs knows both names: two classes. pets knows only Beagle: one class named, the gold.
     assert acc(None, completions, answer=["Beagle", "Beagle"], dataset=["dogs", "pets"]) == [0.0, 1.0]
 
 

@@ -214,6 +214,11 @@ class FilterConfig(Section):
     )
     min_words: int = Field(40, ge=0, description="fewest words in <think>")
     max_words: int = Field(2000, ge=1, description="most words in <think>")
+    max_repeated_share: float = Field(
+        0.3, gt=0, le=1, description="repetition: reject when more than this share of <think> "
+        "is repeated text (4-word chunks or whole sentences seen before)"
+    )
+    max_repeated_run: int = Field(3, ge=1, description="repetition: most copies of one sentence in a row")
     language: str = Field("en", description="expected language (en; 'any' skips the check)")
     min_stopword_share: float = Field(0.12, ge=0, le=1, description="share of common words")
     duplicate_threshold: float = Field(0.85, gt=0, le=1, description="MinHash Jaccard for near-duplicates")

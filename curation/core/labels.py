@@ -2,17 +2,15 @@
 
 Filters (curation/filter/filters.py), rewards (train/rewards.py) and the evaluator all call
 `match()` from this file, so the filter that accepts a rationale, the reward that trains the
-model and the metric that scores it can never disagree about what "correct" means.
+model and the metric that scores it can never disagree about what "correct" means. The rule
+itself (one class named, no hedge) is documented, with examples, on `match()`.
 
     >>> reg = Registry([ClassInfo(0, "Basset", "dog", "dog"),
     ...                 ClassInfo(1, "Basset Hound", "pet", "pet")])
     >>> match("a basset hound", "Basset", reg).status    # scoped to the gold's dataset
     'correct'
-    >>> match("Either a Basset or a Beagle", "Basset", reg).status
-    'correct'
-
-The second answer names only one class *of the registry*; a registry that also knows
-"Beagle" calls it ambiguous (see tests/test_labels.py).
+    >>> match("Either a Basset or a Beagle", "Basset", reg).status   # offers an alternative
+    'ambiguous'
 """
 
 from __future__ import annotations
@@ -110,9 +108,9 @@ MatchStatus = Literal["correct", "wrong", "ambiguous", "unknown", "empty"]
 class MatchResult:
     """What an answer names, judged against the gold class.
 
-    status: correct (names exactly the gold), wrong (names exactly one other class),
-    ambiguous (names two or more different classes), unknown (names no class of the
-    registry), empty (nothing to judge).
+    status: correct (names exactly the gold, no hedge), wrong (names exactly one other class,
+    no hedge), ambiguous (names two or more different classes, or hedges: see match()),
+    unknown (names no class of the registry), empty (nothing to judge).
     """
 
     status: MatchStatus
@@ -177,25 +175,30 @@ class Registry:
         A name inside a longer name does not count twice: in "basset hound", "basset" is
         part of the longer phrase when the registry knows both.
         """
+        found: list[ClassInfo] = []
+        for _, _, hit in self.name_spans(normalize(text).split(), dataset):
+            found.extend(info for info in hit if info not in found)
+        return found
+
+    def name_spans(self, words: Sequence[str], dataset: str) -> list[tuple[int, int, list[ClassInfo]]]:
+        """(start, end, classes) of each class name in normalised `words`, left to right,
+        longest phrase first (the scan behind find_mentions)."""
         index = self._by_name.get(dataset)
         if not index:
             return []
-        words = normalize(text).split()
         max_words = self._max_words.get(dataset, 1)
-        found: list[ClassInfo] = []
+        spans = []
         i = 0
         while i < len(words):
             for width in range(min(max_words, len(words) - i), 0, -1):
                 hit = index.get(" ".join(words[i : i + width]))
                 if hit is not None:
-                    for info in hit:
-                        if info not in found:
-                            found.append(info)
+                    spans.append((i, i + width, hit))
                     i += width
                     break
             else:
                 i += 1
-        return found
+        return spans
 
     # -- persistence: a JSON list a user can read and edit (aliases, descriptions) --
 
@@ -231,6 +234,38 @@ def _with_more_aliases(info: ClassInfo, more: Sequence[str]) -> ClassInfo:
     return ClassInfo(**{**asdict(info), "aliases": aliases})
 
 
+# Words that, outside every class name of an answer, make it a hedge rather than a claim:
+# alternatives ("or", "another warbler"), negation ("not a ..."), doubt ("maybe", "likely").
+# Words inside a class name never count ("Cape May Warbler", "Black and Tan Coonhound").
+HEDGE_WORDS = frozenset((
+    "or", "either", "nor", "vs", "versus", "alternatively", "another", "other", "others",
+    "not", "no", "non", "isnt", "arent", "wasnt", "cannot", "cant", "neither", "rather",
+    "maybe", "perhaps", "possibly", "possible", "probably", "probable", "likely", "unlikely",
+    "presumably", "apparently", "seemingly", "seems", "appears", "looks", "like", "resembles",
+    "resembling", "similar", "could", "might", "may", "unsure", "uncertain", "unclear",
+    "guess", "undetermined", "unidentified", "unknown",
+))
+
+
+def hedge_words(words: Sequence[str], spans: Sequence[tuple[int, int, object]]) -> list[str]:
+    """The HEDGE_WORDS of an answer's normalised `words` outside the class-name `spans`.
+
+    >>> hedge_words("not a cape may warbler".split(), [(2, 5, None)])
+    ['not']
+    """
+    inside = {i for start, end, _ in spans for i in range(start, end)}
+    return [w for i, w in enumerate(words) if i not in inside and w in HEDGE_WORDS]
+
+
+def _slash_alternatives(answer: str, registry: Registry, scope: str | None) -> bool:
+    """Whether a "/" in `answer` separates alternatives: a side of it names a class by itself
+    ("Beagle/Basset Hound", "Boeing 737-400/737-500"), not a "/" inside a name ("F/A-18")."""
+    if "/" not in answer or scope is None:
+        return False
+    parts = [p for p in answer.split("/") if normalize(p)]
+    return len(parts) > 1 and any(registry.find_mentions(p, scope) for p in parts)
+
+
 def match(
     answer: str | None | float,
     gold: str | ClassInfo,
@@ -240,20 +275,49 @@ def match(
     """Judge `answer` against `gold` with the single-answer rule.
 
     The answer is scanned for every class of the gold's dataset (names and aliases, longest
-    phrase first). Exactly one class named and it is the gold: correct. One other class:
-    wrong. Two or more: ambiguous, never correct, since hedging must not be rewarded. A
-    gold that the registry does not know is matched by its normalised name alone.
+    phrase first). It is **correct** only when it names exactly one class, the gold, and
+    commits to it; **wrong** when it names exactly one other class and commits to it. An
+    answer that hedges is **ambiguous** whatever it names, never correct, since hedging must
+    not be rewarded: it names two or more classes, or, outside the class names, it
+
+    - offers an alternative: "A or B", "A or <a shortened B>", "A/B", "A, possibly B",
+      "A or another X", "either ... or";
+    - negates: "not A", "not a A but B", "no A";
+    - doubts: "maybe", "possibly", "probably", "likely", "I am not sure", "could be",
+      "looks like", a question mark (the words are HEDGE_WORDS).
+
+    An answer that names no class is **unknown** (hedged or not); nothing at all is
+    **empty**. Words inside a class name never count as a hedge ("Cape May Warbler"). A gold
+    that the registry does not know is matched by its normalised name alone.
 
     >>> reg = Registry([ClassInfo(0, "Boeing 737-300", "aircraft", "aircraft"),
-    ...                 ClassInfo(1, "Boeing 737-400", "aircraft", "aircraft")])
+    ...                 ClassInfo(1, "Boeing 737-400", "aircraft", "aircraft"),
+    ...                 ClassInfo(0, "Golden Retriever", "dog", "dog"),
+    ...                 ClassInfo(1, "Labrador Retriever", "dog", "dog"),
+    ...                 ClassInfo(0, "Scarlet Tanager", "bird", "bird"),
+    ...                 ClassInfo(1, "Blue Jay", "bird", "bird"),
+    ...                 ClassInfo(2, "Cape May Warbler", "bird", "bird")])
     >>> match("boeing 737 300", "Boeing 737-300", reg).status
     'correct'
     >>> match("Boeing 737-400", "Boeing 737-300", reg).status
     'wrong'
     >>> match("737-300 or 737-400", "Boeing 737-300", reg).status  # no full name: unknown
     'unknown'
-    >>> match("Boeing 737-300 or Boeing 737-400", "Boeing 737-300", reg).status
+    >>> [match(a, "Boeing 737-300", reg).status for a in (
+    ...     "Boeing 737-300 or Boeing 737-400", "Boeing 737-300 or 737-400",
+    ...     "Boeing 737-300/737-400", "Boeing 737-300, possibly a 737-400")]
+    ['ambiguous', 'ambiguous', 'ambiguous', 'ambiguous']
+    >>> match("Golden Retriever or Labrador", "Golden Retriever", reg).status
     'ambiguous'
+    >>> [match(a, "Scarlet Tanager", reg).status for a in (
+    ...     "Not a Scarlet Tanager", "I am not sure; maybe Scarlet Tanager",
+    ...     "likely a Scarlet Tanager", "Scarlet Tanager or a Blue Jay",
+    ...     "Scarlet Tanager or some other warbler", "Scarlet Tanager?")]
+    ['ambiguous', 'ambiguous', 'ambiguous', 'ambiguous', 'ambiguous', 'ambiguous']
+    >>> match("Not a Blue Jay but a Scarlet Tanager", "Scarlet Tanager", reg).status
+    'ambiguous'
+    >>> match("Cape May Warbler", "Cape May Warbler", reg).status   # "May" is in the name
+    'correct'
     """
     if not isinstance(answer, str) or not normalize(answer):  # None, NaN from pandas, ...
         return MatchResult("empty")
@@ -262,27 +326,39 @@ def match(
     else:
         gold_info = registry.resolve(gold, dataset)
     scope = dataset or (gold_info.dataset if gold_info else None)
+    phrase = normalize(answer)
+    if gold_info is not None and "?" not in answer and "/" not in answer:
+        # The usual answer: exactly one class's name, nothing around it (nothing to hedge).
+        exact = registry._by_name.get(gold_info.dataset, {}).get(phrase, ())
+        if len(exact) == 1:
+            return MatchResult("correct" if exact[0] == gold_info else "wrong", (exact[0].name,))
+    words = phrase.split()
+    spans = registry.name_spans(words, gold_info.dataset if gold_info else scope or "")
+    hedged = bool(hedge_words(words, spans)) or "?" in answer or \
+        _slash_alternatives(answer, registry, gold_info.dataset if gold_info else scope)
+    found: list[ClassInfo] = []
+    for _, _, hit in spans:
+        found.extend(info for info in hit if info not in found)
+    named = tuple(c.name for c in found)
 
     if gold_info is None:
         # An unregistered gold: whole-phrase match only, still refusing answers that also
-        # name a registered class of the scope.
-        phrase = normalize(str(gold))
-        others = registry.find_mentions(answer, scope) if scope else []
-        hit = re.search(rf"(?<![0-9a-z]){re.escape(phrase)}(?![0-9a-z])", normalize(answer))
-        named = tuple(c.name for c in others)
-        if hit and not others:
-            return MatchResult("correct", (str(gold),))
-        if hit:
+        # name a registered class of the scope, or hedge.
+        phrase = normalize(str(gold)).split()
+        n = len(phrase)
+        at = next((i for i in range(len(words) - n + 1) if words[i : i + n] == phrase), None)
+        if at is not None:
+            outside = [s for s in spans if s[1] <= at or s[0] >= at + n]
+            hedged = bool(hedge_words(words, [*outside, (at, at + n, None)])) or "?" in answer
+            if not outside and not hedged:
+                return MatchResult("correct", (str(gold),))
             return MatchResult("ambiguous", (str(gold), *named))
-        if len(others) == 1:
+        if len(found) == 1 and not hedged:
             return MatchResult("wrong", named)
-        return MatchResult("ambiguous" if others else "unknown", named)
+        return MatchResult("ambiguous" if found else "unknown", named)
 
-    found = registry.find_mentions(answer, gold_info.dataset)
-    named = tuple(c.name for c in found)
     if not found:
         return MatchResult("unknown")
-    if len(found) > 1:
+    if len(found) > 1 or hedged:
         return MatchResult("ambiguous", named)
     return MatchResult("correct" if found[0] == gold_info else "wrong", named)
-

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -34,9 +35,10 @@ from curation.core.config import FilterConfig
 from curation.core.labels import Registry
 from curation.core.stage import Progress
 from curation.core.tables import write_parquet_atomic
-from curation.filter.filters import FilterContext, build_context, judge
+from curation.filter.filters import FilterContext, build_context, dedup_key
+from curation.filter.parallel import judge_all
 from curation.filter.rationale import SECTIONS
-from curation.filter.stage import PARSED_FIELDS, Funnel, verdict_columns
+from curation.filter.stage import PARSED_FIELDS, Funnel, vacuous_checks, verdict_columns
 
 log = logging.getLogger(__name__)
 
@@ -192,9 +194,11 @@ def _answer(response: str) -> str:
 
 
 def audit_rows(
-    rows: Iterable[Mapping], ctx: FilterContext, progress: Progress | None = None
+    rows: Iterable[Mapping], ctx: FilterContext, progress: Progress | None = None,
+    workers: int | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """(summary, verdict rows) of a corpus; see the module docstring."""
+    """(summary, verdict rows) of a corpus; see the module docstring. `workers`: processes
+    to judge over (None: one per core; the verdicts do not depend on it)."""
     rows = list(rows)
     domains = _dataset_domains(ctx.registry)
     funnel = Funnel(ctx.enabled)
@@ -202,16 +206,24 @@ def audit_rows(
     tags_ok = sections_all = unresolved = 0
     found = dict.fromkeys(SECTIONS, 0)
     off_domain: list[dict[str, Any]] = []
-    for i, row in enumerate(rows):
-        gold = resolve_gold(row, ctx.registry, domains)
-        draft = {
+    golds = [resolve_gold(row, ctx.registry, domains) for row in rows]
+    drafts = [
+        {
             "response": row.get("response") or "", "finish_reason": row.get("finish_reason"),
             "status": row.get("status"), "label": gold["label"], "dataset": gold["dataset"],
             "super_category": gold["super_category"], "item_id": row.get("image") or f"row{i}",
             "draft_id": row.get("draft_id") or f"row{row.get('row', i)}",
             "image_sha256": row.get("image"),
         }
-        v = judge(draft, ctx)
+        for i, (row, gold) in enumerate(zip(rows, golds, strict=True))
+    ]
+    keys = Counter(dedup_key(draft, ctx) for draft in drafts)
+    funnel.vacuous = vacuous_checks(
+        ctx, (g["dataset"] for g in golds), bool(golds) and all(g["label_source"] == "answer" for g in golds),
+        max(keys.values(), default=0))
+    for i, (row, gold, draft, v) in enumerate(
+        zip(rows, golds, drafts, judge_all(drafts, ctx, workers), strict=True)
+    ):
         funnel.add(draft, v)
         r = v.parsed
         tags_ok += not (TAG_ERRORS & set(r.errors))
@@ -251,7 +263,11 @@ def audit_rows(
             "gold_not_in_candidates": rate("gold_not_in_candidates"),
             "prediction_inconsistent": rate("prediction_inconsistent"),
             "ambiguous_answer": rate("ambiguous_answer"),
+            "prediction_hedged": rate("prediction_hedged"),
+            "repetition": rate("repetition"),
         },
+        "accepted": counts["accepted"],
+        "vacuous": counts["vacuous"],
         "unresolved_answers": unresolved,
         "off_domain_rows": off_domain,
         "funnel": counts,
@@ -275,10 +291,11 @@ def audit_file(
     settings: FilterConfig | None = None,
     out: str | Path | None = None,
     progress: Progress | None = None,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """Audit one corpus file; write its verdicts to `out` when given; return the summary."""
     ctx = build_context(registry, settings, splits)
-    summary, rows = audit_rows(load_corpus(path), ctx, progress)
+    summary, rows = audit_rows(load_corpus(path), ctx, progress, workers)
     if out is not None:
         write_verdicts(out, rows)
         summary["verdicts"] = str(out)

@@ -50,6 +50,8 @@ def filter_command(
     recipe: Annotated[Path | None, typer.Option(help="recipe YAML (default: the run's recipe.yaml)")] = None,
     overrides: Annotated[list[str] | None, typer.Option(
         "--set", help="override a setting, e.g. --set filters.max_candidates=8 (repeatable)")] = None,
+    workers: Annotated[int | None, typer.Option(
+        min=1, help="processes to parse and filter over (default: one per core; same verdicts)")] = None,
 ) -> None:
     """Parse and filter every draft: write accepted.parquet, rejected.parquet (every reason
     kept) and funnel.json (drafts -> each filter -> accepted).
@@ -66,7 +68,7 @@ def filter_command(
         spec = load_recipe(recipe or (saved if saved.exists() else None),
                            list(overrides or []) + [f"run_dir={run_dir}"])
         with stage_progress() as progress:  # a bar, or log lines when stderr is no terminal
-            summary = filter_stage(spec, RunDir(spec.directory), progress)
+            summary = filter_stage(spec, RunDir(spec.directory), progress, workers)
     _print_funnel(summary)
     console.print(f"[green]done[/green]: {run_dir / 'accepted.parquet'}, rejected.parquet, funnel.json")
 
@@ -82,6 +84,8 @@ def audit_command(
     overrides: Annotated[list[str] | None, typer.Option(
         "--set", help="override a filter setting, e.g. --set filters.unseen_mention=flag")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON on stdout")] = False,
+    workers: Annotated[int | None, typer.Option(
+        min=1, help="processes to parse and filter over (default: one per core; same verdicts)")] = None,
 ) -> None:
     """Audit an existing CoT corpus: parse rate, section detection rates, label-leak,
     unseen-mention and off-domain rates (the off-domain rows listed), the filter funnel;
@@ -114,7 +118,7 @@ def audit_command(
             lists = json.loads(split_file.read_text())["datasets"] if split_file.exists() else None
         target = out or Path(f"{corpus.stem}.verdicts.parquet")
         with _progress() as bar:
-            summary = audit_file(corpus, registry, lists, spec.filters, target, _bar(bar))
+            summary = audit_file(corpus, registry, lists, spec.filters, target, _bar(bar), workers)
     except (RecipeError, FileNotFoundError, ValueError) as err:
         raise _fail(str(err)) from None
     if as_json:
@@ -131,13 +135,24 @@ def _pct(x: float) -> str:
 
 def _print_funnel(summary: dict[str, Any]) -> None:
     funnel = summary.get("funnel", summary)
-    table = Table(title=f"filter funnel: {funnel['drafts']} drafts -> {funnel['accepted']} accepted")
-    table.add_column("after filter")
+    first = funnel.get("first_rejected_by_filter", {})
+    vacuous = funnel.get("vacuous", {})
+    table = Table(title=f"filter funnel: {funnel['drafts']} drafts -> {funnel['accepted']} accepted",
+                  caption="rejects: every draft the filter rejects (a draft keeps all its reasons, "
+                          "so these overlap); first: those no earlier filter rejected, the drop in "
+                          "remaining. A note marks a filter that cannot reject anything here.")
+    table.add_column("filter")
+    table.add_column("rejects", justify="right")
+    table.add_column("first", justify="right")
     table.add_column("remaining", justify="right")
-    table.add_column("rejected by it", justify="right")
+    table.add_column("note")
     for step in funnel["cascade"]:
         name = step["filter"]
-        table.add_row(name, str(step["remaining"]), str(funnel["failed_by_filter"].get(name, "")))
+        if name == "drafts":
+            table.add_row("(drafts)", "", "", str(step["remaining"]), "")
+            continue
+        table.add_row(name, str(funnel["failed_by_filter"].get(name, "")), str(first.get(name, "")),
+                      str(step["remaining"]), vacuous.get(name, ""))
     console.print(table)
     reasons = Table(title="reason codes")
     reasons.add_column("reason")
@@ -160,7 +175,8 @@ def _print_audit(summary: dict[str, Any]) -> None:
     table.add_row("all four sections", _pct(summary["all_sections_rate"]))
     for name, rate in summary["rates"].items():
         table.add_row(name.replace("_", " "), _pct(rate))
-    table.add_row("accepted by every filter", _pct(summary["accepted_rate"]))
+    table.add_row("accepted by every filter", f"{_pct(summary['accepted_rate'])} "
+                  f"({summary['funnel']['accepted']} rows)")
     table.add_row("answers no class resolves", str(summary["unresolved_answers"]))
     console.print(table)
     if summary["off_domain_rows"]:

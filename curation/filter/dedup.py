@@ -92,12 +92,19 @@ class NearDuplicates:
             self._last = (words, signature(words))
         return self._last[1]
 
-    def find(self, bucket: str, key: str, words: list[str]) -> str | None:
-        """The key of an accepted near-duplicate in `bucket` (not `key` itself), or None."""
+    def has(self, bucket: str) -> bool:
+        """Whether `bucket` holds an accepted rationale."""
+        return bool(self._buckets.get(bucket))
+
+    def find(self, bucket: str, key: str, words: list[str] | None,
+             sig: np.ndarray | None = None) -> str | None:
+        """The key of an accepted near-duplicate in `bucket` (not `key` itself), or None.
+        `sig`: the signature of `words` when already computed (then `words` may be None)."""
         entries = self._buckets.get(bucket)
         if not entries:
             return None
-        sig = self._signature(words)
+        if sig is None:
+            sig = self._signature(words or [])
         if sig is None:
             return None
         for other, other_sig in entries:
@@ -105,9 +112,11 @@ class NearDuplicates:
                 return other
         return None
 
-    def add(self, bucket: str, key: str, words: list[str]) -> None:
+    def add(self, bucket: str, key: str, words: list[str] | None,
+            sig: np.ndarray | None = None) -> None:
         """Remember an accepted rationale (replacing an earlier version under the same key)."""
-        sig = self._signature(words)
+        if sig is None:
+            sig = self._signature(words or [])
         if sig is None:
             return
         entries = self._buckets.setdefault(bucket, [])

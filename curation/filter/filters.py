@@ -8,23 +8,28 @@ recipe's `filters:` section (curation/core/config.py FilterConfig).
     format                   tags well formed, four sections, not truncated (parse codes)
     answer_correct           <answer> vs the gold with THE matcher (curation/labels.match):
                              wrong_answer | ambiguous_answer | unknown_answer | empty_answer
-    prediction_consistent    the prose prediction names the class of <answer>
+    prediction_consistent    the prose prediction names the class of <answer> and commits to
+                             it (no "either A or B", no "cannot be determined")
     gold_in_candidates       the gold class is among the candidates
     candidates_count         between min_candidates and max_candidates candidates
     hallucinated_candidates  candidates that are not classes of the registry (counted; too
                              large a share rejects)
-    label_leak               the gold (or an alias) named in the visual analysis; references
-                             to side information ("as described", "the label says", ...)
-    unseen_mention           names a class of the unseen split (flag or reject)
+    label_leak               the gold named in the visual analysis, in any form a teacher
+                             writes it (curation/filter/name_forms.py); references to side
+                             information (the grammar of curation/filter/side_text.py)
+    unseen_mention           names a class of the unseen split, in any form (flag or reject)
     off_domain               calls the object something outside its super-category
                              (curation/filter/domains.py)
     length, language         word bounds; expected language (stopword share)
+    repetition               degenerate text that loops (curation/filter/repetition.py)
     duplicate                near-duplicate of an accepted rationale of the same image/class
                              (curation/filter/dedup.py)
     judge (optional, off)    a second teacher call: does the visual analysis match the image?
                              Runs in the filter stage only (curation/filter/judge.py)
 
 Every reason code, with the filter that emits it and what it means, is in REASONS below.
+Side information, unseen mentions and repetition read `<think>`, or the whole response when
+the tag is missing (such a draft is rejected for format, and its evidence still counts).
 
 The public API for the draft quota loop and review: `ctx = make_context(recipe, run)`, then
 `judge(draft, ctx) -> Verdict` per draft (draft keys: response, finish_reason, label,
@@ -38,17 +43,21 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from curation.core.config import FilterConfig, Recipe, RecipeError
-from curation.core.labels import ClassInfo, Registry, match, normalize
+from curation.core.labels import ClassInfo, Registry, match
 from curation.core.rundir import RunDir
-from curation.filter.dedup import NearDuplicates
+from curation.filter.context import FilterContext
+from curation.filter.dedup import NearDuplicates, signature
 from curation.filter.domains import off_domain_phrase
 from curation.filter.mentions import MentionIndex, fast_normalize, normalized_words
 from curation.filter.rationale import ERROR_CODES, Rationale, parse
+from curation.filter.repetition import repetition
+from curation.filter.side_text import described_feature, side_information_phrase
 
 log = logging.getLogger(__name__)
 
@@ -65,102 +74,7 @@ class Verdict:
     evidence: dict[str, list[str]] = field(default_factory=dict)
 
 
-# -- context --------------------------------------------------------------------------------
-
-
-@dataclass
-class FilterContext:
-    """Everything the filters need, built once per run (or audit)."""
-
-    registry: Registry
-    settings: FilterConfig
-    unseen: dict[str, set[ClassInfo]]  # dataset -> classes of the unseen split
-    duplicates: NearDuplicates
-    enabled: tuple[str, ...]
-    _mentions: dict[str, MentionIndex] = field(default_factory=dict)
-    _gold: dict[tuple[str, str], ClassInfo | None] = field(default_factory=dict)
-    _names: dict[tuple[str, str], list[ClassInfo]] = field(default_factory=dict)
-    _words: dict[str, list[str]] = field(default_factory=dict)  # of the draft being judged
-    _key_words: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)
-    _unseen_names: dict[str, list[frozenset[str]]] = field(default_factory=dict)
-    _unseen_gates: dict[str, dict[str, list[frozenset[str]]]] = field(default_factory=dict)
-    _vocabularies: dict[str, frozenset[str]] = field(default_factory=dict)
-
-    def begin_draft(self) -> None:
-        """Forget the previous draft's texts (the per-draft caches below)."""
-        self._words.clear()
-        self._key_words.clear()
-
-    def words(self, text: str) -> list[str]:
-        """normalized_words(text), computed once per draft (several filters read a text)."""
-        found = self._words.get(text)
-        if found is None:
-            found = self._words[text] = normalized_words(text)
-        return found
-
-    def key_words(self, text: str, dataset: str) -> frozenset[str]:
-        """The words of `text` that the word gates look for: side-information triggers,
-        first words of the dataset's class names, words of its unseen names. Same as
-        set(self.words(text)) for those words, at half the cost (no set of every word of a
-        long rationale is built); computed once per draft."""
-        key = (text, dataset)
-        found = self._key_words.get(key)
-        if found is None:
-            vocabulary = self._vocabularies.get(dataset)
-            if vocabulary is None:
-                vocabulary = self._vocabularies[dataset] = _SIDE_WORDS.union(
-                    self.mentions(dataset).starts["exact"], *self.unseen_names(dataset)
-                )
-            found = self._key_words[key] = vocabulary.intersection(self.words(text))
-        return found
-
-    def mentions(self, dataset: str) -> MentionIndex:
-        index = self._mentions.get(dataset)
-        if index is None:
-            index = self._mentions[dataset] = MentionIndex(self.registry, dataset)
-        return index
-
-    def unseen_names(self, dataset: str) -> list[frozenset[str]]:
-        """The words of each name of an unseen class (its normalised phrases): a text can
-        name an unseen class only where it holds all the words of one of these."""
-        found = self._unseen_names.get(dataset)
-        if found is None:
-            unseen = self.unseen.get(dataset, set())
-            found = self._unseen_names[dataset] = [
-                frozenset(phrase.split())
-                for phrase, classes in self.mentions(dataset).phrases.items()
-                if not unseen.isdisjoint(classes)
-            ]
-        return found
-
-    def unseen_gate(self, dataset: str) -> dict[str, list[frozenset[str]]]:
-        """unseen_names(dataset) by a word of each (its least common among them): a text
-        holds all the words of one only if it holds the word it is filed under."""
-        found = self._unseen_gates.get(dataset)
-        if found is None:
-            names = self.unseen_names(dataset)
-            counts = Counter(word for words in names for word in words)
-            found = self._unseen_gates[dataset] = {}
-            for words in names:
-                key = min(sorted(words), key=counts.__getitem__)
-                found.setdefault(key, []).append(words)
-        return found
-
-    def name_classes(self, dataset: str, name: str) -> list[ClassInfo]:
-        """Classes a short name (a candidate) refers to; memoised, names repeat a lot."""
-        key = (dataset, name)
-        found = self._names.get(key)
-        if found is None:
-            if len(self._names) > 200_000:
-                self._names.clear()
-            found = self._names[key] = self.mentions(dataset).find_name(name)
-        return found
-
-    def gold(self, label: str, dataset: str) -> ClassInfo | None:
-        key = (label, dataset)
-        if key not in self._gold:
-            self._gold[key] = self.registry.resolve(label, dataset or None)
-        return self._gold[key]
+# -- context (FilterContext itself: curation/filter/context.py) -----------------------------
 
 
 def build_context(
@@ -236,11 +150,50 @@ def check_answer(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evidence)
     return f"{result.status}_answer"
 
 
+# A prediction that declines to decide ("it is not possible to identify", "cannot be
+# determined", "I am not sure"); "most likely A" is a committed prediction.
+DECLINE = re.compile(
+    r"\b(?:cannot|can ?not|can't|unable to|not possible to|impossible to|hard to|difficult to)"
+    r"(?: be)? (?:determine|identif|tell|say|decide|distinguish|rule)[a-z]*"
+    r"|\b(?:not sure|unsure|uncertain|inconclusive|undetermined)\b",
+    re.IGNORECASE,
+)
+# Every DECLINE phrasing holds one of these words (the regex runs only when one is there).
+_DECLINE_WORDS = frozenset(("not", "cannot", "cant", "unable", "impossible", "hard", "difficult",
+                            "unsure", "uncertain", "inconclusive", "undetermined"))
+
+
+def hedged_prediction(prediction: str, words: list[str], index: MentionIndex) -> str | None:
+    """Why a prose prediction commits to no class ("It is either the A or the B"), or None.
+
+    >>> from curation.core.labels import ClassInfo, Registry
+    >>> index = MentionIndex(Registry([ClassInfo(0, "Gnat", "d", "x"), ClassInfo(1, "Bee", "d", "x")]), "d")
+    >>> hedged_prediction("It is either the Gnat or the Bee.", ["it", "is", "either", "the",
+    ...                   "gnat", "or", "the", "bee"], index)
+    'alternatives: Gnat, Bee'
+    >>> hedged_prediction("It is not possible to identify it.", ["it", "is", "not", "possible"], index)
+    'not possible to identify'
+    >>> hedged_prediction("It is most likely a Gnat.", ["it", "is", "most", "likely", "a", "gnat"], index)
+    """
+    declined = None if _DECLINE_WORDS.isdisjoint(words) else DECLINE.search(prediction)
+    if declined:
+        return declined.group(0)
+    if "or" in words or "either" in words:
+        named = index.find_words(words)
+        if len(named) > 1:
+            return "alternatives: " + ", ".join(c.name for c in named)
+    return None
+
+
 def check_prediction(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evidence) -> Outcome:
     if not r.prediction or not r.answer:
         return None  # format reports the missing part
     index = ctx.mentions(str(draft.get("dataset") or ""))
     answer, prediction = ctx.words(r.answer), ctx.words(r.prediction)
+    hedge = hedged_prediction(r.prediction, prediction, index)
+    if hedge:
+        ev["prediction_hedged"] = [hedge]
+        return "prediction_hedged"
     answered = index.find_words(answer)
     if len(answered) == 1:  # a less specific prediction ("Boeing 747") does not contradict
         ok = index.names_class(prediction, answered[0], "cover")
@@ -293,72 +246,13 @@ def check_hallucinated(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evi
     return "hallucinated_candidates" if too_many else None
 
 
-# References to text the teacher was given beside the image. The phrasing must point at a
-# source ("the description provided", "the label says"); "as described above" is the
-# rationale citing itself and does not count.
-SIDE_INFORMATION = re.compile(
-    r"\bas (?:described|stated|mentioned|specified|given)\b"
-    r"(?! (?:above|below|earlier|previously|before|in (?:the )?(?:visual|analysis|image|step|section)))"
-    r"|\b(?:the|this) (?:provided |given |accompanying |attached |initial )?(?:description|caption|"
-    r"label|prompt|hint|text|annotation|metadata)(?: provided| given)? (?:says|states|mentions|"
-    r"indicates|notes|specifies|describes|identifies|suggests|confirms|names)\b"
-    r"|\b(?:provided|given|accompanying) (?:description|caption|label|hint|text|details|information|annotation)\b"
-    r"|\b(?:description|caption|label|hint|details|information) (?:provided|given)\b"
-    r"|\baccording to the (?:description|caption|label|prompt|hint|text|annotation)\b"
-    r"|\b(?:in|from) the (?:description|caption|prompt|hint|initial text|label)\b"
-    r"|\b(?:described|mentioned|stated) in the (?:prompt|description|question|text|caption)\b"
-    r"|\bthe (?:ground[- ]truth|correct) (?:label|answer) (?:is|was)\b",
-    re.IGNORECASE,
-)
-
-
-# Cheap triggers: the regex only runs on a window around each (most texts have a few).
-# Every SIDE_INFORMATION phrasing holds one of these words: the regex runs only on windows
-# around them (most texts have none or a few; one regex over a whole text costs 3x more).
-_SIDE_WORDS = frozenset((
-    "described", "description", "descriptions", "stated", "mentioned", "mentions", "specified",
-    "given", "caption", "label", "prompt", "hint", "annotation", "metadata", "provided",
-    "accompanying", "ground", "correct", "details", "information",
-))
-_SIDE_WINDOW = 80
-# The same regex without IGNORECASE, for ASCII windows of the lower-cased text (twice as fast;
-# on ASCII the two agree, as the pattern's letters are all lower case).
-_SIDE_INFORMATION_LOWER = re.compile(SIDE_INFORMATION.pattern)
-
-
-def _side_information(text: str, words: frozenset[str]) -> str | None:
-    """The first SIDE_INFORMATION phrase of `text`, as written; `words`: its words (at least
-    those of _SIDE_WORDS).
-
-    >>> _side_information("Wings. As Described, a jet.", frozenset({"described", "jet"}))
-    'As Described'
-    >>> SIDE_INFORMATION.pattern.islower()  # (what _SIDE_INFORMATION_LOWER relies on)
-    True
-    """
-    present = words & _SIDE_WORDS
-    if not present:
-        return None
-    lowered = text.lower()
-    aligned = len(lowered) == len(text)  # (else some character lowers to two)
-    starts = []
-    for word in present:
-        at = lowered.find(word)
-        while at != -1:
-            starts.append(at)
-            at = lowered.find(word, at + len(word))
-    last = -_SIDE_WINDOW
-    for at in sorted(starts):
-        if at < last + _SIDE_WINDOW // 2:
-            continue  # inside the window searched last time
-        last = at
-        start, end = max(0, at - _SIDE_WINDOW), at + _SIDE_WINDOW
-        if aligned and text[max(0, start - 1) : end].isascii():  # (\b looks one back)
-            hit = _SIDE_INFORMATION_LOWER.search(lowered, start, end)
-        else:
-            hit = SIDE_INFORMATION.search(text, start, end)
-        if hit:
-            return text[hit.start() : hit.end()]
-    return None
+def _reasoning(draft: Mapping, r: Rationale) -> str:
+    """The text a check of the reasoning reads: <think>, or the whole response without it
+    (a draft that lost its tags is rejected for format, but its evidence still counts)."""
+    if r.think is not None:
+        return r.think
+    response = draft.get("response")
+    return response if isinstance(response, str) else ""
 
 
 def check_label_leak(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evidence) -> Outcome:
@@ -369,14 +263,20 @@ def check_label_leak(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evide
         visual = ctx.words(r.visual_analysis)
         joined = f" {' '.join(visual)} "
         if gold is not None:  # a substring test first; the scan settles "Basset" in "Basset Hound"
-            leaked = any(f" {normalize(name)} " in joined for name in gold.all_names) and \
-                ctx.mentions(dataset).names_class(visual, gold)
+            index = ctx.mentions(dataset)
+            leaked = any(f" {form} " in joined for form in index.forms.get(gold, ())) and \
+                index.names_class(visual, gold)
         else:
             leaked = f" {fast_normalize(label)} " in joined
         if leaked:
             codes.append("label_leak")
             ev["label_leak"] = [gold.name if gold else label]
-    side = _side_information(r.think or "", ctx.key_words(r.think or "", dataset))
+    text = _reasoning(draft, r)
+    side = side_information_phrase(text, ctx.key_words(text, dataset))
+    if side is None and r.visual_analysis:
+        side = described_feature(r.visual_analysis)
+        if side and ctx.mentions(dataset).find(side):
+            side = None  # "the description of a Saint Bernard's coat": class knowledge
     if side:
         codes.append("side_information")
         ev["side_information"] = [side]
@@ -389,7 +289,7 @@ def check_unseen(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evidence)
     if not unseen:
         return None
     index = ctx.mentions(dataset)
-    think = r.think or ""
+    think = _reasoning(draft, r)
     key_words = ctx.key_words(think, dataset)
     found: list[ClassInfo] = []
     # The full scan (longest name first) only where an unseen name may be in the text: most
@@ -427,6 +327,16 @@ def check_length(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evidence)
     if words > ctx.settings.max_words:
         return "too_long"
     return None
+
+
+def check_repetition(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evidence) -> Outcome:
+    text = _reasoning(draft, r)
+    found = repetition(text, ctx.words(text), ctx.settings.max_repeated_share,
+                       ctx.settings.max_repeated_run)
+    if found is None:
+        return None
+    ev["repetition"] = [found]
+    return "repetition"
 
 
 STOPWORDS: dict[str, frozenset[str]] = {
@@ -468,14 +378,13 @@ def check_language(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evidenc
 
 
 def check_duplicate(draft: Mapping, r: Rationale, ctx: FilterContext, ev: Evidence) -> Outcome:
-    twin = ctx.duplicates.find(_dedup_key(draft, ctx), _draft_key(draft), ctx.words(r.think or ""))
-    if twin is None:
-        return None
-    ev["duplicate_of"] = [twin]
-    return "near_duplicate"
+    """The duplicate filter's place in FILTERS (funnel order, settings); it depends on the
+    drafts accepted before, so conclude() runs it, in input order."""
+    raise RuntimeError("the duplicate filter runs in conclude(), not with the other filters")
 
 
-def _dedup_key(draft: Mapping, ctx: FilterContext) -> str:
+def dedup_key(draft: Mapping, ctx: FilterContext) -> str:
+    """The bucket the duplicate filter compares a draft in: its image, or its class."""
     if ctx.settings.duplicate_scope == "class":
         return f"class:{draft.get('dataset')}:{draft.get('label')}"
     return f"image:{draft.get('image_sha256') or draft.get('item_id')}"
@@ -497,33 +406,68 @@ FILTERS: dict[str, Callable[[Mapping, Rationale, FilterContext, Evidence], Outco
     "unseen_mention": check_unseen,
     "off_domain": check_off_domain,
     "length": check_length,
+    "repetition": check_repetition,
     "language": check_language,
     "duplicate": check_duplicate,
 }
 
 
-def run_filters(
-    draft: Mapping, ctx: FilterContext, parsed: Rationale
-) -> tuple[dict[str, list[str]], Evidence]:
-    """({filter name: reason codes} of the filters that failed, evidence); all filters run."""
+@dataclass(slots=True)  # (not frozen: built once per draft, a frozen one costs ~2 us more)
+class Assessment:
+    """A draft parsed and judged by every filter but `duplicate`, which depends on the drafts
+    accepted before it and so runs in input order (conclude). `words` (in process) or
+    `signature` (from a worker process: curation/filter/parallel.py) is what the duplicate
+    filter compares."""
+
+    parsed: Rationale
+    failed: dict[str, list[str]]  # filter name -> reason codes, for the filters that failed
+    evidence: Evidence
+    words: list[str] | None = None
+    signature: np.ndarray | None = None
+
+
+def assess(draft: Mapping, ctx: FilterContext, signature_now: bool = False) -> Assessment:
+    """Parse one draft and run every enabled filter except `duplicate` (all of them run, every
+    reason is kept). `signature_now`: compute the duplicate filter's MinHash signature here
+    (a worker process) rather than keep the words (the signature is only needed when the
+    draft's image already has an accepted rationale, or the draft is accepted)."""
+    r = parse(draft.get("response"))
     evidence: Evidence = {}
     failed: dict[str, list[str]] = {}
     ctx.begin_draft()
     for name in ctx.enabled:
-        outcome = FILTERS[name](draft, parsed, ctx, evidence)
+        if name == "duplicate":
+            continue
+        outcome = FILTERS[name](draft, r, ctx, evidence)
         if outcome:
             failed[name] = [outcome] if isinstance(outcome, str) else list(outcome)
-    return failed, evidence
+    if "duplicate" not in ctx.enabled:
+        return Assessment(r, failed, evidence)
+    if not signature_now:
+        return Assessment(r, failed, evidence, words=ctx.words(r.think or ""))
+    # A worker: the signature of a draft every other filter let through (it will be
+    # remembered, or compared); for a rejected one, conclude() computes it only if its image
+    # already has an accepted rationale (most have none).
+    flagged = ctx.settings.unseen_mention == "flag"
+    if all(name == "unseen_mention" and flagged for name in failed):
+        return Assessment(r, failed, evidence, signature=signature(ctx.words(r.think or "")))
+    return Assessment(r, failed, evidence)
 
 
-def judge(draft: Mapping, ctx: FilterContext) -> Verdict:
-    """Parse and filter one draft. An accepted draft is remembered for the duplicate filter.
-
-    Local filters only: the optional second-call judge (filters.judge) needs the network
-    and runs in the filter stage (curation/filter/stage.py, curation/filter/judge.py).
-    """
-    r = parse(draft.get("response"))
-    failed, evidence = run_filters(draft, ctx, r)
+def conclude(draft: Mapping, ctx: FilterContext, a: Assessment) -> Verdict:
+    """The verdict of an assessed draft: the duplicate filter against the drafts accepted so
+    far (so call this in input order), flags apart from reasons; an accepted draft is
+    remembered for the duplicate filter."""
+    failed, evidence = a.failed, a.evidence
+    if "duplicate" in ctx.enabled:
+        bucket, key = dedup_key(draft, ctx), _draft_key(draft)
+        words = a.words
+        if words is None and a.signature is None:  # (from a worker, rejected: words if needed)
+            words = normalized_words(a.parsed.think or "") if ctx.duplicates.has(bucket) else []
+        twin = ctx.duplicates.find(bucket, key, words, a.signature)
+        if twin is not None:
+            failed = {**failed, "duplicate": ["near_duplicate"]}
+            evidence["duplicate_of"] = [twin]
     reasons: list[str] = []
     flags: list[str] = []
     for name, codes in failed.items():
@@ -533,8 +477,18 @@ def judge(draft: Mapping, ctx: FilterContext) -> Verdict:
             reasons += codes
     accepted = not reasons
     if accepted and "duplicate" in ctx.enabled:
-        ctx.duplicates.add(_dedup_key(draft, ctx), _draft_key(draft), ctx.words(r.think or ""))
-    return Verdict(accepted, tuple(dict.fromkeys(reasons)), r, tuple(flags), evidence)
+        ctx.duplicates.add(bucket, key, words, a.signature)
+    return Verdict(accepted, tuple(dict.fromkeys(reasons)), a.parsed, tuple(flags), evidence)
+
+
+def judge(draft: Mapping, ctx: FilterContext) -> Verdict:
+    """Parse and filter one draft. An accepted draft is remembered for the duplicate filter.
+
+    Local filters only: the optional second-call judge (filters.judge) needs the network
+    and runs in the filter stage (curation/filter/stage.py, curation/filter/judge.py). Many
+    drafts over worker processes: curation/filter/parallel.py (the same verdicts).
+    """
+    return conclude(draft, ctx, assess(draft, ctx))
 
 
 # Every reason code a verdict can carry: code -> (filter, what it means). The parse-error
@@ -549,6 +503,8 @@ REASONS: dict[str, tuple[str, str]] = {
     "unknown_answer": ("answer_correct", "<answer> names no class of the registry"),
     "empty_answer": ("answer_correct", "<answer> is missing or empty"),
     "prediction_inconsistent": ("prediction_consistent", "the prose prediction names another class"),
+    "prediction_hedged": ("prediction_consistent", "the prose prediction commits to no class "
+                          "(\"either A or B\", \"cannot be determined\")"),
     "gold_not_in_candidates": ("gold_in_candidates", "the gold class is not among the candidates"),
     "too_few_candidates": ("candidates_count", "fewer than filters.min_candidates candidates"),
     "too_many_candidates": ("candidates_count", "more than filters.max_candidates candidates"),
@@ -560,6 +516,8 @@ REASONS: dict[str, tuple[str, str]] = {
     "off_domain": ("off_domain", "calls the object something outside its super-category"),
     "too_short": ("length", "fewer than filters.min_words words in <think>"),
     "too_long": ("length", "more than filters.max_words words in <think>"),
+    "repetition": ("repetition", "degenerate text: <think> loops (filters.max_repeated_share, "
+                   "filters.max_repeated_run)"),
     "wrong_language": ("language", "not in filters.language"),
     "near_duplicate": ("duplicate", "a near copy of an accepted rationale (same image/class)"),
     "judge_mismatch": ("judge", "the judge (a second teacher call) says the visual analysis "

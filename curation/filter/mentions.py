@@ -24,6 +24,7 @@ from itertools import compress
 
 from curation.core.labels import ClassInfo, Registry, normalize
 from curation.filter.domains import excluded_nouns
+from curation.filter.name_forms import is_qualifier, name_forms
 
 # A fast labels.normalize: lower case, apostrophes dropped, every other non-alphanumeric
 # byte a space (bytes.translate runs in C, where a regex sub or a per-character generator
@@ -86,39 +87,52 @@ class MentionIndex:
     """Class names of one dataset, found in free text like Registry.find_mentions.
 
     Same rule (longest phrase first, left to right, a name inside a longer one does not
-    count), but a word that starts no class name costs one dict lookup, so scanning a whole
-    rationale stays cheap. Mode "loose" also accepts a unique leading part of a class name
+    count), over the registry's names and the other forms of them teachers write (plurals,
+    possessives, moved years: curation/filter/name_forms.py), and a word that starts no class
+    name costs one dict lookup, so scanning a whole rationale stays cheap. Mode "loose" also accepts a unique leading part of a class name
     of at least two words ("Hyundai Veracruz" for "Hyundai Veracruz SUV 2012", not "Boeing
     747" which starts several classes): teachers shorten names in candidate lists and prose.
     It is used for candidates; <answer> is judged by the strict matcher of curation/core/labels.py.
     """
 
     def __init__(self, registry: Registry, dataset: str):
-        self.phrases: dict[str, list[ClassInfo]] = {}
+        names: dict[str, list[ClassInfo]] = {}
         for info in registry:
             if info.dataset != dataset:
                 continue
             for name in info.all_names:
                 phrase = normalize(name)
                 if phrase:
-                    bucket = self.phrases.setdefault(phrase, [])
+                    bucket = names.setdefault(phrase, [])
                     if info not in bucket:
                         bucket.append(info)
         prefixes: dict[str, list[ClassInfo]] = {}
-        for phrase, infos in self.phrases.items():
+        for phrase, infos in names.items():
             words = phrase.split()
             for width in range(2, len(words)):
                 bucket = prefixes.setdefault(" ".join(words[:width]), [])
                 bucket.extend(c for c in infos if c not in bucket)
-        # mode -> phrase -> classes: exact names; + unique prefixes; + every prefix
+        # The registry's names, then the other forms that name one class each (plurals,
+        # possessives, joined or split words, moved or dropped years: name_forms.py).
+        forms, shortened = name_forms(names)
+        self.phrases: dict[str, list[ClassInfo]] = {**forms, **names}
+        # Shortened forms -> the words of their class: in prose ("exact"), such a form does not
+        # count when another body type or year follows; candidate lists keep loose prefixes.
+        self.shortened = {"exact": shortened, "loose": {}, "cover": {}}
+        # mode -> phrase -> classes: names and their forms; + unique leading parts of the
+        # names; + every leading part
         self.modes: dict[str, dict[str, list[ClassInfo]]] = {
             "exact": self.phrases,
             "loose": {**{p: c for p, c in prefixes.items() if len(c) == 1}, **self.phrases},
             "cover": {**prefixes, **self.phrases},
         }
+        self.forms: dict[ClassInfo, list[str]] = {}  # class -> every phrase that names it
+        for phrase, infos in self.phrases.items():
+            for info in infos:
+                self.forms.setdefault(info, []).append(phrase)
         self.starts = {mode: _starts(phrases) for mode, phrases in self.modes.items()}
         self.seconds = {mode: _seconds(phrases) for mode, phrases in self.modes.items()}
-        self.excluded_nouns = excluded_nouns(self.phrases)  # for the off_domain filter
+        self.excluded_nouns = excluded_nouns(names)  # for the off_domain filter
 
     def find(self, text: str, mode: str = "exact") -> list[ClassInfo]:
         """Classes named in `text`: "exact" names, "loose" (+ unique leading parts) or
@@ -161,6 +175,7 @@ class MentionIndex:
             positions = _positions(words, hits)
         n = len(words)
         last = n - 1
+        shortened = self.shortened[mode]
         resume = 0  # words before this index are part of a name already found
         for i in positions:
             if i < resume:
@@ -176,8 +191,12 @@ class MentionIndex:
                 continue
             for width in widths:
                 if i + width <= n:
-                    hit = phrases.get(" ".join(words[i : i + width]))
+                    phrase = " ".join(words[i : i + width])
+                    hit = phrases.get(phrase)
                     if hit is not None:
+                        if shortened and i + width < n and phrase in shortened and \
+                                is_qualifier(words[i + width]) and words[i + width] not in shortened[phrase]:
+                            continue  # "Volkswagen Beetle Convertible" is not the Beetle Hatchback
                         yield hit
                         resume = i + width
                         break

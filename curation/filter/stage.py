@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -26,10 +27,13 @@ from curation.core.config import Recipe
 from curation.core.rundir import RunDir
 from curation.core.stage import Progress
 from curation.core.tables import ParquetStreamWriter, read_table, write_json_atomic
-from curation.filter.filters import Verdict, filter_of, judge, make_context
+from curation.filter.filters import FilterContext, Verdict, dedup_key, filter_of, make_context
+from curation.filter.parallel import judge_all
 
 log = logging.getLogger(__name__)
 
+
+BATCH = 16384  # drafts in memory at a time (each batch is judged over the workers)
 
 PARSED_FIELDS = [
     pa.field("think", pa.string()),
@@ -57,21 +61,35 @@ def verdict_columns(v: Verdict) -> dict[str, Any]:
 
 
 class Funnel:
-    """Counts for funnel.json: drafts -> each filter (in order) -> accepted."""
+    """Counts for funnel.json: drafts -> each filter (in order) -> accepted.
+
+    Two counts per filter, which differ because a draft keeps every reason: `failed_by_filter`
+    counts every draft the filter rejects; `first_rejected_by_filter` only those no earlier
+    filter (in funnel order) rejected, which is exactly the drop in `cascade`'s remaining
+    drafts, so remaining = previous remaining - first rejected, down to the accepted ones.
+    """
 
     def __init__(self, enabled: Sequence[str]):
         self.enabled = list(enabled)
         self.drafts = 0
         self.accepted = 0
         self.failed = dict.fromkeys(self.enabled, 0)
+        self.first = dict.fromkeys(self.enabled, 0)
         self.reasons: dict[str, int] = {}
         self.flags: dict[str, int] = {}
         self.cascade = dict.fromkeys(self.enabled, 0)  # drafts still alive after each filter
         self.hallucinated_names = 0
         self.per_class: dict[str, dict[str, int]] = {}
+        self.vacuous: dict[str, str] = {}  # filter -> why it cannot reject anything here
+        # The hook for filter precision and recall against the scripted teacher's ground
+        # truth: (the draft's `teacher_truth` JSON, its reasons) for each draft that has one.
+        self.truth: list[tuple[str, tuple[str, ...]]] = []
 
     def add(self, draft: Mapping, v: Verdict) -> None:
         self.drafts += 1
+        truth = draft.get("teacher_truth")
+        if isinstance(truth, str) and truth:
+            self.truth.append((truth, v.reasons))
         self.accepted += v.accepted
         failed_filters = {filter_of(code) for code in v.reasons}
         for code in v.reasons:
@@ -82,6 +100,7 @@ class Funnel:
         for name in self.enabled:
             if name in failed_filters:
                 self.failed[name] += 1
+                self.first[name] += alive
                 alive = False
             self.cascade[name] += alive
         self.hallucinated_names += len(v.evidence.get("hallucinated", ()))
@@ -98,19 +117,42 @@ class Funnel:
             "cascade": [{"filter": "drafts", "remaining": self.drafts}]
             + [{"filter": n, "remaining": self.cascade[n]} for n in self.enabled],
             "failed_by_filter": self.failed,
+            "first_rejected_by_filter": self.first,
             "reasons": dict(sorted(self.reasons.items(), key=lambda kv: -kv[1])),
             "flags": self.flags,
             "hallucinated_candidate_names": self.hallucinated_names,
+            "vacuous": self.vacuous,
             "per_class": self.per_class,
         }
 
 
+def vacuous_checks(
+    ctx: FilterContext, datasets: Iterable[str], gold_from_answer: bool, most_per_key: int
+) -> dict[str, str]:
+    """The enabled filters that cannot reject anything on this set of drafts, and why, so
+    that a 0 in the funnel is not read as "no such defect"."""
+    notes = {}
+    if "answer_correct" in ctx.enabled and gold_from_answer:
+        notes["answer_correct"] = ("the gold is each row's own <answer>: a wrong class cannot "
+                                   "show, only hedged, unknown or empty answers")
+    if "unseen_mention" in ctx.enabled and not any(ctx.unseen.get(d) for d in set(datasets)):
+        notes["unseen_mention"] = "no unseen classes known for these datasets (no split)"
+    if "duplicate" in ctx.enabled and most_per_key <= 1:
+        notes["duplicate"] = (f"no two drafts share an {ctx.settings.duplicate_scope}: "
+                              "nothing to compare")
+    return notes
+
+
 @lineage.recorded("filter")  # the run lock, and manifest.json's record of what it read
-def filter_stage(recipe: Recipe, run: RunDir, progress: Progress | None = None) -> dict[str, Any]:
+def filter_stage(
+    recipe: Recipe, run: RunDir, progress: Progress | None = None, workers: int | None = None
+) -> dict[str, Any]:
     """drafts.parquet -> accepted.parquet, rejected.parquet, funnel.json (all atomic).
 
-    With filters.judge on, the drafts that pass every local filter wait (in memory) for the
-    judge's second teacher call (curation/filter/judge.py) before they are written.
+    Parsing and filtering run over `workers` processes (None: one per core; the verdicts do
+    not depend on it: curation/filter/parallel.py). With filters.judge on, the drafts that
+    pass every local filter wait (in memory) for the judge's second teacher call
+    (curation/filter/judge.py) before they are written.
     """
     ctx = make_context(recipe, run)
     drafts = lineage.in_pool(run, read_table(run.require(run.path("drafts.parquet"), "draft")))
@@ -125,26 +167,31 @@ def filter_stage(recipe: Recipe, run: RunDir, progress: Progress | None = None) 
         raise ValueError(f"filters.judge needs drafts with {sorted(missing)}: run `finecot draft`")
     funnel = Funnel([*ctx.enabled, "judge"] if use_judge else ctx.enabled)
     total = drafts.num_rows
+    key_columns = [c for c in ("item_id", "image_sha256", "dataset", "label") if c in drafts.column_names]
+    keys = Counter(dedup_key(row, ctx) for row in drafts.select(key_columns).to_pylist())
+    datasets = drafts.column("dataset").to_pylist() if "dataset" in drafts.column_names else []
+    funnel.vacuous = vacuous_checks(ctx, (str(d or "") for d in datasets), False,
+                                    max(keys.values(), default=0))
     waiting: list[tuple[dict, Verdict]] = []  # accepted so far, for the judge
     with ParquetStreamWriter(run.path("accepted.parquet"), schema) as accepted, \
             ParquetStreamWriter(run.path("rejected.parquet"), schema) as rejected:
         done = 0
-        for batch in drafts.to_batches(max_chunksize=2048):
-            for row in batch.to_pylist():
-                v = judge(row, ctx)
+        for batch in drafts.to_batches(max_chunksize=BATCH):
+            rows = batch.to_pylist()
+            for row, v in zip(rows, judge_all(rows, ctx, workers), strict=True):
+                done += 1
+                if progress and (done % 1024 == 0 or done == total):
+                    progress("filter", done, total)
                 if use_judge and v.accepted:
                     waiting.append((row, v))
                     continue
                 funnel.add(row, v)
                 (accepted if v.accepted else rejected).write({**row, **verdict_columns(v)})
-            done += batch.num_rows
-            if progress:
-                progress("filter", done, total)
         if waiting:
             from curation.filter.judge import judge_rows  # the network, only when asked for
 
-            rows = [{**row, "visual_analysis": v.parsed.visual_analysis} for row, v in waiting]
-            outcome = judge_rows(recipe, run, rows, progress)
+            pending = [{**row, "visual_analysis": v.parsed.visual_analysis} for row, v in waiting]
+            outcome = judge_rows(recipe, run, pending, progress)
             for row, v in waiting:
                 reason = outcome.get(row["draft_id"], "judge_failed")
                 if reason is not None:

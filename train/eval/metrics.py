@@ -11,7 +11,7 @@ filters and the rewards use: the answer must name exactly one class and it must 
     ('Boeing 737-400', 'wrong', 1)
 
 Closed-world: the answer must name exactly one of the options (`picked` is its index, -1
-for none, -2 for several). Open-world: (a) the matcher's accuracy, (b) the paper's relative
+for none, -2 for several or a hedge). Open-world: (a) the matcher's accuracy, (b) the paper's relative
 semantic similarity `max(0, (cos(pred, gt) - cos(coarse, gt)) / (1 - cos(coarse, gt)))`
 with any text embedder (`relative_similarity`), (c) accuracy per hierarchy level where the
 registry has levels (FGVC-Aircraft: manufacturer / family / variant).
@@ -62,7 +62,8 @@ def judge_open(response: str | None, gold: str, registry: Registry, dataset: str
     """(answer, match status, predicted class or "") of one open-world response."""
     answer = answer_text(response)
     result = match(answer, gold, registry, dataset)
-    predicted = result.named[0] if len(result.named) == 1 else ""
+    # A hedge ("maybe X") predicts nothing, even when it names one class.
+    predicted = result.named[0] if result.status in ("correct", "wrong") else ""
     return answer, result.status, predicted
 
 
@@ -79,7 +80,8 @@ def option_registry(options: Sequence[str], registry: Registry, dataset: str) ->
 
 def judge_closed(response: str | None, options: Sequence[str], gold_index: int,
                  registry: Registry, dataset: str, require_tag: bool = False) -> tuple[str, str, int]:
-    """(answer, match status, picked option index: -1 none, -2 several) of one response.
+    """(answer, match status, picked option index: -1 none, -2 several or a hedge) of one
+    response.
 
     require_tag (`--paper-compat`): a response without `<answer>...</answer>` is judged
     "empty" (wrong), as the release's eval/evaluation.py scores it, instead of reading the
@@ -95,10 +97,10 @@ def judge_closed(response: str | None, options: Sequence[str], gold_index: int,
         return "", "empty", -1
     answer = answer_text(response)
     result = match(answer, options[gold_index], option_registry(options, registry, dataset), "options")
-    if len(result.named) == 1:
+    if result.status in ("correct", "wrong"):  # one option named, no hedge
         picked = list(options).index(result.named[0])
     else:
-        picked = -2 if len(result.named) > 1 else -1
+        picked = -2 if result.status == "ambiguous" else -1
     return answer, result.status, picked
 
 

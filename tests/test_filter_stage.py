@@ -256,3 +256,37 @@ def test_judge_stops_at_the_budget(tmp_path, judge_server):
     rejected = {r["draft_id"]: r["reasons"] for r in read_table(run.path("rejected.parquet")).to_pylist()}
     assert judge_server.requests == 1  # the first judgement spent the budget (110 tokens)
     assert rejected["img1#0"] == ["judge_failed"]
+
+
+def test_a_pipeline_run_measures_its_filters_against_the_teachers_account(
+        tmp_path, synthetic_world, start_teacher):
+    """Draft -> filter on the synthetic world: the teacher's per-sample account travels
+    through the ledger and drafts.parquet, and `finecot filter` prints (and funnel.json
+    keeps) precision and recall for each defect it reports."""
+    from draft_fixtures import make_run, spec
+    from typer.testing import CliRunner
+
+    from curation.cli import app
+    from curation.core.config import dump_recipe
+    from curation.draft.stage import draft_stage
+
+    server = start_teacher(perception_error_rate=0.4, format_error_rate=0.2, leak_rate=0.8)
+    run = make_run(tmp_path, synthetic_world, per_class=4)
+    recipe = spec(run, server, draft={"strategy": "blind-then-hinted", "samples": 2,
+                                      "min_usable_share": 0},
+                  prompts={"candidates": 4}, filters={"min_words": 20})
+    draft_stage(recipe, run)
+    run.recipe.write_text(dump_recipe(recipe))
+    result = CliRunner().invoke(app, ["filter", "--run", str(run.root), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert "against the teacher's own account" in result.output
+    truth = json.loads(run.path("funnel.json").read_text())["against_truth"]
+    assert set(truth) == {"format_error", "wrong_answer", "leak"}
+    for defect, m in truth.items():
+        assert m["cases"] >= 10, (defect, m)  # enough cases for the figure to mean much
+        assert m["precision"] >= 0.99 and m["recall"] >= 0.99, (defect, m)
+
+
+def test_without_a_teachers_account_there_is_no_measure(tmp_path):
+    recipe, run = make_run(tmp_path, stage_rows())
+    assert filter_stage(recipe, run)["against_truth"] is None

@@ -12,6 +12,7 @@
     judge.py      the optional second teacher call that checks a visual analysis
     parallel.py   many drafts over worker processes, the same verdicts as one process
     stage.py      the stage over drafts.parquet, and funnel.json
+    truth.py      precision and recall against a scripted teacher's own account
     audit.py      the same filters over an existing corpus (`finecot audit`)
     cli.py        `finecot filter`, `finecot audit`
 """

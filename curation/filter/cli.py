@@ -154,6 +154,15 @@ def _print_funnel(summary: dict[str, Any]) -> None:
         table.add_row(name, str(funnel["failed_by_filter"].get(name, "")), str(first.get(name, "")),
                       str(step["remaining"]), vacuous.get(name, ""))
     console.print(table)
+    truth = funnel.get("against_truth")
+    if truth:
+        measured = Table(title="the filters against the teacher's own account (finecot_truth)")
+        for name in ("defect", "cases", "flagged", "precision", "recall"):
+            measured.add_column(name, justify="left" if name == "defect" else "right")
+        for defect, m in truth.items():
+            measured.add_row(defect, str(m["cases"]), str(m["flagged"]), f"{m['precision']:.3f}",
+                             f"{m['recall']:.3f}")
+        console.print(measured)
     reasons = Table(title="reason codes")
     reasons.add_column("reason")
     reasons.add_column("drafts", justify="right")

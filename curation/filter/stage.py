@@ -29,6 +29,7 @@ from curation.core.stage import Progress
 from curation.core.tables import ParquetStreamWriter, read_table, write_json_atomic
 from curation.filter.filters import FilterContext, Verdict, dedup_key, filter_of, make_context
 from curation.filter.parallel import judge_all
+from curation.filter.truth import measure
 
 log = logging.getLogger(__name__)
 
@@ -81,15 +82,15 @@ class Funnel:
         self.hallucinated_names = 0
         self.per_class: dict[str, dict[str, int]] = {}
         self.vacuous: dict[str, str] = {}  # filter -> why it cannot reject anything here
-        # The hook for filter precision and recall against the scripted teacher's ground
-        # truth: (the draft's `teacher_truth` JSON, its reasons) for each draft that has one.
-        self.truth: list[tuple[str, tuple[str, ...]]] = []
+        # (the draft's `teacher_truth`, its reasons) for each draft that has one: precision
+        # and recall against a scripted teacher's own account (curation/filter/truth.py)
+        self.truth: list[tuple[dict, tuple[str, ...]]] = []
 
     def add(self, draft: Mapping, v: Verdict) -> None:
         self.drafts += 1
         truth = draft.get("teacher_truth")
         if isinstance(truth, str) and truth:
-            self.truth.append((truth, v.reasons))
+            self.truth.append((json.loads(truth), v.reasons))
         self.accepted += v.accepted
         failed_filters = {filter_of(code) for code in v.reasons}
         for code in v.reasons:
@@ -122,6 +123,7 @@ class Funnel:
             "flags": self.flags,
             "hallucinated_candidate_names": self.hallucinated_names,
             "vacuous": self.vacuous,
+            "against_truth": measure(self.truth) if self.truth else None,
             "per_class": self.per_class,
         }
 

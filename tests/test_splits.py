@@ -484,3 +484,30 @@ def test_cli_split_prints_a_summary_and_fails_cleanly_when_strict(tmp_path):
 
     result = runner.invoke(app, ["split", "--help"])
     assert result.exit_code == 0 and "--strict" in result.output and "pool.parquet" in result.output
+
+
+def test_a_resplit_takes_image_signatures_from_the_runs_cache(tmp_path):
+    """The first split hashes every pool and test image into the run's image cache; the
+    next split of the same items reads them from it: it gives the same split.json even when
+    the image files have gone, while a cache of another hash version is not trusted."""
+    import shutil
+    import sqlite3
+
+    from curation.core.image_cache import FILE
+    from curation.ingest.hygiene import SIGNATURE_KIND
+
+    run = make_run(tmp_path, TOY)
+    split_stage(recipe(k=2, seed=3), run)
+    first = run.split.read_bytes()
+    db = sqlite3.connect(run.path(FILE))
+    cached = db.execute("SELECT COUNT(*) FROM derived WHERE kind = ?", (SIGNATURE_KIND,)).fetchone()[0]
+    hashed = read_table(run.pool).num_rows + read_table(run.test).num_rows
+    assert cached == hashed > 20
+    shutil.move(tmp_path / "images", tmp_path / "elsewhere")  # nothing left to hash
+    split_stage(recipe(k=2, seed=3), run)
+    assert run.split.read_bytes() == first
+    db.execute("UPDATE derived SET kind = 'signature-v0'")  # another version of the hash
+    db.commit()
+    db.close()
+    manifest = split_stage(recipe(k=2, seed=3), run)
+    assert len(manifest["hygiene"]["unreadable_images"]) == hashed  # recomputed, not read

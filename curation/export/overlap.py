@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from curation.core.config import Recipe
+from curation.core.image_cache import ImageCache, open_cache
 from curation.ingest import hygiene
 
 log = logging.getLogger(__name__)
@@ -36,10 +37,11 @@ class TrainEvalOverlap(ValueError):
 
 def find_overlap(
     train: pd.DataFrame, test: pd.DataFrame, max_distance: int,
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: Callable[[str, int, int], None] | None = None, cache: ImageCache | None = None,
 ) -> list[dict]:
     """(eval row, training row) pairs that show the same image: one dict per pair with
-    eval_id, train_id, train_config, how ("sha256" or "near-duplicate") and distance."""
+    eval_id, train_id, train_config, how ("sha256" or "near-duplicate") and distance.
+    Signatures come from the run's image `cache` where it holds them (the split's)."""
     if train.empty or test.empty:
         return []
     first_train = train.drop_duplicates("image_sha256").set_index("image_sha256")
@@ -52,10 +54,12 @@ def find_overlap(
     rest = test[~test["image_sha256"].isin(first_train.index)].drop_duplicates("image_sha256")
     if rest.empty:
         return pairs
-    paths = [*first_train["image_path"], *rest["image_path"]]
+    shas = [*first_train.index, *rest["image_sha256"]]
+    paths = dict(zip(shas, [*first_train["image_path"], *rest["image_path"]], strict=True))
     tick = (lambda done, total: progress("checking train/eval overlap", done, total)) \
         if progress else None
-    sigs = hygiene.signatures(paths, tick)
+    found = hygiene.signatures_by_sha(paths, cache, tick)
+    sigs = [found[sha] for sha in shas]
     left = [(i, s) for i, s in enumerate(sigs[: len(first_train)]) if s is not None]
     right = [(j, s) for j, s in enumerate(sigs[len(first_train):]) if s is not None]
     near, _ = hygiene.near_duplicates([s for _, s in left], [s for _, s in right], max_distance)
@@ -83,7 +87,8 @@ def check(recipe: Recipe, run_root: Path, pool: pd.DataFrame, triplets: pd.DataF
                        pool.loc[pool["item_id"].isin(rl_ids), columns].assign(config="rl")],
                       ignore_index=True)
     distance = recipe.split.phash_distance
-    pairs = find_overlap(train, test[columns], distance, progress)
+    with open_cache(run_root) as cache:
+        pairs = find_overlap(train, test[columns], distance, progress, cache)
     if pairs and recipe.export.eval_overlap == "refuse":
         raise TrainEvalOverlap(overlap_message(pairs, run_root, distance))
     if pairs:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ import numpy as np
 from PIL import Image
 from scipy.fft import dctn
 
+from curation.core.image_cache import ImageCache
 from curation.core.labels import normalize
 
 log = logging.getLogger(__name__)
@@ -158,6 +159,28 @@ def signatures(
     return out
 
 
+SIGNATURE_KIND = "signature-v1"  # the image cache's name for `signature`: bump with any change
+
+
+def signatures_by_sha(
+    paths: Mapping[str, str | os.PathLike], cache: ImageCache | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Signature | None]:
+    """{sha256: signature} of images given as {sha256: path}: from the run's image cache
+    where it holds them, computed (and stored) otherwise. Unreadable images are not cached:
+    a file made readable later is hashed then."""
+    known: dict[str, Signature | None] = {}
+    if cache is not None:
+        for sha, packed in cache.get_many(SIGNATURE_KIND, paths).items():
+            known[sha] = (int.from_bytes(packed[:8], "big"), packed[8:])
+    todo = [sha for sha in paths if sha not in known]
+    computed = dict(zip(todo, signatures([paths[sha] for sha in todo], progress), strict=True))
+    if cache is not None:
+        cache.put_many(SIGNATURE_KIND, {sha: sig[0].to_bytes(8, "big") + sig[1]
+                                        for sha, sig in computed.items() if sig is not None})
+    return {sha: known[sha] if sha in known else computed[sha] for sha in paths}
+
+
 def hamming(a: int, b: int) -> int:
     return (a ^ b).bit_count()
 
@@ -205,17 +228,19 @@ MAX_LISTED = 1000  # the manifest lists at most this many near-duplicate pairs (
 def pool_test_duplicates(
     cols: dict[str, list], pool_rows: Sequence[int], test_rows: Sequence[int],
     max_distance: int, progress: Callable[[str, int, int], None] | None,
+    cache: ImageCache | None = None,
 ) -> tuple[list[dict], int, list[str]]:
     """Near-duplicate (pool, test) pairs (pHash within `max_distance` bits and colours within
     COLOUR_TOLERANCE), their total, and the paths of images that could not be read.
 
-    `cols` holds the item table's columns as lists; rows index into them.
+    `cols` holds the item table's columns as lists; rows index into them. Signatures come
+    from `cache` where it has them (a re-split hashes nothing it hashed before).
     """
     paths: dict[str, str] = {}  # sha256 -> one path: identical files are hashed once
     for r in (*pool_rows, *test_rows):
         paths.setdefault(cols["image_sha256"][r], cols["image_path"][r])
     tick = (lambda done, total: progress("hashing images", done, total)) if progress else None
-    sigs = dict(zip(paths, signatures(list(paths.values()), tick), strict=True))
+    sigs = signatures_by_sha(paths, cache, tick)
     unreadable = sorted(paths[sha] for sha, sig in sigs.items() if sig is None)
 
     def hashed(rows: Sequence[int]) -> list[tuple[int, Signature]]:

@@ -46,6 +46,7 @@ import pyarrow as pa
 
 from curation.core import lineage
 from curation.core.config import Recipe, SplitConfig
+from curation.core.image_cache import ImageCache, open_cache
 from curation.core.labels import ClassInfo, Registry, normalize
 from curation.core.lock import run_lock
 from curation.core.rundir import RunDir
@@ -324,9 +325,11 @@ def hold_out_test(
 
 
 def make_split(
-    items: pa.Table, registry: Registry, cfg: SplitConfig, progress: Progress | None = None
+    items: pa.Table, registry: Registry, cfg: SplitConfig, progress: Progress | None = None,
+    cache: ImageCache | None = None,
 ) -> tuple[dict[str, Any], pa.Table, pa.Table]:
-    """The split manifest, the pool table and the test table (nothing is written)."""
+    """The split manifest, the pool table and the test table (nothing is written). Image
+    signatures for the hygiene check come from `cache` where it holds them."""
     missing = [c for c in ITEM_COLUMNS if c not in items.column_names]
     if missing:
         raise ValueError(f"items table lacks column(s) {missing}: rerun `finecot ingest`")
@@ -354,7 +357,7 @@ def make_split(
         for c in registry if c.name in sides.get(c.dataset, {})
     ]
     near, near_total, unreadable = hygiene.pool_test_duplicates(
-        cols, pool_rows, test_rows, cfg.phash_distance, progress
+        cols, pool_rows, test_rows, cfg.phash_distance, progress, cache
     )
     hyg: dict[str, Any] = {
         "name_conflicts": hygiene.name_conflicts(entries),
@@ -420,7 +423,8 @@ def split_stage(
     items_path = run.require(run.items, "ingest")
     with run_lock(run, "split"):
         items = read_table(items_path)
-        manifest, pool, test = make_split(items, registry, cfg, progress)
+        with open_cache(run.root) as cache:  # a re-split hashes nothing it hashed before
+            manifest, pool, test = make_split(items, registry, cfg, progress, cache)
         if pool.num_rows == 0:  # `finecot draft` refuses an empty pool; say so now
             log.warning("the split of %s leaves an empty k-shot pool (%d items, %d seen "
                         "classes): nothing can be drafted. Check the sources (`finecot "

@@ -129,7 +129,8 @@ class BatchRunner:
         self.counts: Counter[str] = Counter()  # built, answered, failed, expired, refused...
         self.refused: Counter[str] = Counter()  # reason -> lines
         self.budget_cut = 0  # lines the budget kept out of the last build
-        self.cancelled_now = 0  # batches found cancelled in this process
+        self.cancelled_now = 0  # batches cancelled while this process watched them running
+        self.seen_running: set[str] = set()
         self.message = ""  # what is pending, for the stop message
         self._files: dict[str, dict[str, Any]] = {}
 
@@ -138,7 +139,7 @@ class BatchRunner:
             await self.api.__aexit__(None, None, None)
             self.api = None
 
-    async def _api(self) -> BatchAPI:
+    async def connect(self) -> BatchAPI:
         if self.api is None:
             self.api = await BatchAPI(self.recipe.teacher).__aenter__()
         return self.api
@@ -173,10 +174,10 @@ class BatchRunner:
             if self.offline_out is not None or not self.wait or not any(
                     self._file(name)["kind"] == "api" for name in set(pending.values())):
                 return "pending"
-            await self._sleep(delay)
+            await self.pause(delay)
             delay = min(delay * 2, self.recipe.teacher.batch.poll_max_s)
 
-    async def _sleep(self, seconds: float) -> None:
+    async def pause(self, seconds: float) -> None:
         """Wait between two polls; an interrupt cuts it short."""
         end = time.monotonic() + seconds
         while time.monotonic() < end and not self.should_stop():
@@ -249,6 +250,12 @@ class BatchRunner:
         self.budget_cut = 0
         room_usd, room_tokens = self._room()
         if offline:  # one file at the path asked for: vLLM's run-batch has no limits
+            for f in self.ledger.batch_files(open_only=True):
+                if Path(f["path"]) == self.offline_out:
+                    raise ValueError(
+                        f"{self.offline_out} holds {f['lines']} requests still waiting for "
+                        "their results: import them (`finecot batch import`), drop them "
+                        "(`finecot batch cancel`), or write the next batch to another file")
             writer = BatchFileWriter(self.offline_out.parent, sys.maxsize, sys.maxsize,
                                      self._record_file, name=lambda: self.offline_out.name)
         else:
@@ -345,7 +352,7 @@ class BatchRunner:
     async def _submit(self, f: dict[str, Any]) -> None:
         name, path = f["name"], Path(f["path"])
         file_id = f["file_id"]
-        api = await self._api()
+        api = await self.connect()
         if file_id is None:
             found = (await api.find_file(name, f["bytes"], f["upload_started"])
                      if f["upload_started"] else None)
@@ -376,10 +383,11 @@ class BatchRunner:
                                       detail=_summary(found))
         self.counts["submitted"] += 1
 
-    async def refresh(self, collect: bool = True) -> list[dict[str, Any]]:
+    async def refresh(self, collect: bool = True, submit: bool = True) -> list[dict[str, Any]]:
         """Submit what was built but not submitted, read every open batch's status, and
         collect the finished ones (collect=False: only read). Returns the batch objects."""
-        await self.submit_all()
+        if submit:
+            await self.submit_all()
         seen = []
         for f in self.ledger.batch_files(open_only=True):
             if f["kind"] != "api" or f["batch_id"] is None:
@@ -388,9 +396,11 @@ class BatchRunner:
                 log.warning("batch %s lives at %s, not at teacher.base_urls[0] (%s): set it "
                             "back to collect it", f["batch_id"], f["endpoint"], self.label)
                 continue
-            api = await self._api()
+            api = await self.connect()
             batch = await api.retrieve(f["batch_id"])
             seen.append(batch)
+            if batch.get("status") not in (*FINAL, "cancelling"):
+                self.seen_running.add(f["batch_id"])
             self.ledger.update_batch_file(f["name"], state=batch.get("status") or "unknown",
                                           detail=_summary(batch))
             counts = batch.get("request_counts") or {}
@@ -404,7 +414,7 @@ class BatchRunner:
         """Download a finished batch's results and record them with the line states, all in
         one transaction."""
         name, status = f["name"], batch["status"]
-        api = await self._api()
+        api = await self.connect()
         paths = []
         for field, suffix in (("output_file_id", "output"), ("error_file_id", "errors")):
             if batch.get(field):
@@ -419,8 +429,8 @@ class BatchRunner:
                 self._fail_pending(f, batch)
             rest = self.ledger.close_pending(name, REST_OF.get(status, "missing"))
             self.ledger.update_batch_file(name, state="collected", detail=_summary(batch))
-        if status == "cancelled":
-            self.cancelled_now += 1
+        if status == "cancelled" and batch.get("id") in self.seen_running:
+            self.cancelled_now += 1  # cancelled at the provider while we waited: stop there
         if rest and status != "failed":
             self.counts[REST_OF.get(status, "missing")] += rest
             log.warning("batch %s %s: %d requests not run go into the next batch", name,

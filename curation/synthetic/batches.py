@@ -15,7 +15,8 @@ errors `batch_expired` and `batch_cancelled` in the error file). Lists are newes
 What the flags add (script.py Behaviour): every chat fault happens to lines instead
 (429/500/503 as a line's status_code, a hang as `request_timeout`, malformed as a truncated
 output line); `batch_fail_first` batches fail validation, `batch_expire_first` batches
-expire `batch_expire_at` of the way through; `batch_max_lines` refuses larger files like
+expire `batch_expire_at` of the way through; the first batch holds at `batch_hold_at` of its
+lines until it is cancelled; `batch_max_lines` refuses larger files like
 OpenAI's limit; `batch_stall_s` holds the first answer to an upload, a batch creation and a
 download that long after the work is done (a reply lost on the way: tests kill the client
 then); `batch_line_delay` paces the lines. `/stats` shows the counters under "batch":
@@ -299,8 +300,12 @@ class BatchService:
             batch.update(status="in_progress", in_progress_at=now)
         expire_at = (int(len(requests) * b.batch_expire_at)
                      if ordinal <= b.batch_expire_first else None)
+        hold_at = (int(len(requests) * b.batch_hold_at)
+                   if ordinal == 1 and b.batch_hold_at is not None else None)
         output, errors = [], []
         for done, (custom_id, body) in enumerate(requests):
+            while done == hold_at and batch["id"] not in self._cancel:
+                await asyncio.sleep(0.02)  # held until cancelled
             stop = ("cancelled" if batch["id"] in self._cancel
                     else "expired" if expire_at is not None and done >= expire_at else None)
             if stop:

@@ -72,6 +72,8 @@ class Behaviour:
     batch_max_lines: int = 50_000  # larger input files fail validation (OpenAI's limit)
     batch_stall_s: float = 0.0  # the first upload, create and download answers come this late
     batch_line_delay: float = 0.0  # seconds per batch line
+    batch_hold_at: float | None = None  # the first batch holds here (a share of its lines)
+    # until it is cancelled: a slow provider, where tests cancel a batch half done
 
     def __post_init__(self) -> None:
         rates = {k: v for k, v in asdict(self).items() if k.endswith("_rate") or k.startswith("rate_")}

@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 
 from curation.cli import app
 from curation.core.ledger import Ledger
-from curation.draft.batch_ops import batch_status, cancel_batches, collect_batches
+from curation.draft.batch_ops import batch_status, cancel_batches
 from curation.draft.stage import BatchPending, DraftStopped, draft_stage
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -129,8 +129,10 @@ def test_submit_exits_4_then_the_same_command_collects(tmp_path, synthetic_world
     assert counters(server)["batches"] == 1 and drafts(run) == {}
     with Ledger(run.ledger) as ledger:
         (row,) = ledger.batch_files()
-    asyncio.run(collect_batches(batch_spec(run, server), run, wait=True))  # `batch collect --wait`
-    rows = asyncio.run(batch_status(batch_spec(run, server), run))
+    collected = CliRunner().invoke(app, ["batch", "collect", "--run", str(run.root), "--wait"])
+    assert collected.exit_code == 0 and f"answered {pool_size(run)}" in collected.output
+    shown = CliRunner().invoke(app, ["batch", "status", "--run", str(run.root), "--json"])
+    rows = json.loads(shown.stdout)
     assert rows[0]["state"] == "collected" and rows[0]["batch_id"] == row["batch_id"]
     assert rows[0]["line_states"] == {"answered": pool_size(run)}
     second = CliRunner().invoke(app, ["draft", "--run", str(run.root), "--mode", "batch"])
@@ -214,6 +216,8 @@ def test_a_batch_cancelled_while_waiting_stops_the_run(tmp_path, synthetic_world
     with Ledger(run.ledger) as ledger:
         wait_until(lambda: ledger.batch_files()[0]["state"] == "in_progress", proc, "the poll")
         batch_id = ledger.batch_files()[0]["batch_id"]
+    (row,) = asyncio.run(batch_status(batch_spec(run, server), run))  # read-only: no lock
+    assert row["state"] == "in_progress" and row["request_counts"]["completed"] == 0
     cancel = urllib.request.Request(f"{server.base_url}/batches/{batch_id}/cancel", method="POST")
     urllib.request.urlopen(cancel, timeout=10).read()  # at the provider, as from its dashboard
     _, err = proc.communicate(timeout=60)
@@ -276,7 +280,11 @@ def test_budget_cuts_the_batch_to_fit_and_the_rest_waits(tmp_path, synthetic_wor
         spent, _ = ledger.totals()
         files = ledger.batch_files()
     assert spent <= budget, "a batch never spends past the budget"
-    assert files[0]["lines"] <= budget / worst + 1 < n  # the first batch was cut to fit
+    db = sqlite3.connect(run.ledger)
+    first_worst = db.execute("SELECT SUM(est_cost) FROM batch_lines WHERE file = ?",
+                             (files[0]["name"],)).fetchone()[0]
+    db.close()
+    assert first_worst <= budget and files[0]["lines"] < n  # the first batch was cut to fit
     assert len(files) >= 2  # what was left waited for the real cost of the first
     answered = len(drafts(run))
     assert answered < n and counters(server)["lines"] - before == answered

@@ -153,6 +153,10 @@ class BatchConfig(Section):
     completion_window: str = Field("24h", description="sent with each batch (OpenAI: only 24h)")
     poll_s: float = Field(15.0, gt=0, description="--wait: first wait between two status checks")
     poll_max_s: float = Field(300.0, gt=0, description="--wait: the wait doubles up to this")
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="extra HTTP headers of the Files/Batches calls, e.g. "
+        "{x-litellm-model: NAME} for LiteLLM's proxy in front of vLLM (written to recipe.yaml: "
+        "never a key here; the key comes from teacher.api_key_env)")
 
 
 class TeacherConfig(Section):

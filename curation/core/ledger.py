@@ -557,9 +557,9 @@ class Ledger:
         keys = list(keys)
         for start in range(0, len(keys), 500):
             chunk = keys[start : start + 500]
-            found.update(self._db.execute(
-                f"SELECT key, file FROM batch_lines WHERE state = 'pending' AND key IN "
-                f"({','.join('?' * len(chunk))})", chunk))
+            found.update(self._db.execute(  # by key: the pending index would scan them all
+                f"SELECT key, file FROM batch_lines INDEXED BY batch_lines_key WHERE key IN "
+                f"({','.join('?' * len(chunk))}) AND state = 'pending'", chunk))
         return found
 
     def batch_tries(self, keys: Iterable[str]) -> dict[str, int]:
@@ -569,8 +569,9 @@ class Ledger:
         for start in range(0, len(keys), 500):
             chunk = keys[start : start + 500]
             found.update(self._db.execute(
-                f"SELECT key, COUNT(*) FROM batch_lines WHERE state IN ('failed', 'expired', "
-                f"'missing') AND key IN ({','.join('?' * len(chunk))}) GROUP BY key", chunk))
+                f"SELECT key, COUNT(*) FROM batch_lines INDEXED BY batch_lines_key WHERE key IN "
+                f"({','.join('?' * len(chunk))}) AND state IN ('failed', 'expired', 'missing')"
+                " GROUP BY key", chunk))
         return found
 
     def batch_committed(self) -> tuple[float, float]:
@@ -584,8 +585,8 @@ class Ledger:
     def pending_line(self, key: str) -> tuple[str, dict[str, Any], float] | None:
         """(file, meta, prompt estimate) of a key waiting in a batch, or None."""
         row = self._db.execute(
-            "SELECT file, meta, prompt_estimate FROM batch_lines WHERE key = ? AND state = "
-            "'pending' ORDER BY rowid LIMIT 1", (key,)).fetchone()
+            "SELECT file, meta, prompt_estimate FROM batch_lines INDEXED BY batch_lines_key"
+            " WHERE key = ? AND state = 'pending' ORDER BY rowid LIMIT 1", (key,)).fetchone()
         if row is None:
             return None
         return row[0], json.loads(row[1]) if row[1] else {}, row[2]

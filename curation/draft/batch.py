@@ -68,6 +68,7 @@ from curation.teacher.client import (
 log = logging.getLogger(__name__)
 
 ANSWERED = ("ok", "length", "empty")
+BUILT_NAME = re.compile(r"^finecot-\d{8}-\d{6}-[0-9a-f]{12}\.jsonl$")  # batch_files.new_name
 # What the lines still pending in a batch that ended this way became.
 REST_OF = {"completed": "missing", "expired": "expired", "cancelled": "cancelled",
            "failed": "failed"}
@@ -326,7 +327,7 @@ class BatchRunner:
             return
         known = {Path(f["path"]).name for f in self.ledger.batch_files()}
         for path in self.folder.glob("finecot-*.jsonl"):
-            if path.name not in known:
+            if BUILT_NAME.match(path.name) and path.name not in known:  # (not the results)
                 path.unlink(missing_ok=True)
         for path in self.folder.glob(".finecot-*.part"):
             path.unlink(missing_ok=True)

@@ -25,8 +25,9 @@ from curation.core.rundir import RunDir
 from curation.core.stage import Progress
 from curation.draft.batch import BatchRunner
 from curation.draft.lock import exclusive
-from curation.teacher.batch_api import FINAL, BatchAPIError
+from curation.teacher.batch_api import FINAL, BatchAPI, BatchAPIError
 from curation.teacher.batch_files import read_results
+from curation.teacher.client import public_url
 
 
 def _lock(run: RunDir) -> Any:
@@ -69,19 +70,23 @@ def import_results(recipe: Recipe, run: RunDir, path: Path,
 
 
 async def batch_status(recipe: Recipe, run: RunDir) -> list[dict[str, Any]]:
-    """Every batch file of the run, the open API batches read afresh from the provider
-    (nothing is downloaded or recorded)."""
+    """Every batch file of the run, the open API batches read afresh from the provider.
+    Read-only (nothing is downloaded, recorded or locked): it works while a `finecot draft
+    --wait` holds the run."""
     run.require(run.ledger, "draft")
-    with _lock(run), Ledger(run.ledger) as ledger:
-        runner = BatchRunner(recipe, run, ledger)
-        try:
-            if any(f["kind"] == "api" and f["batch_id"] for f in ledger.batch_files(open_only=True)):
-                await runner.refresh(collect=False, submit=False)
-        finally:
-            await runner.aclose()
+    with Ledger(run.ledger) as ledger:
         rows = ledger.batch_files()
         for row in rows:
             row["line_states"] = ledger.line_states(row["name"])
+    label = public_url(recipe.teacher.base_urls[0]) if recipe.teacher.base_urls else ""
+    todo = [r for r in rows if r["kind"] == "api" and r["batch_id"]
+            and r["state"] not in ("collected", *FINAL) and r["endpoint"] == label]
+    if todo:
+        async with BatchAPI(recipe.teacher) as api:
+            for row in todo:
+                batch = await api.retrieve(row["batch_id"])
+                row["state"] = batch.get("status") or row["state"]
+                row["request_counts"] = batch.get("request_counts")
     return rows
 
 

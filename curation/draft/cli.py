@@ -52,11 +52,11 @@ class RichDraftProgress:
         # progress line every `line_every_s` instead, so a killed run's log shows how far it got.
         self._line_every, self._last_line = 5.0, time.monotonic()
         self._bar = Progress(
-            TextColumn("drafting"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[line]}"), TimeRemainingColumn(),
             console=console, transient=False,
         )
-        self._task = self._bar.add_task("draft", total=0, line="")
+        self._task = self._bar.add_task("drafting", total=0, line="")
         self._tasks: dict[str, object] = {}
         self._bar.start()
         # Log lines go above the bar: point stderr log handlers at rich's redirected stderr.
@@ -86,8 +86,7 @@ class RichDraftProgress:
         its own under the drafting bar."""
         if name not in self._tasks:
             self._tasks[name] = self._bar.add_task(name, total=total, line="")
-        self._bar.update(self._tasks[name], completed=done, total=total,
-                         description=name)
+        self._bar.update(self._tasks[name], completed=done, total=total)
 
     def refresh(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -435,6 +434,9 @@ def batch_status_command(
         table.add_column(column)
     for row in rows:
         states = ", ".join(f"{k} {v}" for k, v in row["line_states"].items())
+        counts = row.get("request_counts")
+        if counts:  # the provider's progress of a batch still out
+            states += f" (provider: {counts.get('completed', 0)} done, {counts.get('failed', 0)} failed)"
         table.add_row(row["name"], row["kind"], row["batch_id"] or "-", row["state"],
                       f"{row['lines']:,}", states)
     Console().print(table)

@@ -394,9 +394,9 @@ class Drafter:
                 self.progress.on_cached(len(samples) - len(todo))
             if todo:
                 groups.append((row, strategy, todo))
-        if not groups or self.stop_reason():
+        if not groups or self.interrupted:
             return
-        try:
+        try:  # (even past the budget: batches already out are paid and must be collected)
             state = await self.batcher.round(groups)
         except BatchAPIError as err:
             self.batch_stop, self.batch_error = "refused", str(err)

@@ -79,6 +79,7 @@ class BatchAPI:
         self.base = str(endpoint.client.base_url).rstrip("/")
         self.label = endpoint.label  # the URL without credentials: what may be recorded
         self.headers = {k: v for k, v in endpoint.headers.items() if k.lower() != "content-type"}
+        self.headers.update(config.batch.headers)  # e.g. LiteLLM's x-litellm-model routing
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> BatchAPI:

@@ -172,6 +172,23 @@ def test_failed_validation_and_failed_lines_are_requeued(tmp_path, synthetic_wor
         assert all(e.attempts >= 2 for e in ledger.rows())  # the failed validation counted
 
 
+def test_cut_lines_timeouts_and_429_lines_are_requeued(tmp_path, synthetic_world, start_teacher):
+    server = start_teacher(rate_malformed=0.1, rate_hang=0.1, rate_429=0.1)
+    run = make_run(tmp_path, synthetic_world, per_class=2)
+    n = pool_size(run)
+    report = draft_stage(batch_spec(run, server, teacher={"max_attempts": 8}), run, wait=True)
+    outcomes = server.stats(log=False)["outcomes"]
+    assert all(outcomes.get(fault, 0) > 0 for fault in ("malformed", "hang", "429")), outcomes
+    states = line_states(run)
+    # a cut output line cannot be read: its request is asked again; timeouts and 429s fail
+    # with their reason and are asked again too
+    assert states["missing"] == outcomes["malformed"] and states["answered"] == n
+    assert states["failed"] == outcomes["hang"] + outcomes["429"]
+    assert report.batch["refused: not JSON"] == outcomes["malformed"]
+    every_key_settled(run)
+    assert all(r["status"] == "ok" for r in drafts(run).values())
+
+
 def test_a_line_failing_every_time_ends_failed_with_its_reason(tmp_path, synthetic_world,
                                                                start_teacher):
     server = start_teacher(error_400_model="another-model")  # every line: HTTP 400
@@ -226,6 +243,25 @@ def test_a_batch_cancelled_while_waiting_stops_the_run(tmp_path, synthetic_world
     draft_stage(batch_spec(run, server), run, wait=True)  # the rerun resumes
     assert counters(server)["batches"] == 2 and all(
         r["status"] == "ok" for r in drafts(run).values())
+
+
+def test_ctrl_c_while_waiting_leaves_the_batch_out_and_a_rerun_collects_it(
+        tmp_path, synthetic_world, start_teacher):
+    server = start_teacher(batch_hold_at=0.5)
+    run = make_run(tmp_path, synthetic_world)
+    n = pool_size(run)
+    run.save_recipe(batch_spec(run, server))
+    proc = finecot(run, "draft", "--mode", "batch", "--wait")
+    wait_until(lambda: counters(server)["lines"] == n // 2, proc, "half the lines")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3 and "The batches go on at the provider" in err, err
+    assert counters(server)["cancels"] == 0 and line_states(run) == {"pending": n}
+    cancelled = CliRunner().invoke(app, ["batch", "cancel", "--run", str(run.root)])
+    assert cancelled.exit_code == 0 and "cancelling" in cancelled.output, cancelled.output
+    draft_stage(batch_spec(run, server), run, wait=True)
+    assert counters(server)["lines"] == n and counters(server)["lines_repeated"] == 0
+    every_key_settled(run)
 
 
 # -- budgets, prices, rounds, limits --------------------------------------------------------------

@@ -164,7 +164,7 @@ class BatchRunner:
             todo = self._todo(groups)
             if todo and not self.should_stop():
                 await self._build(todo)
-                if self.offline_out is None:
+                if self.offline_out is None and not self.should_stop():
                     await self.submit_all()
             pending = self.ledger.pending_lines(keys)
             if not pending:
@@ -267,6 +267,8 @@ class BatchRunner:
         total, done = sum(len(samples) for _, _, samples in todo), 0
         try:
             for row, strategy, samples in todo:
+                if self.should_stop():  # Ctrl-C: finish the file so far, submit nothing
+                    break
                 item = self.pool[row]
                 try:
                     url = await self.images.get(item["image_path"], item.get("width"),
@@ -300,6 +302,7 @@ class BatchRunner:
                     self.counts["built"] += 1
                     if done % 256 == 0:
                         self.report("building batch files", done, total)
+                        await asyncio.sleep(0)  # let a Ctrl-C in
             writer.close()
         except BaseException:
             writer.abort()
@@ -415,6 +418,7 @@ class BatchRunner:
         """Download a finished batch's results and record them with the line states, all in
         one transaction."""
         name, status = f["name"], batch["status"]
+        refused_before = sum(self.refused.values())
         api = await self.connect()
         paths = []
         for field, suffix in (("output_file_id", "output"), ("error_file_id", "errors")):
@@ -430,6 +434,10 @@ class BatchRunner:
                 self._fail_pending(f, batch)
             rest = self.ledger.close_pending(name, REST_OF.get(status, "missing"))
             self.ledger.update_batch_file(name, state="collected", detail=_summary(batch))
+        refused = sum(self.refused.values()) - refused_before
+        if refused:
+            log.warning("batch %s: %d result lines could not be used (%s); their requests go "
+                        "into the next batch", name, refused, "; ".join(self.refused))
         if status == "cancelled" and batch.get("id") in self.seen_running:
             self.cancelled_now += 1  # cancelled at the provider while we waited: stop there
         if rest and status != "failed":
@@ -480,6 +488,7 @@ class BatchRunner:
                           completion.completion_tokens)
         entry = completion.entry(result.custom_id, f["model"], cost, meta)
         entry.endpoint = f"batch:{f['endpoint'] or 'offline'}"
+        entry.latency_s = None  # a line has no latency of its own (stats leave it out)
         entry.extra["batch_file"] = name
         self._record(entry)
         state = "failed" if completion.status == "failed" else "answered"

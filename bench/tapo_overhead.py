@@ -81,7 +81,8 @@ def time_run(plain: bool, data: Path, model: Path, out: Path, args: argparse.Nam
         f"model_name_or_path={model}", f"dataset={data}", f"output_dir={out}",
         f"max_steps={args.steps + 1}", f"num_generations={args.group}",
         f"per_device_train_batch_size={args.batch}", f"max_completion_length={args.length}",
-        "dynamic_sampling=false", "disable_tqdm=true", "logging_steps=1000", *device_settings(args.device),
+        "dynamic_sampling=false", "format_guard=off", "disable_tqdm=true", "logging_steps=1000",
+        *device_settings(args.device),
     ])
     cfg.generation_kwargs = {"min_new_tokens": args.length}
     timer = StepTimer()

@@ -20,8 +20,7 @@ from typing import Annotated, Any
 import typer
 
 from curation import pipeline
-from curation.core.cli import SetOption, console, fail, load_spec, stage_progress
-from curation.core.config import RecipeError
+from curation.core.cli import SetOption, console, errors, load_spec, stage_progress
 from curation.core.stage import StageStopped
 from curation.draft.cli import RichDraftProgress, batch_app, draft_command, ledger_app
 from curation.export.cli import export_command, publish_command, report_command
@@ -89,12 +88,11 @@ def run(
     spec = load_spec(recipe, overrides)
     chosen = stages.split(",") if stages else None
     try:
-        pipeline.run_recipe(spec, chosen, stage_display)
+        with errors(spec.directory):
+            pipeline.run_recipe(spec, chosen, stage_display)
     except StageStopped as err:
         console.print(f"[yellow]stopped:[/yellow] {err}")
         raise typer.Exit(3) from None
-    except (RecipeError, FileNotFoundError, ValueError) as err:
-        raise fail(str(err)) from None
     console.print(f"[green]done[/green]: {spec.directory}")
 
 
@@ -113,9 +111,11 @@ def demo(
     from curation.demo import run_demo
 
     try:
-        result = run_demo(out, train=train, overrides=overrides, display=stage_display)
-    except (RecipeError, FileNotFoundError, ValueError) as err:
-        raise fail(str(err)) from None
+        with errors(out):
+            result = run_demo(out, train=train, overrides=overrides, display=stage_display)
+    except StageStopped as err:
+        console.print(f"[yellow]stopped:[/yellow] {err}")
+        raise typer.Exit(3) from None
     funnel = result["funnel"]
     if funnel:
         console.print(

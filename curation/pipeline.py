@@ -37,9 +37,11 @@ def _split(recipe: Recipe, run: RunDir, progress: Any) -> None:
 
 
 def _draft(recipe: Recipe, run: RunDir, progress: Any) -> None:
+    from curation.core import lineage
     from curation.draft.stage import draft_stage
 
     draft_stage(recipe, run, progress)
+    lineage.record(run, "draft", recipe)  # (the other stages record themselves)
 
 
 def _filter(recipe: Recipe, run: RunDir, progress: Any) -> None:
@@ -84,9 +86,11 @@ def run_recipe(
     if unknown:
         raise RecipeError(f"unknown stage(s) {unknown}; known stages: {', '.join(STAGES)}")
     run = RunDir(recipe.directory)
-    run.save_recipe(recipe)
     for name in chosen:
         log.info("stage %s -> %s", name, run.root)
         with (display or _no_display)(name) as progress:
             STAGES[name](recipe, run, progress)
+        # Saved once a stage succeeded: a failed stage never leaves recipe.yaml describing
+        # settings that produced nothing (manifest.json records each stage's own settings).
+        run.save_recipe(recipe)
     return run

@@ -418,7 +418,7 @@ def test_a_second_draft_on_the_same_run_is_refused(tmp_path, synthetic_world, st
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         held.write("4242")
         held.flush()
-        with pytest.raises(DraftStopped, match=r"another `finecot draft` \(pid 4242\)"):
+        with pytest.raises(DraftStopped, match=r"another finecot command \(pid 4242\)"):
             draft_stage(spec(run, server), run)
     assert sent(server) == 0
     draft_stage(spec(run, server), run)  # released: the run goes on

@@ -322,6 +322,44 @@ def test_paper_lists_skip_missing_images_and_paper_compat_coarse_words(start_tea
     assert ev.prompt(opens[0], "open", False).endswith(ev.FORMAT_INSTRUCTION)
 
 
+def test_paper_compat_scores_a_closed_answer_without_tags_wrong(loaded):
+    from curation.core.ledger import Entry
+
+    items, registry = loaded
+    item = items["closed"][0]
+    gold = item.options[item.answer_index]
+    responses = {"tagless": f"It is the {gold}.", "tagged": f"<think>.</think><answer>{gold}</answer>"}
+    rows = {}
+    for compat in (False, True):
+        for name, text in responses.items():
+            entry = Entry(key=name, model="m", status="ok", response=text)
+            rows[compat, name] = ev.score([item], {item.id: entry}, "closed", registry, None, compat)[0]
+    # the release's eval/evaluation.py: extract_answer() finds no <answer> -> not counted
+    assert rows[True, "tagless"]["correct"] == 0.0 and rows[True, "tagless"]["paper_accuracy"] == 0.0
+    assert rows[False, "tagless"]["correct"] == 1.0  # default: the whole text names the gold alone
+    assert rows[True, "tagged"]["correct"] == rows[False, "tagged"]["correct"] == 1.0
+
+
+def test_one_prompt_for_training_and_evaluation(loaded):
+    """Open-world evaluation asks exactly what TAPO trains on; closed-world adds the options;
+    SFT keeps the release's Stage-1 layout (system prompt + question) unless rl_prompt."""
+    from curation.export.stage import FINE_R1_SYSTEM, rl_prompt_text
+    from train.data import as_rl_prompt
+
+    items, _ = loaded
+    item = items["closed"][0]
+    question = item.question
+    assert ev.prompt(item, "open") == rl_prompt_text(question) == f"{question}\n\n{ev.FORMAT_INSTRUCTION}"
+    closed = ev.prompt(item, "closed")
+    assert closed.endswith(f"\n\n{ev.FORMAT_INSTRUCTION}") and all(o in closed for o in item.options)
+    sft = {"messages": [
+        {"role": "system", "content": [{"type": "text", "text": FINE_R1_SYSTEM}]},
+        {"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": question}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "<think>t</think><answer>a</answer>"}]}]}
+    asked = as_rl_prompt(sft)["messages"][0]["content"][1]["text"]
+    assert asked == ev.prompt(item, "open")
+
+
 # -- a tiny local checkpoint through transformers --------------------------------------------
 
 
@@ -361,6 +399,14 @@ def test_cli_run_and_compare_with_the_paper_rows(teacher_server, export, tmp_pat
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["results"]) == {"open", "closed"}
     assert metrics["results"]["open"]["n"] == 20
+    assert metrics["settings"]["sampling"]["max_tokens"] == 1024
+    compat = runner.invoke(app, ["eval", "run", "--data", str(export), "--endpoint",
+                                 teacher_server.base_url, "--endpoint-model", "scripted",
+                                 "--out", str(tmp_path / "compat"), "--limit", "2", "--paper-compat"])
+    assert compat.exit_code == 0, compat.output
+    settings = json.loads((tmp_path / "compat" / "metrics.json").read_text())["settings"]
+    # the release's eval/eval_closed.sh and eval_open.sh: MAX_NEW_TOKENS=2048
+    assert settings["sampling"]["max_tokens"] == 2048 and settings["paper_compat"]
     result = runner.invoke(app, ["eval", "compare", str(out), "--paper", "--out", str(tmp_path / "cmp.md")])
     assert result.exit_code == 0, result.output
     text = (tmp_path / "cmp.md").read_text()

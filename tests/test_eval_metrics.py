@@ -118,6 +118,14 @@ def test_closed_world_names_exactly_one_option(birds, answer, status, picked):
     assert (got_status, got_picked) == (status, picked)
 
 
+def test_paper_compat_closed_world_needs_the_answer_tag(birds):
+    # the release's eval/evaluation.py: extract_answer() is None without <answer> -> wrong
+    assert m.judge_closed("Laysan Albatross", OPTIONS, 1, birds, "bird")[1:] == ("correct", 1)
+    assert m.judge_closed("Laysan Albatross", OPTIONS, 1, birds, "bird", require_tag=True)[1:] == ("empty", -1)
+    assert m.judge_closed("<answer>Laysan Albatross</answer>", OPTIONS, 1, birds, "bird",
+                          require_tag=True)[1:] == ("correct", 1)
+
+
 def test_open_world_uses_the_matcher(birds):
     assert m.judge_open("<answer>a laysan albatross</answer>", "Laysan Albatross", birds, "bird")[1:] == (
         "correct", "Laysan Albatross")

@@ -295,18 +295,26 @@ def test_empty_config_is_left_out_of_the_header(tmp_path):
     assert len(rl) == len(pd.read_parquet(run.pool))
 
 
-def test_card_counts_evaluation_images_identical_to_training_ones(tmp_path):
+def test_evaluation_images_identical_to_training_ones_refuse_or_are_dropped(tmp_path):
+    from curation.core.config import parse_recipe
+    from curation.export.overlap import TrainEvalOverlap
+
     run, recipe = make_run(tmp_path)
     pool = pd.read_parquet(run.pool)
     test = pd.read_parquet(run.test)
     test.loc[test.index[:2], "image_sha256"] = pool["image_sha256"].iloc[:2].to_numpy()  # a leak
     test.to_parquet(run.test)
-    summary = export_stage(recipe, run)
+    with pytest.raises(TrainEvalOverlap, match="2 evaluation image") as err:
+        export_stage(recipe, run)
+    assert all(item in str(err.value) for item in test["item_id"].iloc[:2])
+    assert not run.path("dataset").exists()  # nothing written
+
+    dropping = parse_recipe({**recipe.model_dump(), "export": {"eval_overlap": "drop"}})
+    summary = export_stage(dropping, run)
     assert summary["eval_in_train"] == 2
-    assert (
-        "**2 of them have the same bytes (sha256) as a training image**"
-        in run.path("dataset/README.md").read_text()
-    )
+    assert summary["configs"]["eval_open"]["rows"] == len(test) - 2
+    assert "**2 test images that showed a training image were left out**" in (
+        run.path("dataset/README.md").read_text().replace("\n", " "))
 
 
 @pytest.mark.parametrize("fit", ["letterbox", "stretch"])

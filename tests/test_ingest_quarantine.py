@@ -167,8 +167,8 @@ def test_a_failed_ingest_leaves_the_previous_tables(tmp_path):
     with pytest.raises(FileNotFoundError, match="train_list.mat"):
         ingest_stage(broken, run)
     assert run.items.read_bytes() == before
-    assert sorted(p.name for p in run.root.iterdir()) == ["items.parquet", "quarantine.parquet",
-                                                          "registry.json"]
+    assert sorted(p.name for p in run.root.iterdir() if not p.name.startswith(".")) == [
+        "items.parquet", "manifest.json", "quarantine.parquet", "registry.json", "sources.json"]
 
 
 def _signal_workers_reading(path: Path, stop: threading.Event, hits: list[int],

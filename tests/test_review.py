@@ -14,7 +14,6 @@ import hashlib
 import http.server
 import json
 import logging
-import os
 import subprocess
 import sys
 import threading
@@ -25,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from label_studio_sdk import LabelStudio
-from labelstudio import free_port, shared_server
+from labelstudio import free_port
 from PIL import Image
 
 from curation.core.config import parse_recipe
@@ -70,24 +69,7 @@ def rationale(label: str, answer: str | None = None) -> str:
 # -- fixtures -------------------------------------------------------------------------------
 
 
-def _shared_root(tmp_path_factory) -> Path:
-    base = tmp_path_factory.getbasetemp()
-    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-
-
-@pytest.fixture(scope="session")
-def labelstudio(tmp_path_factory):
-    root = _shared_root(tmp_path_factory)
-    with shared_server(root / "labelstudio", document_root=root) as server:
-        yield server
-
-
-@pytest.fixture
-def env(labelstudio, monkeypatch):
-    monkeypatch.setenv("LABEL_STUDIO_URL", labelstudio.url)
-    monkeypatch.setenv("LABEL_STUDIO_API_KEY", labelstudio.token)
-    monkeypatch.setenv("LOCAL_FILES_DOCUMENT_ROOT", labelstudio.document_root)
-    return labelstudio
+# (the `labelstudio` and `env` fixtures are in tests/conftest.py)
 
 
 def make_row(i: int, image: Path, verdict: str = "accepted", reasons=()) -> dict:

@@ -14,6 +14,7 @@ from train.rewards import (
     format_reward,
     make_accuracy_reward,
     paper_accuracy_reward,
+    paper_format_reward,
     registry_from_names,
     reward_functions,
 )
@@ -57,7 +58,55 @@ def test_paper_rule_is_a_lowercase_substring_test():
         ["<answer>It is a SUMMER TANAGER</answer>", "<answer>Tanager</answer>", "summer tanager no tags"],
         answer=["Summer Tanager"] * 3,
     )
-    assert got == [1.0, 0.0, 1.0]
+    assert got == [1.0, 0.0, 0.0]  # no <answer> tag: 0 in the release (no whole-text fallback)
+
+
+# The release's rule, TAPO/examples/reward_function/cls_thinking.py (PKU-ICST-MIPL/FineR1_ICLR2026
+# at 84cdc5c), as written there:
+#   response = re.sub(r"\s*(<|>|/)\s*", r"\1", response)
+#   format   = re.fullmatch(re.compile(r"<think>.*?</think>\s*<answer>.*?</answer>", re.DOTALL), response)
+#   answer   = re.search(r'<answer>(.*?)</answer>', response, re.DOTALL).group(1).strip()  (None -> 0)
+#   accuracy = ground_truth.lower() in answer.lower()
+# Each expected (accuracy, format) below is that rule worked by hand on the case.
+PAPER_CASES = [
+    # two answer tags: only the first is read; the format regex's lazy .*? still spans both
+    ("<think>t</think><answer>Summer Tanager</answer><answer>Scarlet Tanager</answer>", 1.0, 1.0),
+    ("<think>t</think><answer>Scarlet Tanager</answer><answer>Summer Tanager</answer>", 0.0, 1.0),
+    # no tags at all: accuracy 0 even though the gold is in the text, format 0
+    ("It is a Summer Tanager.", 0.0, 0.0),
+    ("<think>a Summer Tanager</think>", 0.0, 0.0),
+    # spaced tags: the whitespace step joins "< answer >" into "<answer>"
+    ("< think > red </ think >\n\n< answer > Summer Tanager </ answer >", 1.0, 1.0),
+    ("<think>red</think> <answer>\n summer tanager \n</answer>\n", 1.0, 1.0),
+    # text after </answer>: accuracy still read, format fails the full match
+    ("<think>red</think><answer>Summer Tanager</answer> I am sure.", 1.0, 0.0),
+    # text before <think>: format fails
+    ("Sure! <think>red</think><answer>Summer Tanager</answer>", 1.0, 0.0),
+    # the whitespace step also rewrites the answer: "/" loses its spaces
+    ("<think>.</think><answer>Summer / Tanager</answer>", 0.0, 1.0),
+    # a hedge names the gold: the release pays it (the hack the matcher closes)
+    ("<think>.</think><answer>Scarlet Tanager or Summer Tanager</answer>", 1.0, 1.0),
+]
+
+
+@pytest.mark.parametrize(("text", "accuracy", "fmt"), PAPER_CASES)
+def test_paper_reward_is_the_release_rule(text, accuracy, fmt):
+    gold = ["Summer Tanager"]
+    assert paper_accuracy_reward(None, [wrap(text)], answer=gold) == [accuracy]
+    assert paper_format_reward(None, [wrap(text)]) == [fmt]
+    assert [f.__name__ for f in reward_functions("paper", None)] == ["accuracy", "format"]
+    assert reward_functions("paper", None)[1] is paper_format_reward
+
+
+def test_the_matcher_and_its_format_differ_from_the_paper_rule_where_documented(accuracy):
+    # the default format rule accepts text after </answer>; the release's full match does not
+    tail = "<think>red</think><answer>Summer Tanager</answer> I am sure."
+    assert format_reward(None, [wrap(tail)]) == [1.0]
+    assert paper_format_reward(None, [wrap(tail)]) == [0.0]
+    # the matcher reads the last <answer>, the release the first
+    two = "<think>t</think><answer>Summer Tanager</answer><answer>Scarlet Tanager</answer>"
+    assert accuracy(None, [wrap(two)], answer=["Summer Tanager"]) == [0.0]
+    assert paper_accuracy_reward(None, [wrap(two)], answer=["Summer Tanager"]) == [1.0]
 
 
 def test_dataset_column_scopes_the_match():

@@ -203,7 +203,8 @@ def test_cli_ingest_and_identical_rerun(tmp_path):
     rows = pq.read_table(tmp_path / "run" / "items.parquet").to_pylist()
     check_items(rows, expected, "cub200", "bird")
     assert json.loads(before["registry.json"])[0]["name"] == "Black Footed Albatross"
-    assert not list((tmp_path / "run").glob("*.tmp")) and not list((tmp_path / "run").glob(".*"))
+    assert not list((tmp_path / "run").glob("*.tmp"))  # no leftovers; the run lock stays
+    assert [p.name for p in (tmp_path / "run").glob(".*")] == [".draft.lock"]
 
 
 @pytest.mark.parametrize("kind", sorted(layouts.BUILDERS))
@@ -257,8 +258,8 @@ def test_hf_missing_column_names_the_columns(tmp_path):
         ingest(tmp_path, kind="hf", root=str(root))
 
 
-def test_an_empty_dataset_gives_empty_tables(tmp_path):
+def test_an_empty_dataset_is_an_error_and_writes_nothing(tmp_path):
     (tmp_path / "folder" / "only_class").mkdir(parents=True)
-    rows, registry, run = ingest(tmp_path, kind="imagefolder", root=str(tmp_path / "folder"))
-    assert rows == [] and [c.name for c in registry] == ["only class"]
-    assert pq.read_table(run.quarantine).num_rows == 0
+    with pytest.raises(ValueError, match="lists no images"):
+        ingest(tmp_path, kind="imagefolder", root=str(tmp_path / "folder"))
+    assert not (tmp_path / "run" / "items.parquet").exists()

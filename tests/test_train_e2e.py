@@ -1,7 +1,7 @@
 """End to end on CPU: tiny model -> `finecot train sft` -> `finecot train tapo`, from exported shards.
 
 Also checks the TAPO wiring inside TRL: the positive image feeds the second half of each
-group, the negative-image term is live, and dynamic sampling masks all-wrong groups.
+group and the negative-image term is live (dynamic sampling: tests/test_tapo_sampling.py).
 
     .venv/bin/pytest -q -p no:cacheprovider tests/test_train_e2e.py
 """
@@ -159,44 +159,8 @@ def test_second_half_of_each_group_sees_the_positive_image(pipeline_dirs, sft_di
     assert seen == ([False] * (group // 2) + [True] * (group // 2)) * (len(seen) // group)
 
 
-def test_dynamic_sampling_masks_groups_that_are_all_wrong(pipeline_dirs, sft_dir, tmp_path):
-    _, data = pipeline_dirs
-
-    def accuracy(prompts, completions, completion_ids=None, **_):
-        return [0.0] * len(completions)
-
-    trainer = _trainer(sft_dir, data, tmp_path, [accuracy, format_reward], [0.9, 0.1])
-    before = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
-    trainer.train()
-    logged = [e for e in trainer.state.log_history if "loss" in e][0]
-    assert logged["tapo/kept_fraction"] == 0.0 and logged["loss"] == 0.0
-    after = trainer.model.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before)
-
-
 def test_odd_group_size_is_refused(pipeline_dirs, sft_dir, tmp_path):
     _, data = pipeline_dirs
     with pytest.raises(ValueError, match="even"):
         _trainer(sft_dir, data, tmp_path, [format_reward], [1.0], num_generations=3,
                  per_device_train_batch_size=6, dynamic_sampling="false")
-
-
-def test_shipped_recipes_load_with_the_paper_values():
-    from train.recipe import RECIPES
-    from train.sft import SFTRecipe
-
-    cpu = ["bf16=false", "use_cpu=true"]
-    for name in ("sft_qwen2_5_vl_3b", "sft_qwen2_5_vl_7b"):
-        cfg = load_train_config(SFTRecipe, name, cpu)
-        assert (cfg.learning_rate, cfg.lr_scheduler_type.value, cfg.num_train_epochs) == (5e-6, "cosine", 10)
-        assert cfg.assistant_only_loss and cfg.freeze_vision
-    for name in ("tapo_qwen2_5_vl_3b", "tapo_qwen2_5_vl_7b"):
-        cfg = load_train_config(TAPOConfig, name, [*cpu, "use_vllm=false"])
-        assert (cfg.learning_rate, cfg.lr_scheduler_type.value, cfg.num_generations) == (1e-6, "constant", 10)
-        assert (cfg.temperature, cfg.top_p, cfg.max_completion_length) == (1.0, 0.99, 2048)
-    defaults = TAPOConfig(output_dir="unused", use_cpu=True, bf16=False).coefficients()
-    assert (defaults.gamma, defaults.eta, defaults.dual_clip, defaults.beta) == (0.01, 0.03, 3.0, 0.0)
-    assert (defaults.epsilon_low, defaults.epsilon_high, defaults.advantage_eps) == (0.2, 0.28, 1e-6)
-    assert (RECIPES / "accelerate_zero3.yaml").exists()
-    with pytest.raises(FileNotFoundError, match="sft_tiny_cpu"):
-        load_train_config(SFTRecipe, "no_such_recipe")

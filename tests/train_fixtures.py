@@ -21,7 +21,7 @@ from pathlib import Path
 import datasets
 from PIL import Image, ImageDraw
 
-from curation.export.stage import FINE_R1_SYSTEM, FORMAT_INSTRUCTION, IMAGES, MESSAGES, RL_FEATURES
+from curation.export.stage import FINE_R1_SYSTEM, IMAGES, MESSAGES, RL_FEATURES, rl_prompt_text
 
 QUESTION = "What is the specific sub-category of the bird in this image?"
 
@@ -98,7 +98,7 @@ def build_dataset(
         same = [c for c in seen if c["super_category"] == info["super_category"] and c is not info]
         return rng.choice(same or [c for c in seen if c is not info])
 
-    sft_question = f"{QUESTION} {FORMAT_INSTRUCTION}" if uniform_prompt else QUESTION
+    sft_question = rl_prompt_text(QUESTION) if uniform_prompt else QUESTION
     system = [{"role": "system", "content": [{"type": "text", "text": FINE_R1_SYSTEM}]}] if uniform_prompt else []
     sft, rl = [], []
     for info in seen:
@@ -123,7 +123,7 @@ def build_dataset(
                 "id": f"{info['name']}#{k}",
                 "prompt": [*system, {"role": "user", "content": [
                     {"type": "image", "text": None},
-                    {"type": "text", "text": f"{QUESTION} {FORMAT_INSTRUCTION}"}]}],
+                    {"type": "text", "text": rl_prompt_text(QUESTION)}]}],
                 "answer": info["name"],
                 "images": [_cell(path)],
                 "positive_images": [_cell(positive)],
@@ -139,12 +139,14 @@ def build_dataset(
                 "label_id": infos.index(info),
                 "super_category": info["super_category"],
                 "image_sha256": "",
+                "original_label": None,  # (no reviewer corrected these labels)
+                "label_corrected_by": None,
             })
     evals = []
     for info in infos:
         for path in images[info["name"]][per_class:]:
             evals.append({
-                "id": path.stem, "question": f"{QUESTION} {FORMAT_INSTRUCTION}", "answer": info["name"],
+                "id": path.stem, "question": QUESTION, "answer": info["name"],
                 "images": [_cell(path)], "class_split": "seen" if info in seen else "unseen",
                 "dataset": "synthetic",
             })

@@ -131,7 +131,7 @@ def sft(
 def tapo(
     recipe: RecipeOpt = None, model: ModelOpt = None, dataset: DatasetOpt = None,
     output: OutputOpt = None, overrides: SetOpt = None,
-    reward: Annotated[str | None, typer.Option(help="matcher (default: THE label matcher) or paper (substring rule, hackable)")] = None,
+    reward: Annotated[str | None, typer.Option(help="matcher (default: THE label matcher) or paper (the release's cls_thinking.py rule: substring of the first <answer>, hackable)")] = None,
     plain_grpo: Annotated[bool, typer.Option("--plain-grpo", help="run TRL's stock GRPO with the same settings (baseline)")] = False,
 ) -> None:
     """Stage 2: TAPO (GRPO + triplets) on the `rl` config; --plain-grpo for the baseline."""

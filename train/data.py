@@ -97,17 +97,18 @@ def load_sft(source: str | Path, split: str = "train", rl_prompt: bool = False) 
 
 
 def as_rl_prompt(row: dict) -> dict:
-    """An SFT row asked as the `rl` config asks: system turn dropped, format instruction added.
+    """An SFT row asked as the `rl` config asks: system turn dropped, the question followed by
+    a blank line and the format instruction (curation.export.stage.rl_prompt_text).
 
     >>> row = {"messages": [{"role": "system", "content": [{"type": "text", "text": "S"}]},
     ...     {"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": "Q?"}]},
     ...     {"role": "assistant", "content": [{"type": "text", "text": "<think>t</think><answer>a</answer>"}]}]}
     >>> [m["role"] for m in as_rl_prompt(row)["messages"]]
     ['user', 'assistant']
-    >>> as_rl_prompt(row)["messages"][0]["content"][1]["text"].startswith("Q? You first think")
+    >>> as_rl_prompt(row)["messages"][0]["content"][1]["text"].startswith("Q?\\n\\nYou first think")
     True
     """
-    from curation.export.stage import FORMAT_INSTRUCTION
+    from curation.export.stage import FORMAT_INSTRUCTION, rl_prompt_text
 
     messages = []
     for message in row["messages"]:
@@ -117,7 +118,7 @@ def as_rl_prompt(row: dict) -> dict:
             content = [dict(part) for part in message["content"]]
             for part in content:
                 if part["type"] == "text" and FORMAT_INSTRUCTION not in part["text"]:
-                    part["text"] = f"{part['text']} {FORMAT_INSTRUCTION}"
+                    part["text"] = rl_prompt_text(part["text"])
             message = {**message, "content": content}
         messages.append(message)
     return {"messages": messages}

@@ -16,8 +16,12 @@ builds one from the dataset's own class names when no registry.json is at hand.
     >>> format_reward(None, ["<think>x</think> <answer>y</answer>", "<answer>y</answer>"])
     [1.0, 0.0]
 
-`--reward paper` is the released Fine-R1 rule, kept for faithful reproduction only: the
-lower-cased gold is a substring of the answer. It is hackable: listing every class wins.
+`--reward paper` is the released Fine-R1 rule (TAPO/examples/reward_function/cls_thinking.py
+of PKU-ICST-MIPL/FineR1_ICLR2026), kept for faithful reproduction only: whitespace around
+every `<`, `>` and `/` of the response is removed first; accuracy is 1 iff the lower-cased
+gold is a substring of the FIRST `<answer>...</answer>`; format is 1 iff the whole response
+is `<think>...</think>\\s*<answer>...</answer>` and nothing else. It is hackable: listing
+every class wins.
 
     >>> paper_accuracy_reward(None, ["<answer>scarlet tanager, summer tanager</answer>"],
     ...                       answer=["Summer Tanager"])
@@ -36,6 +40,7 @@ from curation.core.labels import ClassInfo, Registry, match
 
 FORMAT_PATTERN = re.compile(r"<think>.*?</think>\s*<answer>.*?</answer>", re.DOTALL)
 ANSWER_PATTERN = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+PAPER_SPACES = re.compile(r"\s*(<|>|/)\s*")  # the release's whitespace step (cls_thinking.py)
 REWARD_WEIGHTS = (0.9, 0.1)  # accuracy, format (the paper)
 
 RewardFunc = Callable[..., list[float]]
@@ -105,6 +110,15 @@ def make_accuracy_reward(registry: Registry, dataset: str | None = None) -> Rewa
     return accuracy
 
 
+def paper_text(text: str) -> str:
+    """The release's whitespace step: no whitespace around any `<`, `>` or `/`.
+
+    >>> paper_text("<think> a </think>\\n <answer> Boeing 737 / 400 </answer>")
+    '<think>a</think><answer>Boeing 737/400</answer>'
+    """
+    return PAPER_SPACES.sub(r"\1", text)
+
+
 def paper_accuracy_reward(
     prompts: Sequence[Any] | None,
     completions: Sequence[Any],
@@ -113,16 +127,20 @@ def paper_accuracy_reward(
     answer: Sequence[str],
     **columns: Any,
 ) -> list[float]:
-    """The released Fine-R1 rule: lower-cased gold is a substring of the answer (hackable).
+    """The released Fine-R1 accuracy: lower-cased gold in the first `<answer>` (hackable).
 
-    The answer is the `<answer>` content, or the whole response when there is no tag.
+    No `<answer>` tag: 0. Only the first tag counts; text after it is not read.
+
+    >>> paper_accuracy_reward(None, ["<answer>Beagle</answer><answer>Basset</answer>",
+    ...                              "Basset", "< answer > basset hound </ answer >"],
+    ...                       answer=["Basset"] * 3)
+    [0.0, 0.0, 1.0]
     """
     rewards = []
     for completion, gold in zip(completions, answer, strict=True):
-        text = completion_text(completion)
-        said = extract_answer(text)
-        said = text if said is None else said
-        rewards.append(1.0 if gold.lower() in said.lower() else 0.0)
+        found = ANSWER_PATTERN.search(paper_text(completion_text(completion)))
+        said = found.group(1).strip() if found else None
+        rewards.append(1.0 if said is not None and gold.lower() in said.lower() else 0.0)
     return rewards
 
 
@@ -142,14 +160,34 @@ def format_reward(
 format_reward.__name__ = "format"
 
 
+def paper_format_reward(
+    prompts: Sequence[Any] | None,
+    completions: Sequence[Any],
+    completion_ids: Any = None,
+    **columns: Any,
+) -> list[float]:
+    """The released Fine-R1 format: after the whitespace step the WHOLE response is
+    `<think>...</think>\\s*<answer>...</answer>` (`re.fullmatch`: nothing before or after).
+
+    >>> paper_format_reward(None, ["<think>a</think>\\n<answer>b</answer>",
+    ...                            "<think>a</think><answer>b</answer> so b"])
+    [1.0, 0.0]
+    """
+    return [1.0 if FORMAT_PATTERN.fullmatch(paper_text(completion_text(c))) else 0.0 for c in completions]
+
+
+paper_format_reward.__name__ = "format"
+
+
 def reward_functions(kind: str, registry: Registry | None) -> list[RewardFunc]:
-    """[accuracy, format] for `kind` "matcher" (default) or "paper"; weights: REWARD_WEIGHTS.
+    """[accuracy, format] for `kind` "matcher" (default) or "paper" (the release's own rule for
+    both); weights: REWARD_WEIGHTS.
 
     >>> [f.__name__ for f in reward_functions("paper", None)]
     ['accuracy', 'format']
     """
     if kind == "paper":
-        return [paper_accuracy_reward, format_reward]
+        return [paper_accuracy_reward, paper_format_reward]
     if kind == "matcher":
         if registry is None:
             raise ValueError("the matcher reward needs a class registry (registry.json or the dataset's answers)")

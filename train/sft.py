@@ -41,10 +41,12 @@ class SFTRecipe(SFTConfig):
     dtype: str = field(default="auto", metadata={"help": "model weights dtype: auto, bfloat16, float32"})
     rl_prompt: bool = field(default=False, metadata={"help": "ask as the rl config does (no system "
                             "prompt, format instruction after the question): for tiny models"})
-    # The paper's Stage-1 values:
+    # The release's Stage-1 values (LLaMA-Factory/cot_sft_3b.sh and cot_sft_7b.sh):
     learning_rate: float = 5e-6
     lr_scheduler_type: str = "cosine"
     num_train_epochs: float = 10.0
+    weight_decay: float = 0.1
+    warmup_steps: float = 6
     assistant_only_loss: bool = True
     max_length: int | None = None  # never cut image tokens or the answer
 

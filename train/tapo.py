@@ -4,7 +4,8 @@
     accelerate launch --config_file train/recipes/accelerate_zero3.yaml -m train.cli tapo --recipe tapo_qwen2_5_vl_3b
 
 Reads the exported `rl` config: prompt, answer, images (anchor x), positive_images (x+, same
-class), negative_images (x-, the most similar other class), all three of one size.
+class), negative_images (x-, the most similar other class), all three of one size. The
+config (train/tapo_config.py) holds the release's values.
 
 Exactly how TAPOTrainer differs from TRL 1.16's stock GRPOTrainer:
 
@@ -14,112 +15,101 @@ Exactly how TAPOTrainer differs from TRL 1.16's stock GRPOTrainer:
    rollout use the image it was sampled from (intra-class augmentation).
 2. Advantages: recomputed over the whole 2n group as (r - mean) / (std + 1e-6) (stock TRL
    adds 1e-4), from the same weighted rewards.
-3. Negative image: once per generation batch, before any update, a no-grad forward pass of
-   every rollout's tokens with the negative image's pixels gives logp_old(o | q, x-).
-4. Loss (train/tapo_loss.py), token-level averaged over the generation window:
+3. Dynamic sampling with refill (train/refill.py): a group is kept when its mean accuracy is
+   within (0.01, 0.99); while a process holds fewer kept groups than its generation batch,
+   more groups are generated (at most `max_generation_rounds` rounds, then a warning and
+   the batch is completed with masked groups). A generation batch with no kept group at all
+   makes no parameter change: its micro-steps run no forward and no backward, so no gradient
+   exists and the optimizer moves nothing (no momentum, no weight decay).
+4. Negative image: once per generation batch, before any update, a no-grad forward pass of
+   every kept rollout's tokens with the negative image's pixels gives logp_old(o | q, x-).
+5. Loss (train/tapo_loss.py), token-level averaged over the generation window:
    DAPO clip-higher (epsilon 0.2 / epsilon_high 0.28) with dual clip c = `delta` (3) for
    negative advantages, `- tapo_gamma * k3(own || negative)` with d clamped to [-20, 20] and
    k3 to [-10, 10], `+ tapo_eta * (-logp)` (entropy minimisation), `+ beta * KL(ref)` only
    if beta > 0 (0 by default, as the released scripts).
-5. Dynamic sampling: rollouts of groups whose accuracy is all 0 or all 1 are masked out of
-   every loss term (the paper's DAPO-style filter; masked here rather than re-sampled, so
-   the batch shape and TRL's buffering stay unchanged).
-Unsupported with TAPO (refused at start): top_entropy_quantile < 1, off_policy_mask_threshold,
-sequence-level importance sampling, and entropy_coef (TRL's entropy *bonus*).
+6. Format guard (train/format_guard.py): warns, stops or lowers tapo_gamma when the format
+   reward's moving average stays low.
+Refused at start: vllm_mode "server" with positive rollouts (TRL's server client generates
+from the first rollout of each group only), top_entropy_quantile < 1,
+off_policy_mask_threshold, sequence-level importance sampling, and entropy_coef (TRL's
+entropy *bonus*).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate.utils import gather
 from PIL import Image
-from trl import GRPOConfig, GRPOTrainer
+from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
+from trl.trainer.utils import split_pixel_values_by_grid, unsplit_pixel_values_by_grid
 
 from train.data import load_registry, load_rl
-from train.rewards import REWARD_WEIGHTS, reward_functions
-from train.tapo_loss import TAPOCoefficients, dynamic_sampling_keep, group_advantages, tapo_loss
+from train.format_guard import FormatGuard
+from train.refill import join, round_size, take
+from train.rewards import reward_functions
+from train.tapo_config import TAPOConfig
+from train.tapo_loss import dynamic_sampling_keep, group_advantages, tapo_loss
 from train.tiny import load_processor, save_processor
 
 log = logging.getLogger(__name__)
 
+__all__ = ["TAPOConfig", "TAPOTrainer", "build_trainer", "run_tapo"]
 
-@dataclass
-class TAPOConfig(GRPOConfig):
-    """GRPOConfig + TAPO's coefficients; every default is the paper's Stage-2 value."""
 
-    model_name_or_path: str = field(default="", metadata={"help": "the SFT model folder or id"})
-    dataset: str = field(default="", metadata={"help": "exported dataset folder, run folder, shards or Hub id"})
-    dataset_split: str = "train"
-    reward: str = field(default="matcher", metadata={"help": "matcher (curation.core.labels.match) or paper (substring, hackable)"})
-    registry: str | None = field(default=None, metadata={"help": "registry.json (default: the run's, or built from answers)"})
-    min_pixels: int | None = None
-    max_pixels: int | None = None
-    dtype: str = "auto"
-    # TAPO's own terms
-    tapo_gamma: float = field(default=0.01, metadata={"help": "weight of -k3(own || negative image)"})
-    tapo_eta: float = field(default=0.03, metadata={"help": "weight of the entropy term mean(-logp)"})
-    k3_log_clamp: float = 20.0
-    k3_clamp: float = 10.0
-    advantage_eps: float = 1e-6
-    dynamic_sampling: bool = field(default=True, metadata={"help": "mask groups whose accuracy is all 0 or all 1"})
-    positive_rollouts: bool = field(default=True, metadata={"help": "second half of each group sees the positive image"})
-    accuracy_reward_name: str = "accuracy"
-    # The paper's Stage-2 values for GRPOConfig fields
-    learning_rate: float = 1e-6
-    lr_scheduler_type: str = "constant"
-    num_generations: int | None = 10  # 5 anchor + 5 positive rollouts
-    per_device_train_batch_size: int = 10  # one prompt's group per device step
-    temperature: float = 1.0
-    top_p: float = 0.99
-    max_completion_length: int | None = 2048
-    loss_type: str = "dapo"
-    epsilon: float = 0.2
-    epsilon_high: float | None = 0.28
-    delta: float | None = 3.0  # dual clip c
-    beta: float = 0.0
-    reward_weights: list[float] | None = field(default_factory=lambda: list(REWARD_WEIGHTS))
-
-    def coefficients(self) -> TAPOCoefficients:
-        return TAPOCoefficients(
-            epsilon_low=self.epsilon,
-            epsilon_high=self.epsilon_high if self.epsilon_high is not None else self.epsilon,
-            dual_clip=self.delta,
-            gamma=self.tapo_gamma,
-            eta=self.tapo_eta,
-            beta=self.beta,
-            k3_log_clamp=self.k3_log_clamp,
-            k3_clamp=self.k3_clamp,
-            advantage_eps=self.advantage_eps,
+def refuse_unsupported(cfg: TAPOConfig) -> None:
+    """Settings TAPO cannot honour, refused before TRL starts anything (vLLM, models)."""
+    if cfg.use_vllm and cfg.vllm_mode == "server" and cfg.positive_rollouts:
+        raise ValueError(
+            "vllm_mode='server' cannot run TAPO: TRL's server client generates every rollout of "
+            "a group from the group's first prompt, so the positive half would be sampled from the "
+            "anchor image and scored under the positive one. Use vllm_mode='colocate' (the "
+            "recipes' choice), use_vllm=false, or positive_rollouts=false."
         )
+    if cfg.top_entropy_quantile < 1.0 or cfg.off_policy_mask_threshold is not None:
+        raise ValueError("TAPO does not support top_entropy_quantile < 1 or off_policy_mask_threshold")
+    if cfg.importance_sampling_level != "token" or getattr(cfg, "entropy_coef", 0.0):
+        raise ValueError("TAPO uses token-level importance sampling and its own entropy term (tapo_eta)")
 
 
 class TAPOTrainer(GRPOTrainer):
-    """GRPOTrainer with TAPO's triplet views, negative-image term, entropy term and filter."""
+    """GRPOTrainer with TAPO's triplet views, refilled dynamic sampling, negative-image and
+    entropy terms, and the format guard."""
 
     def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        cfg = self.args
+        cfg = kwargs.get("args", args[2] if len(args) > 2 else None)
         if not isinstance(cfg, TAPOConfig):
             raise TypeError("TAPOTrainer needs a TAPOConfig (it holds TAPO's coefficients)")
+        refuse_unsupported(cfg)
+        super().__init__(*args, **kwargs)
         if cfg.positive_rollouts and self.num_generations % 2:
             raise ValueError(f"num_generations must be even (n anchor + n positive), got {self.num_generations}")
-        if cfg.top_entropy_quantile < 1.0 or cfg.off_policy_mask_threshold is not None:
-            raise ValueError("TAPO does not support top_entropy_quantile < 1 or off_policy_mask_threshold")
-        if cfg.importance_sampling_level != "token" or getattr(cfg, "entropy_coef", 0.0):
-            raise ValueError("TAPO uses token-level importance sampling and its own entropy term (tapo_eta)")
-        if cfg.dynamic_sampling and cfg.accuracy_reward_name not in self.reward_func_names:
-            raise ValueError(
-                f"dynamic sampling needs a reward named {cfg.accuracy_reward_name!r}; "
-                f"reward functions: {self.reward_func_names}"
-            )
+        if cfg.dynamic_sampling:
+            if cfg.accuracy_reward_name not in self.reward_func_names:
+                raise ValueError(
+                    f"dynamic sampling needs a reward named {cfg.accuracy_reward_name!r}; "
+                    f"reward functions: {self.reward_func_names}"
+                )
+            local = cfg.per_device_train_batch_size * cfg.steps_per_generation
+            if local % self.num_generations:
+                raise ValueError(
+                    f"dynamic sampling refills whole groups per process: per_device_train_batch_size x "
+                    f"steps_per_generation = {local} must be a multiple of num_generations={self.num_generations}"
+                )
+        if cfg.max_generation_rounds < 1:
+            raise ValueError(f"max_generation_rounds must be >= 1, got {cfg.max_generation_rounds}")
         self.tapo_coef = cfg.coefficients()
+        self.format_guard = FormatGuard(cfg.format_guard_threshold, cfg.format_guard_window, cfg.format_guard_patience)
         self._tapo_rewards: torch.Tensor | None = None
+        self._refill_order: list[int] = []  # dataset indices still to serve to refill rounds
+        self._refill_epoch = 0
+        self._prepared_at, self._prepared = -1, None  # the micro-step whose rows are prepared
 
     # -- rollouts -------------------------------------------------------------------------
 
@@ -133,7 +123,9 @@ class TAPOTrainer(GRPOTrainer):
         self._tapo_rewards = rewards  # gathered over processes: what the 2n-wide advantage needs
         return rewards
 
-    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+    def _round(self, inputs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any], torch.Tensor]:
+        """Generate and score one round: (inputs with their views, TRL's output, global rewards
+        per function). Advantages are TAPO's, over each whole 2n group."""
         group = self._group_size()
         offset = self.accelerator.process_index * len(inputs)
         if self.args.positive_rollouts and group % 2 == 0 and "positive_images" in inputs[0]:
@@ -142,26 +134,136 @@ class TAPOTrainer(GRPOTrainer):
                 for i, x in enumerate(inputs)
             ]
         output = super()._generate_and_score_completions(inputs)
-        device = self.accelerator.device
-        local = slice(offset, offset + len(inputs))
-        mode = "train" if self.model.training else "eval"
-
         per_func = self._tapo_rewards
         rewards = (per_func * self.reward_weights.to(per_func.device).unsqueeze(0)).nansum(dim=1)
-        output["advantages"] = group_advantages(rewards, group, self.tapo_coef.advantage_eps)[local].to(device)
-        if self.args.dynamic_sampling:
-            accuracy = per_func[:, self.reward_func_names.index(self.args.accuracy_reward_name)]
-            keep = dynamic_sampling_keep(torch.nan_to_num(accuracy), group)
+        local = slice(offset, offset + len(inputs))
+        output["advantages"] = group_advantages(rewards, group, self.tapo_coef.advantage_eps)[local].to(
+            self.accelerator.device)
+        return inputs, output, per_func
+
+    def _keep(self, per_func: torch.Tensor) -> torch.Tensor:
+        """Global keep flag per rollout (all True without dynamic sampling)."""
+        if not self.args.dynamic_sampling:
+            return torch.ones(per_func.size(0), dtype=torch.bool, device=per_func.device)
+        accuracy = torch.nan_to_num(per_func[:, self.reward_func_names.index(self.args.accuracy_reward_name)])
+        return dynamic_sampling_keep(accuracy, self._group_size(), self.args.dynamic_sampling_low,
+                                     self.args.dynamic_sampling_high)
+
+    def _refill_inputs(self, groups: int) -> list[dict[str, Any]]:
+        """This process's rows for `groups` more prompts, each repeated num_generations times.
+
+        Every process draws the same seeded permutation of the dataset and takes its own slice,
+        as TRL's RepeatSampler does for the main batches; a second stream, so the main epoch
+        order is untouched."""
+        world = self.accelerator.num_processes
+        while len(self._refill_order) < groups * world:
+            generator = torch.Generator().manual_seed(self.args.seed + 1 + self._refill_epoch)
+            self._refill_order += torch.randperm(len(self.train_dataset), generator=generator).tolist()
+            self._refill_epoch += 1
+        drawn, self._refill_order = self._refill_order[: groups * world], self._refill_order[groups * world:]
+        rank = self.accelerator.process_index
+        rows = [self.train_dataset[i] for i in drawn[rank * groups:(rank + 1) * groups]]
+        return [dict(row) for row in rows for _ in range(self.num_generations)]
+
+    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        mode = "train" if self.model.training else "eval"
+        group = self._group_size()
+        inputs, output, per_func = self._round(inputs)
+        keep = self._keep(per_func)
+        quota = len(inputs) // group  # groups per process in this batch
+        refill = mode == "train" and self.args.dynamic_sampling and quota * group == len(inputs)
+        rounds, generated, kept_total, format_scores = 1, keep.numel() // group, int(keep.sum()) // group, [per_func]
+        if refill:
+            rank = self.accelerator.process_index
+            parts = [(inputs, split_pixel_values_by_grid(output), self._local(keep, len(inputs), rank))]
+            while True:
+                have = sum(int(k.sum()) for _, _, k in parts) // group
+                missing = int(gather(torch.tensor([max(0, quota - have)], device=self.accelerator.device)).max())
+                if missing == 0:
+                    break
+                if rounds >= self.args.max_generation_rounds:
+                    log.warning(
+                        "dynamic sampling: %d of %d groups kept after %d generation rounds "
+                        "(max_generation_rounds); the rest of the batch is masked. If this repeats, the "
+                        "data is too easy or too hard for the model, or raise max_generation_rounds.",
+                        have, quota, rounds)
+                    break
+                size = round_size(missing, kept_total, generated, quota)
+                more, out, more_func = self._round(self._refill_inputs(size))
+                more_keep = self._keep(more_func)
+                parts.append((more, split_pixel_values_by_grid(out), self._local(more_keep, len(more), rank)))
+                rounds += 1
+                generated += more_keep.numel() // group
+                kept_total += int(more_keep.sum()) // group
+                format_scores.append(more_func)
+            inputs, output, local_keep = self._assemble(parts, quota, group)
         else:
-            keep = torch.ones(len(rewards), dtype=torch.bool, device=rewards.device)
-        self._metrics[mode]["tapo/kept_fraction"].append(keep.float().mean().item())
-        keep = keep[local].to(device)
-        output["tapo_keep"] = keep.float()
-        kept_tokens = (output["completion_mask"] * keep.unsqueeze(1)).sum()
-        output["tapo_kept_tokens"] = gather(kept_tokens).sum()
+            local_keep = self._local(keep, len(inputs), self.accelerator.process_index)
+        device = self.accelerator.device
+        output["tapo_keep"] = local_keep.float().to(device)
+        mask = output["completion_mask"] if "tool_mask" not in output else output["completion_mask"] * output["tool_mask"]
+        output["num_items_in_batch"] = gather(mask.sum()).sum()
+        output["tapo_kept_tokens"] = gather((mask * output["tapo_keep"].unsqueeze(1)).sum()).sum()
+        metrics = self._metrics[mode]
+        metrics["tapo/kept_fraction"].append(kept_total / max(generated, 1))
+        metrics["tapo/generation_rounds"].append(float(rounds))
+        metrics["tapo/batch_fill"].append(gather(output["tapo_keep"]).mean().item())
+        if mode == "train":
+            self._watch_format(torch.cat(format_scores))
         if self.tapo_coef.gamma != 0.0:
             output["negative_per_token_logps"] = self._negative_logps(inputs, output)
         return output
+
+    @staticmethod
+    def _local(keep: torch.Tensor, rows: int, rank: int) -> torch.Tensor:
+        return keep[rank * rows:(rank + 1) * rows]
+
+    def _assemble(self, parts: list, quota: int, group: int) -> tuple[list[dict[str, Any]], dict[str, Any], torch.Tensor]:
+        """The first `quota` kept groups over the rounds, in order; short of that (round cap
+        reached), the first dropped groups of the first round, masked, fill the batch."""
+        chosen: list[tuple[int, int]] = []  # (round, first row of the group)
+        for r, (_, _, keep) in enumerate(parts):
+            chosen += [(r, g) for g in range(0, len(keep), group) if keep[g]]
+        chosen = chosen[:quota]
+        first_keep = parts[0][2]
+        chosen += [(0, g) for g in range(0, len(first_keep), group) if not first_keep[g]][: quota - len(chosen)]
+        rows_by_round: dict[int, list[int]] = {}
+        for r, g in chosen:
+            rows_by_round.setdefault(r, []).extend(range(g, g + group))
+        inputs, pieces, keep = [], [], []
+        for r, rows in rows_by_round.items():
+            round_inputs, round_output, round_keep = parts[r]
+            inputs += [round_inputs[i] for i in rows]
+            pieces.append(take(round_output, rows))
+            keep.append(round_keep[torch.tensor(rows, device=round_keep.device)])
+        output = unsplit_pixel_values_by_grid(join(pieces, self._tokenizer.pad_token_id))
+        return inputs, output, torch.cat(keep)
+
+    def _watch_format(self, per_func: torch.Tensor) -> None:
+        """Feed the format guard this batch's mean format reward; act when it fires."""
+        cfg = self.args
+        if cfg.format_guard == "off" or cfg.format_reward_name not in self.reward_func_names:
+            return
+        score = torch.nanmean(per_func[:, self.reward_func_names.index(cfg.format_reward_name)]).item()
+        fired = self.format_guard.update(score)
+        metrics = self._metrics["train"]
+        metrics["tapo/format_average"].append(self.format_guard.average)
+        metrics["tapo/gamma"].append(self.tapo_coef.gamma)
+        if not fired:
+            return
+        metrics["tapo/format_guard_fired"].append(float(self.format_guard.fired))
+        message = (f"format guard: the format reward's average over {cfg.format_guard_window} batches "
+                   f"({self.format_guard.average:.3f}) stayed below {cfg.format_guard_threshold} for "
+                   f"{cfg.format_guard_patience} batches")
+        if cfg.format_guard == "stop":
+            log.warning("%s: stopping the run after this step (format_guard=stop)", message)
+            self.control.should_training_stop = True
+        elif cfg.format_guard == "lower_gamma":
+            gamma = self.tapo_coef.gamma * cfg.format_guard_gamma_factor
+            log.warning("%s: tapo_gamma %.3g -> %.3g (format_guard=lower_gamma)", message, self.tapo_coef.gamma, gamma)
+            self.tapo_coef = dataclasses.replace(self.tapo_coef, gamma=gamma)
+        else:
+            log.warning("%s (format_guard=warn; `stop` or `lower_gamma` act on it)", message)
 
     def _negative_logps(self, inputs: list[dict[str, Any]], output: dict[str, Any]) -> torch.Tensor:
         """logp_old(o | q, x-): each rollout's tokens re-scored with its negative image, no grad."""
@@ -193,6 +295,27 @@ class TAPOTrainer(GRPOTrainer):
         return logps
 
     # -- loss -----------------------------------------------------------------------------
+
+    def _prepare_inputs(self, generation_batch):
+        # training_step below prepares a micro-step's rows before Trainer.training_step asks for
+        # them again: the second call must not generate a second time.
+        if self.model.training and self._prepared_at == self._step:
+            return self._prepared
+        prepared = super()._prepare_inputs(generation_batch)
+        if self.model.training:
+            self._prepared_at, self._prepared = self._step, prepared
+        return prepared
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        model.train()
+        prepared = self._prepare_inputs(inputs)  # generates when a new generation batch is due
+        if float(prepared["tapo_kept_tokens"]) == 0.0:
+            # No kept group in the whole generation batch, on any process: no forward and no
+            # backward. No gradient exists, so torch's optimizers leave every weight and moment
+            # as it is, and under DeepSpeed (whose optimizer steps inside backward) no step runs.
+            self._step += 1  # GRPOTrainer counts micro-steps here to know when to generate again
+            return torch.zeros((), device=self.accelerator.device)
+        return super().training_step(model, inputs, num_items_in_batch)
 
     def _compute_loss(self, model, inputs):
         prompt_ids, completion_ids = inputs["prompt_ids"], inputs["completion_ids"]

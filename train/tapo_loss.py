@@ -8,7 +8,7 @@ prompt, consecutive), T completion tokens. `mask` (B, T) marks real completion t
            + beta * kl_ref                          optional, off by default (beta = 0)
            - gamma * k3(own || negative)            inter-class term, pushes away from x-
            + eta * (-logp_theta)                    entropy minimisation
-    kept = tokens of groups whose mean accuracy is strictly between 0 and 1
+    kept = tokens of groups whose mean accuracy is strictly between 0.01 and 0.99
 
 Values follow the Fine-R1 release (see /work/shared/DESIGN.md "TAPO"):
 
@@ -51,12 +51,19 @@ def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) 
     return ((grouped - mean) / (std + eps)).view(-1)
 
 
-def dynamic_sampling_keep(accuracy: torch.Tensor, group_size: int) -> torch.Tensor:
-    """Per rollout: True when its group's mean accuracy is strictly between 0 and 1."""
+def dynamic_sampling_keep(accuracy: torch.Tensor, group_size: int, low: float = 0.01,
+                          high: float = 0.99) -> torch.Tensor:
+    """Per rollout: True when its group's mean accuracy is strictly between `low` and `high`
+    (the release's filter_low 0.01 / filter_high 0.99, examples/tapo/tapo_3b.sh; with 0/1
+    accuracies: the group mixed right and wrong rollouts).
+
+    >>> dynamic_sampling_keep(torch.tensor([0.0, 0.0, 0.0, 0.5]), group_size=4, low=0.1).tolist()
+    [True, True, True, True]
+    """
     if accuracy.numel() % group_size:
         raise ValueError(f"{accuracy.numel()} accuracies do not split into groups of {group_size}")
     mean = accuracy.view(-1, group_size).float().mean(dim=1)
-    keep = (mean > 0) & (mean < 1)
+    keep = (mean > low) & (mean < high)
     return keep.repeat_interleave(group_size)
 
 

@@ -84,6 +84,9 @@ class ExportConfig(Section):
     )
     system_prompt: str | None = Field(None, description="SFT system prompt (default: Fine-R1's)")
     license: str | None = Field(None, description="card license id (default: from the sources)")
+    eval_overlap: Literal["refuse", "drop"] = Field(
+        "refuse", description="an eval image that is also a training image (sha256 or pHash "
+        "within split.phash_distance): refuse the export, or drop those eval rows")
 
 
 class ReviewConfig(Section):
@@ -91,8 +94,10 @@ class ReviewConfig(Section):
 
     url: str | None = Field(None, description="Label Studio URL; default: env LABEL_STUDIO_URL")
     api_key_env: str = Field("LABEL_STUDIO_API_KEY", description="env var holding the token")
-    project_title: str | None = Field(None, description="project to create/reuse; default: finecot NAME")
-    project_id: int | None = Field(None, description="reuse this project id instead of the title")
+    project_title: str | None = Field(None, description="the run's project title, a label (at most 41 "
+                                      "characters); default: finecot NAME · FOLDER · RUN ID")
+    project_id: int | None = Field(None, description="use this existing project (e.g. another run's) "
+                                   "instead of the run's own; verdicts apply only to identical texts")
     select: Literal["accepted", "rejected", "all"] = Field(
         "accepted", description="accepted rows, filter-rejected rows (audit), or both"
     )

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -306,21 +308,61 @@ def cost_usd(prices: Mapping[str, Any], model: str, prompt_tokens: int, completi
     return (prompt_tokens * price["input_per_m"] + completion_tokens * price["output_per_m"]) / 1e6
 
 
+class LedgerError(ValueError):
+    """The ledger file cannot be opened or read; the message names it and what to do."""
+
+
+def _unreadable(path: Path, err: sqlite3.DatabaseError) -> str:
+    text = str(err)
+    if "unable to open" in text or "readonly" in text or "read-only" in text:
+        return (f"cannot open the ledger {path} for writing ({text}): is the run directory "
+                "read-only? Make it writable, or copy the run somewhere writable; "
+                "`finecot ledger stats` and `ledger export` read it as it is")
+    return (f"{path} is not a readable finecot ledger ({text}): the file is damaged. Restore "
+            "it from a backup, or move it aside and rerun: a new ledger starts, and the requests "
+            f"it held are sent (and paid for) again (`sqlite3 {path} .recover` may save them)")
+
+
+def _open_readonly(path: Path) -> sqlite3.Connection:
+    """A read-only connection; `immutable` when the folder is not writable, since SQLite
+    cannot create the WAL index (-shm) there (what is only in a leftover -wal is not read)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
+    if not os.access(path.parent, os.W_OK):
+        uri += "&immutable=1"
+    return sqlite3.connect(uri, uri=True, isolation_level=None)
+
+
 class Ledger:
     """The SQLite ledger of one run. Not thread-safe: one event loop writes to it."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, readonly: bool = False):
+        """Open (or create) the ledger; readonly=True only reads, and works in a read-only
+        run directory. A file that is not a readable ledger raises LedgerError."""
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process kills
-        self._db.execute("PRAGMA busy_timeout=30000")
-        self._migrate()
-        cost, tokens = self._db.execute(
-            "SELECT COALESCE(SUM(cost_usd), 0), COALESCE(SUM(prompt_tokens + completion_tokens), 0)"
-            " FROM totals"
-        ).fetchone()
+        try:
+            if readonly:
+                self._db = _open_readonly(self.path)
+                if self.schema_version < len(MIGRATIONS):
+                    raise LedgerError(
+                        f"{self.path} was written by an older finecot (schema "
+                        f"{self.schema_version}, this one reads {len(MIGRATIONS)}) and the run "
+                        "directory is read-only, so it cannot be migrated: copy the run somewhere "
+                        "writable, or make it writable, and run the command again")
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across kills
+                self._db.execute("PRAGMA busy_timeout=30000")
+                self._migrate()
+            cost, tokens = self._db.execute(  # the running totals: no scan of the requests
+                "SELECT COALESCE(SUM(cost_usd), 0), COALESCE(SUM(prompt_tokens + completion_tokens), 0)"
+                " FROM totals"
+            ).fetchone()
+        except sqlite3.DatabaseError as err:
+            raise LedgerError(_unreadable(self.path, err)) from None
         self._cost, self._tokens = float(cost), int(tokens)
 
     def _migrate(self) -> None:

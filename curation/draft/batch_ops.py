@@ -6,7 +6,7 @@ a run's batches, collect the finished ones, cancel them.
     asyncio.run(collect_batches(recipe, run, wait=True))  # finecot batch collect
     asyncio.run(cancel_batches(recipe, run))              # finecot batch cancel
 
-Each holds the run's draft lock (curation/draft/lock.py) and works through the same
+Each but status holds the run lock (curation/core/lock.py) and works through the same
 BatchRunner as the draft stage (curation/draft/batch.py), so a line is recorded the same way
 whichever command brings it in. Building a batch is the draft stage's job
 (`draft_stage(..., batch_out=PATH)`): it needs the round's schedule.
@@ -21,17 +21,13 @@ from typing import Any
 
 from curation.core.config import Recipe
 from curation.core.ledger import Ledger
+from curation.core.lock import run_lock
 from curation.core.rundir import RunDir
 from curation.core.stage import Progress
 from curation.draft.batch import BatchRunner
-from curation.draft.lock import exclusive
 from curation.teacher.batch_api import FINAL, BatchAPI, BatchAPIError
 from curation.teacher.batch_files import read_results
 from curation.teacher.client import public_url
-
-
-def _lock(run: RunDir) -> Any:
-    return exclusive(run.path(".draft.lock"))
 
 
 def import_results(recipe: Recipe, run: RunDir, path: Path,
@@ -51,7 +47,7 @@ def import_results(recipe: Recipe, run: RunDir, path: Path,
     with open(path, "rb") as handle:
         total = sum(1 for line in handle if line.strip())
     run.require(run.ledger, "batch build")
-    with _lock(run), Ledger(run.ledger) as ledger:
+    with run_lock(run, "batch import"), Ledger(run.ledger) as ledger:
         runner = BatchRunner(recipe, run, ledger, report=report)
         outcomes: Counter[str] = Counter()
         with ledger.transaction():
@@ -96,7 +92,7 @@ async def collect_batches(recipe: Recipe, run: RunDir, report: Progress | None =
     `wait`, poll (doubling from teacher.batch.poll_s to poll_max_s) until none is open.
     Nothing new is submitted. Returns the line counts and the batches still open."""
     run.require(run.ledger, "draft")
-    with _lock(run), Ledger(run.ledger) as ledger:
+    with run_lock(run, "batch collect"), Ledger(run.ledger) as ledger:
         runner = BatchRunner(recipe, run, ledger, report=report)
         delay = recipe.teacher.batch.poll_s
         try:
@@ -121,7 +117,7 @@ async def cancel_batches(recipe: Recipe, run: RunDir) -> list[tuple[str, str]]:
     `finecot draft --mode batch`. Returns (file, what happened) pairs."""
     run.require(run.ledger, "draft")
     done: list[tuple[str, str]] = []
-    with _lock(run), Ledger(run.ledger) as ledger:
+    with run_lock(run, "batch cancel"), Ledger(run.ledger) as ledger:
         runner = BatchRunner(recipe, run, ledger)
         try:
             for f in ledger.batch_files(open_only=True):

@@ -30,6 +30,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from curation.core.cli import errors
 from curation.core.cli import stage_progress as stage_bar
 from curation.core.config import RecipeError, load_recipe
 
@@ -170,19 +171,17 @@ def _draft_spec(run_dir: Path, recipe: Path | None, overrides: list[str] | None,
 
 
 def _run_draft(spec, wait: bool = False, batch_out: Path | None = None) -> None:
+    from curation.core import lineage
     from curation.core.rundir import RunDir
     from curation.draft.stage import BatchPending, DraftStopped, draft_stage
 
     run = RunDir(spec.directory)
-    try:
-        run.require(run.pool, "split")
-    except FileNotFoundError as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from None
-    run.save_recipe(spec)
+    with errors(run.root):
+        check_pool(run)
     progress = RichDraftProgress()
     try:
-        report = draft_stage(spec, run, progress, wait=wait, batch_out=batch_out)
+        with errors(run.root):  # duck-typed DraftProgress
+            report = draft_stage(spec, run, progress, wait=wait, batch_out=batch_out)
     except BatchPending as err:
         console.print(f"[yellow]pending:[/yellow] {err}")
         raise typer.Exit(4) from None
@@ -193,10 +192,25 @@ def _run_draft(spec, wait: bool = False, batch_out: Path | None = None) -> None:
         console.print("[yellow]stopped at once[/yellow]: every answered request is in the "
                       "ledger; rerun the same command to resume")
         raise typer.Exit(130) from None
-    except (FileNotFoundError, ValueError) as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from None
+    # Only now: recipe.yaml describes drafts.parquet, and a failed run changed neither.
+    with errors(run.root):
+        run.save_recipe(spec)
+        lineage.record(run, "draft", spec)
     _print_report(report, run.root)
+
+
+def check_pool(run) -> None:
+    """The pool exists, can be read to its last page, and holds items: a damaged or empty
+    pool is refused by name before any request is sent."""
+    import pyarrow.parquet as pq
+
+    from curation.core.tables import check_readable
+
+    pool = run.require(run.pool, "split")
+    check_readable(pool)
+    if pq.read_metadata(pool).num_rows == 0:
+        raise ValueError(f"{pool} has no items, so there is nothing to draft: check the "
+                         f"sources (`finecot ingest`) and rerun `finecot split --run {run.root}`")
 
 
 def _print_report(report, root: Path) -> None:
@@ -243,7 +257,7 @@ def ledger_stats(
     """Requests by status and model, attempts, tokens, cost, latency, top failure reasons."""
     from curation.core.ledger import Ledger
 
-    with Ledger(_ledger_path(run_dir)) as ledger:
+    with errors(run_dir), Ledger(_ledger_path(run_dir), readonly=True) as ledger:
         stats = ledger.stats()
     if as_json:
         typer.echo(json.dumps(stats, indent=1, default=str))
@@ -320,12 +334,8 @@ def ledger_export(
     """Write every ledger row (no secrets are ever in it) to Parquet or JSON lines."""
     from curation.core.ledger import Ledger
 
-    with Ledger(_ledger_path(run_dir)) as ledger:
-        try:
-            count = ledger.export(out)
-        except ValueError as err:
-            console.print(f"[red]error:[/red] {err}")
-            raise typer.Exit(2) from None
+    with errors(run_dir), Ledger(_ledger_path(run_dir), readonly=True) as ledger:
+        count = ledger.export(out)
     console.print(f"[green]exported[/green] {count:,} rows to {out}")
 
 

@@ -30,13 +30,16 @@ exists only while its request is in flight.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import itertools
 import json
 import logging
 import math
+import os
 import signal
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +54,6 @@ from curation.core.rundir import RunDir
 from curation.core.stage import StageStopped
 from curation.core.tables import ParquetStreamWriter, write_json_atomic
 from curation.draft.batch import BatchRunner
-from curation.draft.lock import RunBusy, exclusive
 from curation.draft.requests import ImageCache, Requests, make_accept, pool_registry
 from curation.teacher.batch_api import BatchAPIError
 from curation.teacher.client import Completion, TeacherClient
@@ -246,7 +248,7 @@ class Drafter:
         except (RuntimeError, ValueError, NotImplementedError):  # not the main thread
             handled = False
         try:
-            with exclusive(self.run_dir.path(".draft.lock")), Ledger(self.run_dir.ledger) as ledger:
+            with _exclusive(self.run_dir.path(".draft.lock")), Ledger(self.run_dir.ledger) as ledger:
                 self.ledger = ledger
                 if self.batch_mode:
                     self.batcher = BatchRunner(
@@ -262,8 +264,6 @@ class Drafter:
                     if self.batcher is not None:
                         await self.batcher.aclose()
                 self._finish()
-        except RunBusy as err:
-            raise DraftStopped(str(err)) from None
         finally:
             if handled:
                 loop.remove_signal_handler(signal.SIGINT)
@@ -588,6 +588,26 @@ def _failure_reason(error: str | None) -> str:
     ('http 400', 'timeout')
     """
     return (error or "unknown").split(":", 1)[0].strip() or "unknown"
+
+
+@contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """One draft process per run directory: two would send (and pay for) the same requests.
+    The file is the run lock (curation/core/lock.py) that split, filter and export take too.
+    An flock dies with its process, so a SIGKILLed run never leaves a stale lock."""
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            raise DraftStopped(
+                f"another finecot command (pid {handle.read().strip() or '?'}) is working on "
+                f"{path.parent}; wait for it to finish or stop it, then rerun") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
 
 
 def _class_name(item: Mapping[str, Any]) -> str:

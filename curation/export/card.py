@@ -28,20 +28,9 @@ from curation.core.config import Recipe
 from curation.core.rundir import RunDir
 from curation.core.tables import write_text_atomic
 from curation.export.report import draw_plots, run_stats
+from curation.ingest.sources.common import source_licence
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "dataset_cards"
-
-# What the images of each source layout may be used for (the card repeats it per source).
-SOURCE_LICENSES = {
-    "cub200": "CUB-200-2011: research use; images from Flickr under their owners' terms",
-    "stanford_cars": "Stanford Cars: non-commercial research use",
-    "fgvc_aircraft": "FGVC-Aircraft: non-commercial research purposes only",
-    "stanford_dogs": "Stanford Dogs: ImageNet terms (non-commercial research)",
-    "oxford_flowers": "Oxford 102 Flowers: research use, no explicit license",
-    "oxford_pets": "Oxford-IIIT Pet: CC BY-SA 4.0",
-}
-USER_DATA = "the user's own data: check its terms before publishing"
-SYNTHETIC = "rendered by finecot's synthetic world generator: no third-party rights"
 
 CONFIG_TEXT = {
     "sft": "a rationale: system/user(image, question)/assistant(`<think>`+`<answer>`) + provenance",
@@ -117,11 +106,8 @@ def card_context(
     """Everything the template shows."""
     stats = run_stats(recipe, run)
     license_id = recipe.export.license or "other"  # mixed sources: the body lists each one
-    for source in stats["sources"]:
-        synthetic = (Path(source["root"]) / "world.json").is_file()  # made by make_world
-        source["license"] = (
-            SYNTHETIC if synthetic else SOURCE_LICENSES.get(source["kind"], USER_DATA)
-        )
+    for source in stats["sources"]:  # sources.json has it since ingest; older runs: now
+        source.setdefault("license", source_licence(source["kind"], source["root"]))
     header = yaml_header(folder, summary, license_id)
     header["pretty_name"] = recipe.name
     closed = sorted((folder / "data" / "eval_closed").glob("*.parquet"))

@@ -20,10 +20,12 @@ from curation.core.cli import (
     RunOption,
     SetOption,
     console,
+    errors,
     fail,
     load_spec,
     saved_recipe,
     stage_progress,
+    stopped_exit,
 )
 
 
@@ -64,11 +66,8 @@ def export_command(
         sets.append(f"export.triplet_model={triplet_model}")
     spec = load_spec(recipe or saved_recipe(run_dir), sets + [f"run_dir={run_dir}"])
     run = RunDir(spec.directory)
-    try:
-        with stage_progress() as progress:
-            summary = export_stage(spec, run, progress)
-    except (FileNotFoundError, ValueError) as err:
-        raise fail(str(err)) from None
+    with stopped_exit(), errors(run.root), stage_progress() as progress:
+        summary = export_stage(spec, run, progress)
     table = Table(title=f"export: {run.root / 'dataset'}")
     for name in ("config", "split", "rows", "shards", "MB"):
         table.add_column(name, justify="left" if name in ("config", "split") else "right")
@@ -102,7 +101,7 @@ def publish_command(
     target = folder or (run_dir / "dataset" if run_dir else None)
     if target is None:
         raise fail("give --run RUN (publishes RUN/dataset) or --dir FOLDER")
-    try:
+    with errors(run_dir):
         plan = plan_publish(target, repo_id, private=not public)
         console.print(f"{len(plan.files)} files, {plan.total_bytes / 1e6:.1f} MB -> {repo_id} "
                       f"({'private' if plan.private else 'public'}"
@@ -110,8 +109,6 @@ def publish_command(
         if dry_run:
             return
         url = upload(plan, hf_token())
-    except (FileNotFoundError, ValueError) as err:
-        raise fail(str(err)) from None
     console.print(f"[green]published[/green]: {url}")
 
 
@@ -122,8 +119,6 @@ def report_command(run_dir: RunOption, recipe: RecipeOption = None, overrides: S
     from curation.export.report import write_report
 
     spec = load_spec(recipe or saved_recipe(run_dir), list(overrides or []) + [f"run_dir={run_dir}"])
-    try:
+    with errors(run_dir):
         index = write_report(spec, RunDir(spec.directory))
-    except (FileNotFoundError, ValueError) as err:
-        raise fail(str(err)) from None
     console.print(f"[green]done[/green]: report {index}")

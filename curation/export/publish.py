@@ -91,8 +91,54 @@ def upload_call(plan: PublishPlan) -> str:
     return "upload_folder"
 
 
+class PublishError(ValueError):
+    """The Hub could not be reached or refused the upload; the message says what to do."""
+
+
 def upload(plan: PublishPlan, token: str) -> str:
-    """Create the (private) dataset repo if needed and push the folder; return its URL."""
+    """Create the (private) dataset repo if needed and push the folder; return its URL.
+
+    Network and HTTP failures raise PublishError naming the Hub's URL, the answer and what
+    to do (the token is never in it); rerunning resumes where the upload stopped."""
+    try:
+        return _upload(plan, token)
+    except Exception as err:
+        # huggingface_hub's HTTP errors are OSErrors; its transport's (httpx, or httpx2 in
+        # huggingface_hub 2) are not: both are a network failure to explain, not a bug
+        if isinstance(err, OSError) or type(err).__module__.split(".")[0] in _TRANSPORTS:
+            raise PublishError(_publish_message(err, plan, token)) from None
+        raise
+
+
+_TRANSPORTS = ("httpx", "httpx2", "httpcore", "requests", "urllib3")
+
+
+def _publish_message(err: BaseException, plan: PublishPlan, token: str) -> str:
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    hub = constants.ENDPOINT
+    where = f"the Hugging Face Hub at {hub} (dataset {plan.repo_id})"
+    if isinstance(err, OfflineModeIsEnabled):
+        return (f"cannot publish to {where}: offline mode is on (HF_HUB_OFFLINE=1): unset "
+                "HF_HUB_OFFLINE and rerun")
+    response = getattr(err, "response", None)
+    status = getattr(response, "status_code", None) if isinstance(err, HfHubHTTPError) else None
+    detail = " ".join(str(err).split())[:300].replace(token, "***")
+    if status in (401, 403):
+        return (f"{where} refused the token (HTTP {status}): set HF_TOKEN to a token with write "
+                f"access to {plan.repo_id.split('/')[0]} and rerun ({detail})")
+    if status == 404:
+        return (f"{where} answered 404: check the owner in {plan.repo_id!r} (your user or an "
+                f"organisation you can write to) and HF_ENDPOINT ({detail})")
+    if status is not None:
+        return (f"{where} answered HTTP {status} ({detail}): the Hub may be down or busy; rerun "
+                "the same command later (an interrupted upload resumes)")
+    return (f"cannot reach {where} ({type(err).__name__}: {detail}): check the network, a proxy, "
+            "or HF_ENDPOINT; rerun the same command (an interrupted upload resumes)")
+
+
+def _upload(plan: PublishPlan, token: str) -> str:
     api = HfApi(token=token)
     api.create_repo(plan.repo_id, repo_type="dataset", private=plan.private, exist_ok=True)
     ignore = [".*", "**/.*"]  # partial files of an interrupted export never ship

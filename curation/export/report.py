@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import logging
 import sqlite3
 from collections import Counter
@@ -30,10 +29,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
+from curation.core import lineage  # noqa: E402
 from curation.core.config import Recipe  # noqa: E402
 from curation.core.labels import Registry, match  # noqa: E402
 from curation.core.rundir import RunDir  # noqa: E402
-from curation.core.tables import write_text_atomic  # noqa: E402
+from curation.core.tables import read_json, write_text_atomic  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -105,23 +105,26 @@ def _cost_curve(run: RunDir, drafts: pd.DataFrame) -> dict[str, list[float]]:
 def run_stats(recipe: Recipe, run: RunDir) -> dict[str, Any]:
     """Every number the card and the report show, from the run's tables."""
     stats: dict[str, Any] = {"run": str(run.root)}
-    split = json.loads(run.split.read_text(encoding="utf-8")) if run.split.exists() else {}
+    split = read_json(run.split) if run.split.exists() else {}
     stats["split"] = split
     items = _read(run, "items.parquet", ["dataset", "label", "super_category"])
     quarantine = _read(run, "quarantine.parquet", ["dataset", "reason"])
+    # The sources as ingest read them (absolute root, licence); runs ingested before
+    # sources.json existed fall back to the recipe's.
+    sources = read_json(run.path("sources.json")) if run.path("sources.json").exists() else [
+        {"dataset": s.dataset or s.kind, "kind": s.kind, "root": s.root} for s in recipe.sources
+    ]
     stats["sources"] = [
         {
-            "dataset": s.dataset or s.kind,
-            "kind": s.kind,
-            "root": s.root,
-            "n_items": int((items["dataset"] == (s.dataset or s.kind)).sum())
+            **source,
+            "n_items": int((items["dataset"] == source["dataset"]).sum())
             if items is not None
             else 0,
-            "classes": int(items.loc[items["dataset"] == (s.dataset or s.kind), "label"].nunique())
+            "classes": int(items.loc[items["dataset"] == source["dataset"], "label"].nunique())
             if items is not None
             else 0,
         }
-        for s in recipe.sources
+        for source in sources
     ]
     stats["items"] = 0 if items is None else len(items)
     stats["quarantine"] = {} if quarantine is None else dict(Counter(quarantine["reason"]))
@@ -338,7 +341,13 @@ CAPTIONS = {
 
 
 def write_report(recipe: Recipe, run: RunDir) -> Path:
-    """Write run/report/*.png and the self-contained run/report/index.html; return its path."""
+    """Write run/report/*.png and the self-contained run/report/index.html; return its path.
+
+    Tables older than what they were built from (drafts changed since `filter`, a review
+    applied since `export`, ...) are warned about, in the log and at the top of the page."""
+    stale = lineage.stale_warnings(run, ("split", "filter", "review apply", "export"))
+    for line in stale:
+        log.warning("report: %s", line)
     stats = run_stats(recipe, run)
     folder = run.path("report")
     plots = draw_plots(stats, folder)
@@ -367,6 +376,7 @@ def write_report(recipe: Recipe, run: RunDir) -> Path:
 table{{border-collapse:collapse}}th,td{{border:1px solid #ccc;padding:.2em .6em;text-align:left}}</style>
 </head><body>
 <h1>finecot report: {html.escape(recipe.name)}</h1>
+{"".join(f'<p class="stale">stale: {html.escape(line)}</p>' for line in stale)}
 <table>{rows}</table>
 {"".join(figures)}
 <script>
@@ -380,4 +390,5 @@ window.addEventListener("load", () => {{
 """
     index = folder / "index.html"
     write_text_atomic(index, page)
+    lineage.record(run, "report", recipe)
     return index

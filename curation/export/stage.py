@@ -35,11 +35,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curation.core import lineage
 from curation.core.config import Recipe
 from curation.core.labels import Registry
 from curation.core.rundir import RunDir
 from curation.core.stage import Progress
 from curation.core.tables import write_parquet_atomic, write_text_atomic
+from curation.export import corrections as fix
+from curation.export import overlap
 from curation.export import triplets as tri
 from curation.export.shards import ShardWriter, image_cell, resized_cell
 
@@ -59,6 +62,19 @@ FORMAT_INSTRUCTION = (
     "<think> </think> tags. Then, provide your final answer enclosed within <answer> </answer> "
     "tags."
 )
+# The release puts the instruction after the question with a blank line between them
+# (TAPO/examples/format_prompt/cls_thinking.jinja: `{{ content | trim }}`, "\n\n", instruction).
+RL_PROMPT_SEPARATOR = "\n\n"
+
+
+def rl_prompt_text(question: str) -> str:
+    """The text of an RL prompt (TAPO rollouts, and `finecot eval` open-world by default).
+
+    >>> rl_prompt_text("  Which bird is this? ").split(RL_PROMPT_SEPARATOR)[0]
+    'Which bird is this?'
+    """
+    return f"{question.strip()}{RL_PROMPT_SEPARATOR}{FORMAT_INSTRUCTION}"
+
 CONFIG_SPLITS = {"sft": "train", "rl": "train", "eval_open": "test", "eval_closed": "test"}
 DROPPED = {"image_path"}  # absolute local paths say nothing to users and leak their disks
 
@@ -168,6 +184,8 @@ RL_FEATURES = datasets.Features(
         "label_id": datasets.Value("int64"),
         "super_category": TEXT,
         "image_sha256": TEXT,
+        "original_label": TEXT,  # the label before a reviewer's correction (else null)
+        "label_corrected_by": TEXT,  # that reviewer
     }
 )
 
@@ -205,20 +223,41 @@ def _question(record: dict[str, Any], bank: str | None) -> str:
 # -- the stage -------------------------------------------------------------------------------
 
 
+@lineage.recorded("export")  # the run lock, and manifest.json's record of what it read
 def export_stage(recipe: Recipe, run: RunDir, progress: Progress | None = None) -> dict[str, Any]:
-    """Write run/dataset (four configs + card) and the other formats; return the summary."""
+    """Write run/dataset (four configs + card) and the other formats; return the summary.
+
+    Only drafts of items in the current pool are exported; reviewers' label corrections
+    reach every config (curation/export/corrections.py); review-excluded items are never
+    TAPO images; an evaluation image that is also a training image refuses the export (or
+    is dropped, export.eval_overlap) before anything is written (curation/export/overlap.py).
+    """
     cfg = recipe.export
+    for line in lineage.stale_warnings(run, ("split", "filter", "review apply")):
+        log.warning("export: %s", line)
     registry = Registry.load(run.require(run.registry, "ingest"))
     check_columns(run.require(run.pool, "split"), POOL_COLUMNS, "split")
     check_columns(run.require(run.test, "split"), POOL_COLUMNS | {"class_split"}, "split")
     check_columns(curated_table(run), POOL_COLUMNS | {"draft_id", "question", "think"}, "filter")
-    items = pd.read_parquet(
+    corrections = fix.item_corrections(run, registry)
+    items = fix.relabel(pd.read_parquet(
         run.require(run.items, "ingest"),
-        columns=["item_id", "dataset", "image_path", "label", "super_category", "official_split"],
-    )
+        columns=["item_id", "dataset", "image_path", "label", "label_id", "super_category",
+                 "official_split"],
+    ), corrections)
     triplet_rank, option_rank = tri.class_rankings(recipe, run, items, registry)
-    pool = pd.read_parquet(run.pool)
-    triplets = tri.build_triplets(pool, triplet_rank, cfg.seed)
+    pool = fix.relabel(pd.read_parquet(run.pool), corrections)
+    # Items that never train TAPO: a reviewer kept them out, or corrected them into a class
+    # held out as unseen (then they leave sft too).
+    unseen = fix.unseen_classes(run)
+    to_unseen = {i for i, d, label in zip(pool["item_id"], pool["dataset"], pool["label"], strict=True)
+                 if (d, label) in unseen}
+    not_rl = fix.excluded_items(run) | to_unseen
+    triplets = tri.build_triplets(pool[~pool["item_id"].isin(not_rl)], triplet_rank, cfg.seed)
+    test = fix.relabel(pd.read_parquet(run.test), corrections)
+    source = curated_table(run)
+    sft_images = _sft_images(source, set(pool["item_id"]) - to_unseen)
+    overlapping = overlap.check(recipe, run.root, pool, triplets, sft_images, test, progress)
     write_parquet_atomic(
         run.path("triplets.parquet"), pa.Table.from_pandas(triplets, preserve_index=False)
     )
@@ -238,8 +277,14 @@ def export_stage(recipe: Recipe, run: RunDir, progress: Progress | None = None) 
             "config": "rl",
             "id": item,
             "image_path": "",
-            "reason": "no_negative_class",
-            "detail": "the only seen class of its dataset",
+            **(
+                {"reason": "corrected_to_unseen_class",
+                 "detail": "a reviewer corrected its label to a class held out as unseen"}
+                if item in to_unseen else
+                {"reason": "review_excluded", "detail": "a reviewer kept its drafts out"}
+                if item in not_rl else
+                {"reason": "no_negative_class", "detail": "the only seen class of its dataset"}
+            ),
         }
         for item in sorted(set(pool["item_id"]) - set(triplets["item_id"]))
     ]
@@ -278,11 +323,10 @@ def export_stage(recipe: Recipe, run: RunDir, progress: Progress | None = None) 
                     }
                 )
 
-    # sft
-    source = curated_table(run)
+    # sft: kept rows of items in the current pool, with their item's corrected label
     system_prompt = cfg.system_prompt or FINE_R1_SYSTEM
     sft_total = pq.ParquetFile(source).metadata.num_rows
-    records = (r for r in _iter_records(source) if _kept(r))
+    records = _sft_records(source, set(sft_images["item_id"]), corrections, skipped)
     write_config(
         "sft",
         sft_features(pq.read_schema(source)),
@@ -290,7 +334,7 @@ def export_stage(recipe: Recipe, run: RunDir, progress: Progress | None = None) 
         sft_total,
     )
 
-    # rl
+    # rl (on the corrected pool: the anchor's answer is its corrected class)
     by_id = pool.set_index("item_id")
     size, fit = cfg.rl_image_size, cfg.rl_image_fit
 
@@ -305,7 +349,7 @@ def export_stage(recipe: Recipe, run: RunDir, progress: Progress | None = None) 
                     "role": "user",
                     "content": [
                         {"type": "image", "text": None},
-                        {"type": "text", "text": f"{question} {FORMAT_INSTRUCTION}"},
+                        {"type": "text", "text": rl_prompt_text(question)},
                     ],
                 }
             ],
@@ -329,6 +373,8 @@ def export_stage(recipe: Recipe, run: RunDir, progress: Progress | None = None) 
             "label_id": int(anchor["label_id"]),
             "super_category": anchor["super_category"],
             "image_sha256": anchor["image_sha256"],
+            "original_label": anchor["original_label"],
+            "label_corrected_by": anchor["label_corrected_by"],
         }
 
     rl_records = (
@@ -337,13 +383,15 @@ def export_stage(recipe: Recipe, run: RunDir, progress: Progress | None = None) 
     )
     write_config("rl", RL_FEATURES, guarded("rl", rl_records, rl_row), len(triplets))
 
-    # eval_open / eval_closed
-    test_total = pq.ParquetFile(run.test).metadata.num_rows
-
-    # Training images are pool images (sft rows are drafts over the pool): an evaluation image
-    # with the same bytes is a leak, counted for the card.
-    test_sha = pd.read_parquet(run.test, columns=["image_sha256"])["image_sha256"]
-    summary["eval_in_train"] = int(test_sha.isin(set(pool["image_sha256"])).sum())
+    # eval_open / eval_closed (rows showing a training image were refused above, or dropped)
+    test_total = len(test)
+    summary["eval_in_train"] = len(overlapping)
+    for item in sorted(overlapping):
+        for config in ("eval_open", "eval_closed"):
+            skipped.append({"config": config, "id": item, "image_path": "",
+                            "reason": "train_eval_overlap",
+                            "detail": "the same image (or a near-duplicate) is a training image"})
+    test = test[~test["item_id"].isin(overlapping)]
 
     def eval_row(record: dict[str, Any]) -> dict[str, Any]:
         row = {k: record[k] for k in EVAL_COLUMNS if k in record and k != "images"}
@@ -378,13 +426,13 @@ def export_stage(recipe: Recipe, run: RunDir, progress: Progress | None = None) 
     write_config(
         "eval_open",
         EVAL_OPEN_FEATURES,
-        guarded("eval_open", _iter_records(run.test), eval_row),
+        guarded("eval_open", test.to_dict("records"), eval_row),
         test_total,
     )
     write_config(
         "eval_closed",
         EVAL_CLOSED_FEATURES,
-        guarded("eval_closed", _iter_records(run.test), closed_row),
+        guarded("eval_closed", test.to_dict("records"), closed_row),
         test_total,
     )
 
@@ -412,6 +460,38 @@ def export_stage(recipe: Recipe, run: RunDir, progress: Progress | None = None) 
         if fmt != "hf":
             summary[fmt] = str(formats.FORMATS[fmt](run.path("dataset"), run.path(fmt)))
     return summary
+
+
+def _sft_images(source: Path, pool_items: set[str]) -> pd.DataFrame:
+    """item_id, image_sha256, image_path of the curated rows that can ship (kept by review,
+    item in the current pool): the sft config's images, read without the texts."""
+    columns = ["item_id", "image_sha256", "image_path"]
+    have = set(pq.read_schema(source).names)
+    frame = pd.read_parquet(source, columns=columns + (["review_status"] if "review_status" in have else []))
+    keep = frame["item_id"].isin(pool_items)
+    if "review_status" in frame:
+        keep &= ~frame["review_status"].astype(str).str.lower().isin(["rejected", "reject"])
+    return frame.loc[keep, columns].drop_duplicates("item_id")
+
+
+def _sft_records(source: Path, items: set[str], corrections: dict, skipped: list[dict]):
+    """The curated rows that ship as sft, with their item's corrected label. A row of a
+    corrected item that still names the old class was never re-judged against the new one
+    (reviewed.parquet predates the correction): it is left out, and listed."""
+    for record in _iter_records(source):
+        if not _kept(record):
+            continue
+        if record["item_id"] not in items:
+            skipped.append({"config": "sft", "id": str(record.get("draft_id")), "image_path": "",
+                            "reason": "not_in_pool", "detail": "drafted for an earlier split"})
+            continue
+        fixed = corrections.get(record["item_id"])
+        if fixed is not None and record["label"] != fixed.label:
+            skipped.append({"config": "sft", "id": str(record.get("draft_id")), "image_path": "",
+                            "reason": "label_corrected",
+                            "detail": f"its item is now {fixed.label!r}: rerun `finecot review apply`"})
+            continue
+        yield record
 
 
 def _swap_in(staging: Path, target: Path) -> None:

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from curation.core.cli import errors, stage_progress, stopped_exit
 from curation.core.config import RecipeError, load_recipe
 
 console = Console(stderr=True, soft_wrap=True)  # paths are never broken across lines
@@ -61,13 +62,11 @@ def filter_command(
     from curation.filter.stage import filter_stage
 
     saved = run_dir / "recipe.yaml"
-    try:
+    with stopped_exit(), errors(run_dir):
         spec = load_recipe(recipe or (saved if saved.exists() else None),
                            list(overrides or []) + [f"run_dir={run_dir}"])
-        with _progress() as bar:
-            summary = filter_stage(spec, RunDir(spec.directory), _bar(bar))
-    except (RecipeError, FileNotFoundError, ValueError) as err:
-        raise _fail(str(err)) from None
+        with stage_progress() as progress:  # a bar, or log lines when stderr is no terminal
+            summary = filter_stage(spec, RunDir(spec.directory), progress)
     _print_funnel(summary)
     console.print(f"[green]done[/green]: {run_dir / 'accepted.parquet'}, rejected.parquet, funnel.json")
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from curation.core import lineage
 from curation.core.config import Recipe
 from curation.core.rundir import RunDir
 from curation.core.stage import Progress
@@ -104,6 +105,7 @@ class Funnel:
         }
 
 
+@lineage.recorded("filter")  # the run lock, and manifest.json's record of what it read
 def filter_stage(recipe: Recipe, run: RunDir, progress: Progress | None = None) -> dict[str, Any]:
     """drafts.parquet -> accepted.parquet, rejected.parquet, funnel.json (all atomic).
 
@@ -111,7 +113,7 @@ def filter_stage(recipe: Recipe, run: RunDir, progress: Progress | None = None) 
     judge's second teacher call (curation/filter/judge.py) before they are written.
     """
     ctx = make_context(recipe, run)
-    drafts = read_table(run.require(run.path("drafts.parquet"), "draft"))
+    drafts = lineage.in_pool(run, read_table(run.require(run.path("drafts.parquet"), "draft")))
     if "draft_id" in drafts.column_names:  # a fixed order: the duplicate filter keeps the first
         drafts = drafts.sort_by("draft_id")
     schema = pa.schema(

@@ -20,10 +20,12 @@ from curation.core.cli import (
     RunOption,
     SetOption,
     console,
+    errors,
     fail,
     load_spec,
     saved_recipe,
     stage_progress,
+    stopped_exit,
 )
 
 
@@ -58,12 +60,10 @@ def ingest_command(
     from curation.ingest.stage import ingest_stage
 
     run = RunDir(spec.directory)
-    try:
+    with stopped_exit(), errors(run.root):
         with stage_progress() as progress:
             report = ingest_stage(spec, run, progress)
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, ValueError) as err:
-        raise fail(str(err)) from None
-    run.save_recipe(spec)
+        run.save_recipe(spec)  # only now: a failed ingest leaves recipe.yaml as it was
     _print_ingest_summary(report, run.root)
 
 
@@ -95,6 +95,9 @@ def split_command(
     seen_ratio: Annotated[float | None, typer.Option(help="fraction of classes seen")] = None,
     strict: Annotated[bool | None, typer.Option(
         "--strict/--no-strict", help="fail on hygiene warnings (default: the recipe's, else no)")] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="split even though drafts exist for items the new pool drops: their "
+        "drafts and every table made from them move to RUN/archive/")] = False,
     recipe: RecipeOption = None,
     overrides: SetOption = None,
 ) -> None:
@@ -105,6 +108,8 @@ def split_command(
     seen and unseen classes; datasets without a test split hold out their non-pool items).
     Same seed, same files. Hygiene (a class name seen in one dataset and unseen in another,
     near-duplicate images between pool and test) is reported; --strict makes it fatal.
+
+    On a run whose drafts were made for another pool, split refuses (their items could become test images); --force archives drafts.parquet and every table made from it under RUN/archive/ (the ledger keeps every paid answer, so drafting again re-pays only new items).
     """
     sets = list(overrides or [])
     for key, value in (("mode", mode), ("k", k), ("seed", seed), ("seen_ratio", seen_ratio)):
@@ -117,12 +122,10 @@ def split_command(
     from curation.ingest.split import split_stage
 
     run = RunDir(spec.directory)
-    try:
+    with stopped_exit(), errors(run.root):
         with stage_progress() as progress:
-            manifest = split_stage(spec, run, progress)
-    except (FileNotFoundError, ValueError) as err:
-        raise fail(str(err)) from None
-    run.save_recipe(spec)
+            manifest = split_stage(spec, run, progress, force=force)
+        run.save_recipe(spec)  # only now: a refused or failed split leaves it as it was
     _print_split_summary(manifest, run.root)
 
 
@@ -145,4 +148,7 @@ def _print_split_summary(manifest: dict, root: Path) -> None:
                       f"{manifest['k']} training images[/yellow] (see 'short' in split.json)")
     for warning in manifest["hygiene"]["warnings"]:
         console.print(f"[yellow]hygiene:[/yellow] {warning}")
+    if manifest.get("archived"):
+        console.print(f"[yellow]archived[/yellow] the drafts of the previous pool and the tables "
+                      f"made from them: {manifest['archived']}")
     console.print(f"[green]done[/green]: {root / 'split.json'}, pool.parquet, test.parquet")

@@ -44,8 +44,10 @@ from typing import Any
 
 import pyarrow as pa
 
+from curation.core import lineage
 from curation.core.config import Recipe, SplitConfig
 from curation.core.labels import ClassInfo, Registry, normalize
+from curation.core.lock import run_lock
 from curation.core.rundir import RunDir
 from curation.core.stage import Progress
 from curation.core.tables import read_table, write_json_atomic, write_parquet_atomic
@@ -402,30 +404,75 @@ def make_split(
     return manifest, pool, test
 
 
-def split_stage(recipe: Recipe, run: RunDir, progress: Progress | None = None) -> dict[str, Any]:
+def split_stage(
+    recipe: Recipe, run: RunDir, progress: Progress | None = None, force: bool = False
+) -> dict[str, Any]:
     """Read items + registry of `run`, write split.json, pool.parquet and test.parquet.
 
     With recipe.split.strict and any hygiene warning, only split_hygiene.json is written
-    (earlier split files stay as they were) and SplitHygieneError says why.
+    (earlier split files stay as they were) and SplitHygieneError says why. When the run
+    holds drafts of items the new pool does not have, PoolChangedError refuses unless
+    `force`, which archives those drafts and every table made from them (`lineage.archive`);
+    the returned manifest then names the archive under "archived". Holds the run lock.
     """
     cfg = recipe.split
     registry = Registry.load(run.require(run.registry, "ingest"))
-    items = read_table(run.require(run.items, "ingest"))
-    manifest, pool, test = make_split(items, registry, cfg, progress)
-    report = run.path("split_hygiene.json")
-    warnings = manifest["hygiene"]["warnings"]
-    if cfg.strict and warnings:
-        write_json_atomic(report, manifest["hygiene"])
-        raise SplitHygieneError(
-            "split hygiene failed (strict):\n  - " + "\n  - ".join(warnings)
-            + f"\nfull report: {report}; no split files were written (drop --strict to accept)"
-        )
-    write_parquet_atomic(run.pool, pool)
-    write_parquet_atomic(run.test, test)
-    write_json_atomic(run.split, manifest)
-    report.unlink(missing_ok=True)  # a stale strict report would contradict split.json
+    items_path = run.require(run.items, "ingest")
+    with run_lock(run, "split"):
+        items = read_table(items_path)
+        manifest, pool, test = make_split(items, registry, cfg, progress)
+        if pool.num_rows == 0:  # `finecot draft` refuses an empty pool; say so now
+            log.warning("the split of %s leaves an empty k-shot pool (%d items, %d seen "
+                        "classes): nothing can be drafted. Check the sources (`finecot "
+                        "ingest`) and the split settings (mode, seen_ratio)", items_path,
+                        items.num_rows, manifest["counts"]["seen"])
+        report = run.path("split_hygiene.json")
+        warnings = manifest["hygiene"]["warnings"]
+        if cfg.strict and warnings:
+            write_json_atomic(report, manifest["hygiene"])
+            raise SplitHygieneError(
+                "split hygiene failed (strict):\n  - " + "\n  - ".join(warnings)
+                + f"\nfull report: {report}; no split files were written (drop --strict to accept)"
+            )
+        archived = _drafts_of_another_pool(run, pool, force)
+        write_parquet_atomic(run.pool, pool)
+        write_parquet_atomic(run.test, test)
+        write_json_atomic(run.split, manifest)
+        report.unlink(missing_ok=True)  # a stale strict report would contradict split.json
+        lineage.record(run, "split", recipe)
     for warning in warnings:
         log.warning("split hygiene: %s", warning)
     log.info("split: %d seen / %d unseen classes, pool %d, test %d", manifest["counts"]["seen"],
              manifest["counts"]["unseen"], manifest["counts"]["pool"], manifest["counts"]["test"])
-    return manifest
+    return {**manifest, "archived": str(archived)} if archived else manifest
+
+
+class PoolChangedError(ValueError):
+    """The new pool drops items the run has drafts of; the message says what --force does."""
+
+
+def _drafts_of_another_pool(run: RunDir, pool: pa.Table, force: bool) -> Path | None:
+    """Refuse (or, with force, archive) drafts of items the new pool does not hold.
+
+    Drafts of items still in the pool stay valid: adding classes, or splitting again with
+    the same settings, changes nothing. Returns the archive folder when one was made.
+    """
+    drafted = lineage.drafted_items(run)
+    dropped = sorted(drafted - set(pool.column("item_id").to_pylist()))
+    if not dropped:
+        return None
+    drafts = run.path("drafts.parquet")
+    if not force:
+        raise PoolChangedError(
+            f"{drafts} holds drafts of {len(dropped)} item(s) that the new pool does not have "
+            f"(e.g. {', '.join(dropped[:3])}); with this split some of them could become test "
+            "images. Nothing was written. Keep the current split (same --seed, --k, --mode), or "
+            f"run `finecot split --run {run.root} --force` with the new settings: "
+            "drafts.parquet and every table made from it (accepted, "
+            "reviewed, dataset/, ...) move to RUN/archive/, and the ledger keeps every paid "
+            "answer, so drafting the new pool re-pays only its new items"
+        )
+    target = lineage.archive(run, lineage.FROM_DRAFTS, "split")
+    log.warning("split --force: the drafts of the previous pool and the tables made from them "
+                "moved to %s", target)
+    return target

@@ -35,13 +35,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from curation.core import lineage
 from curation.core.config import Recipe, SourceConfig
 from curation.core.labels import ClassInfo, Registry, normalize
+from curation.core.lock import run_lock
 from curation.core.rundir import RunDir
 from curation.core.stage import Progress
-from curation.core.tables import ParquetStreamWriter, atomic_path, write_parquet_atomic
+from curation.core.tables import (
+    ParquetStreamWriter,
+    atomic_path,
+    write_json_atomic,
+    write_parquet_atomic,
+)
 from curation.ingest.sources import Layout, RawItem, read_source
-from curation.ingest.sources.common import SPLITS
+from curation.ingest.sources.common import SPLITS, source_licence
 from curation.ingest.sources.images import Inspection, inspect, inspect_many
 
 log = logging.getLogger(__name__)
@@ -297,7 +304,36 @@ def ingest_stage(
         report.notes += layout.notes
     registry = Registry(c for r in registries for c in r)
     report.classes = len(registry)
+    run.root.mkdir(parents=True, exist_ok=True)  # the sources are readable: the run begins
+    with run_lock(run, "ingest"):
+        _ingest(run, layouts, registries, registry, report, progress, workers, batch_timeout_s)
+        write_json_atomic(run.path("sources.json"), [
+            {"dataset": layout.dataset, "kind": cfg.kind, "root": _absolute(cfg.root),
+             "license": source_licence(cfg.kind, _absolute(cfg.root))}
+            for cfg, layout in layouts
+        ])
+        lineage.record(run, "ingest", recipe)
+    report.seconds = time.perf_counter() - started
+    log.info("ingest: %s", report.summary())
+    for note in report.notes:
+        log.warning("ingest: %s", note)
+    return report
 
+
+def _absolute(root: str) -> str:
+    """A source root as an absolute path (an HF hub id, which is no path, stays as it is)."""
+    path = Path(os.path.expanduser(root))
+    return str(path.resolve()) if path.exists() else root
+
+
+def _ingest(
+    run: RunDir, layouts: list[tuple[SourceConfig, Layout]], registries: list[Registry],
+    registry: Registry, report: IngestReport, progress: Progress | None, workers: int | None,
+    batch_timeout_s: float,
+) -> None:
+    """Inspect every listed image, stream the usable ones into items.parquet, write the
+    quarantine and the registry; fill `report`. A source that lists no image, or a run with
+    no usable image, is refused before anything is written."""
     quarantine: list[dict] = []
     reasons: Counter[str] = Counter()
     per_dataset: dict[str, Counter[str]] = {layout.dataset: Counter() for _, layout in layouts}
@@ -372,6 +408,7 @@ def ingest_stage(
             per_dataset[p.dataset]["items"] += 1
     if progress:
         progress("ingest", done, total)
+    _refuse_empty(layouts, per_dataset, writer.count - len(conflicts), reasons, partial)
     report.items = writer.count - _drop_conflicts(partial, run.items, conflicts, reject)
     for dataset, counts in per_dataset.items():
         counts["items"] -= counts.get("label_conflict", 0)
@@ -382,11 +419,24 @@ def ingest_stage(
     registry.save(run.registry)
     report.quarantined = len(quarantine)
     report.reasons = dict(sorted(reasons.items()))
-    report.seconds = time.perf_counter() - started
-    log.info("ingest: %s", report.summary())
-    for note in report.notes:
-        log.warning("ingest: %s", note)
-    return report
+
+
+def _refuse_empty(layouts: list[tuple[SourceConfig, Layout]], per_dataset: dict[str, Counter],
+                  usable: int, reasons: Counter, partial: Path) -> None:
+    """An empty source folder (a typo in --root, a wrong layout) is an error, not an empty
+    run that split and draft would carry on with; so is a run whose every image failed."""
+    empty = [(cfg, layout) for cfg, layout in layouts if not sum(per_dataset[layout.dataset].values())]
+    if not empty and usable > 0:
+        return
+    partial.unlink(missing_ok=True)
+    if empty:
+        cfg, layout = empty[0]
+        raise ValueError(
+            f"source {cfg.kind} at {_absolute(cfg.root)} lists no images (dataset "
+            f"{layout.dataset!r}): check --root and --source (the layout); nothing was written")
+    counts = ", ".join(f"{reason} {n}" for reason, n in sorted(reasons.items()))
+    raise ValueError(f"no usable image in any source: every listed image was quarantined "
+                     f"({counts}); nothing was written. Check the sources' files and labels")
 
 
 def _drop_conflicts(

@@ -24,11 +24,21 @@ writes:
 
 Fixed texts are re-parsed and re-judged with the filter stage's own `judge()`
 (curation/filter/filters.py), against the corrected label when there is one.
+
+A verdict applies only to the text its reviewer saw: annotations are matched to rows by
+draft_id AND the sha256 of the response (`response_sha256`, recorded at push). A draft
+whose text changed since (a new draft run, another run's task in a shared project) is
+unreviewed, and the annotations that matched nothing are counted (`unmatched_annotations`).
+
+A label correction is about the item: every other row of the item takes the corrected class
+too and is re-judged against it (its text most likely argued for the old class: then it is
+flagged, `label_corrected`). `finecot export` applies the corrections to the item in every
+config (curation/export/corrections.py). After writing, the stats name the products made
+from the old tables (dataset/, report/) and the command that refreshes each (`stale`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -41,12 +51,19 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curation.core import lineage
 from curation.core.config import Recipe
 from curation.core.labels import Registry, match
 from curation.core.rundir import RunDir
-from curation.core.tables import atomic_path, read_table, write_json_atomic, write_parquet_atomic
+from curation.core.tables import (
+    atomic_path,
+    read_json,
+    read_table,
+    write_json_atomic,
+    write_parquet_atomic,
+)
 from curation.review.client import ReviewError
-from curation.review.push_pull import read_annotations
+from curation.review.push_pull import read_annotations, text_sha256
 
 log = logging.getLogger(__name__)
 
@@ -266,20 +283,29 @@ def write_version(run: RunDir, table: pa.Table) -> tuple[int, str | None]:
     return version, str(kept.name) if kept else None
 
 
+@lineage.recorded("review apply")  # the run lock, and manifest.json's record
 def apply_review(recipe: Recipe, run: RunDir, rule: str | None = None) -> dict[str, Any]:
     """Apply the pulled annotations to the curated table; return the review stats."""
     rule = rule or recipe.review.rule
     if rule not in RULES:
         raise ReviewError(f"unknown review rule {rule!r}; choose one of {', '.join(RULES)}")
-    by_draft: dict[str, list[dict]] = defaultdict(list)
+    by_key: dict[tuple[str, str | None], list[dict]] = defaultdict(list)
     for ann in read_annotations(run):
-        by_draft[ann["draft_id"]].append(ann)
+        by_key[(ann["draft_id"], ann.get("response_sha256"))].append(ann)
     accepted = read_table(run.require(run.path("accepted.parquet"), "filter"))
     rows = accepted.to_pylist()
     audit_path = run.path("rejected.parquet")
+    reviewed_ids = {draft_id for draft_id, _ in by_key}
     if audit_path.exists():
-        rows += [r for r in read_table(audit_path).to_pylist() if r["draft_id"] in by_draft]
+        rows += [r for r in read_table(audit_path).to_pylist() if r["draft_id"] in reviewed_ids]
     registry = Registry.load(run.registry) if run.registry.exists() else None
+    by_draft = {r["draft_id"]: by_key.get((r["draft_id"], text_sha256(r.get("response"))), [])
+                for r in rows}
+    unmatched = sum(len(a) for a in by_key.values()) - sum(len(a) for a in by_draft.values())
+    if unmatched:
+        log.warning("review apply: %d annotation(s) are about texts the run no longer has (the "
+                    "draft changed, or the task came from another run or an older finecot): "
+                    "not applied; `finecot review push` sends the current texts", unmatched)
 
     cache: list = []
 
@@ -288,12 +314,15 @@ def apply_review(recipe: Recipe, run: RunDir, rule: str | None = None) -> dict[s
             cache.append(_filters(recipe, run))
         return cache[0]
 
-    kept, excluded, corrections = [], [], []
+    outs, corrections = [], []
     for row in rows:
         out, correction = review_row(row, by_draft.get(row["draft_id"], []), rule, registry, gate)
         if correction:
             corrections.append(correction)
-        (kept if out["review_status"] in ("unreviewed", "accepted", "fixed") else excluded).append(out)
+        outs.append(out)
+    outs = relabel_items(outs, corrections, registry, gate)
+    kept = [o for o in outs if o["review_status"] in KEPT]
+    excluded = [o for o in outs if o["review_status"] not in KEPT]
 
     schema = _schema(accepted.schema)
     version, previous = write_version(run, pa.Table.from_pylist(kept, schema=schema))
@@ -301,17 +330,51 @@ def apply_review(recipe: Recipe, run: RunDir, rule: str | None = None) -> dict[s
     write_parquet_atomic(run.path("label_corrections.parquet"),
                          pa.Table.from_pylist(corrections, schema=CORRECTION_SCHEMA))
     stats = review_stats(rows, kept + excluded, by_draft, registry, rule)
-    stats.update(version=version, previous_version=previous,
+    stats.update(version=version, previous_version=previous, unmatched_annotations=unmatched,
                  created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     write_json_atomic(run.path("review_stats.json"), stats)
     funnel = run.path("funnel.json")
     if funnel.exists():
-        data = json.loads(funnel.read_text(encoding="utf-8"))
+        data = read_json(funnel)
         data["review"] = stats
         write_json_atomic(funnel, data)
     log.info("review apply (%s): %d kept, %d excluded, %d label correction(s) -> version %d",
              rule, len(kept), len(excluded), len(corrections), version)
+    # (not saved: a later export makes it untrue) what this apply made stale, and the fix
+    stats["stale"] = [{"product": product, "command": command}
+                      for product, command in lineage.stale_products(run)]
     return stats
+
+
+KEPT = ("unreviewed", "accepted", "fixed")
+
+
+def relabel_items(outs: list[dict], corrections: Sequence[dict], registry: Registry | None,
+                  gate: Any) -> list[dict]:
+    """Every kept row of a corrected item takes the corrected class, and is re-judged
+    against it: a text that argued for the old class is flagged (`label_corrected`)."""
+    fixes = {c["item_id"]: c for c in sorted(corrections, key=lambda c: str(c["reviewed_at"] or ""))}
+    if not fixes or registry is None:
+        return outs
+    result = []
+    for out in outs:
+        fix = fixes.get(out.get("item_id"))
+        if fix is None or out["label"] == fix["to_label"] or out["review_status"] not in KEPT:
+            result.append(out)
+            continue
+        info = registry.resolve(fix["to_label"], out.get("dataset"))
+        if info is None:  # (the correction named a class of another dataset: cannot apply)
+            result.append(out)
+            continue
+        out = {**out, "original_label": out["label"], "label": info.name,
+               "label_id": info.label_id, "super_category": info.super_category}
+        ctx, judge = gate()
+        ok, reasons, sections = _rejudge(out, out.get("response") or "", info.name, ctx, judge)
+        out.update(sections, verdict="accepted" if ok else "rejected", reasons=reasons)
+        if not ok:
+            out.update(review_status="flagged", review_reasons=["label_corrected", *reasons])
+        result.append(out)
+    return result
 
 
 def review_stats(

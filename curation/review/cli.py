@@ -11,6 +11,8 @@ Mounted on the main app by curation/cli.py. Settings come from the run's recipe 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -18,6 +20,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from curation.core.cli import errors, progress_lines, stopped_exit
 from curation.core.config import RecipeError, load_recipe
 
 review_app = typer.Typer(
@@ -50,10 +53,16 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=2)
 
 
-def _errors():
+@contextmanager
+def _errors(run_dir: Path) -> Iterator[None]:
+    """Label Studio's errors (ReviewError: what to check) and those about the run's files."""
     from curation.review.client import ReviewError
 
-    return (ReviewError, FileNotFoundError, ValueError)
+    try:
+        with errors(run_dir):
+            yield
+    except ReviewError as err:
+        raise _fail(str(err)) from None
 
 
 @review_app.command()
@@ -64,18 +73,20 @@ def push(
     sample_size: Annotated[int | None, typer.Option(help="seeded random sample of N rows")] = None,
     sample_fraction: Annotated[float | None, typer.Option(help="or this fraction of the rows")] = None,
     image_mode: Annotated[str | None, typer.Option(help="upload | local-files | data-url")] = None,
+    project: Annotated[int | None, typer.Option(
+        "--project", help="use this existing project (e.g. another run's); verdicts still apply "
+        "only to identical texts")] = None,
     url: UrlOption = None,
     overrides: SetOption = None,
 ) -> None:
-    """Create (or reuse, by title) the review project and import the selected rows as tasks.
+    """Import the selected rows as tasks into the run's own review project (created by the first push; its id is kept in RUN/review_project.json).
 
-    Idempotent and resumable: rows already in the project are skipped, and duplicates left
-    by an interrupted push are removed. The teacher's rationale pre-fills an editable text
-    area (model_version = teacher model + template sha). Shows a progress bar.
+    Idempotent and resumable: rows already in the project (same draft, same text) are skipped, a changed rationale becomes a new task, and duplicates left by an interrupted push are removed. The teacher's rationale pre-fills an editable text area (model_version = teacher model + template sha). Shows a progress bar.
     """
     sets = list(overrides or [])
     for key, value in (("select", select), ("sample_size", sample_size),
-                       ("sample_fraction", sample_fraction), ("image_mode", image_mode), ("url", url)):
+                       ("sample_fraction", sample_fraction), ("image_mode", image_mode), ("url", url),
+                       ("project_id", project)):
         if value is not None:
             sets.append(f"review.{key}={value}")
     if reason:
@@ -85,12 +96,19 @@ def push(
     from curation.review.push_pull import push as do_push
 
     columns = (TextColumn("push"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    try:
-        with Progress(*columns, console=console, transient=True) as bar:  # (gone on an error)
-            task = bar.add_task("push", total=None)
-            result = do_push(spec, RunDir(spec.directory), lambda n: bar.advance(task, n))
-    except _errors() as err:
-        raise _fail(str(err)) from None
+    with _errors(run_dir):
+        if console.is_terminal:
+            with Progress(*columns, console=console, transient=True) as bar:  # (gone on an error)
+                task = bar.add_task("push", total=None)
+                result = do_push(spec, RunDir(spec.directory), lambda n: bar.advance(task, n))
+        else:  # a log: a line every few seconds
+            lines, pushed = progress_lines(), [0]
+
+            def advance(n: int) -> None:
+                pushed[0] += n
+                lines("push (tasks imported)", pushed[0], 0)
+
+            result = do_push(spec, RunDir(spec.directory), advance)
     console.print(
         f"[green]pushed[/green] project {result.project_id}: {result.selected} selected, "
         f"{result.already} already there, {result.imported} imported"
@@ -105,11 +123,8 @@ def pull(run_dir: RunOption, url: UrlOption = None, overrides: SetOption = None)
     from curation.core.rundir import RunDir
     from curation.review.push_pull import pull as do_pull
 
-    try:
-        with console.status("exporting annotations"):
-            path = do_pull(spec, RunDir(spec.directory))
-    except _errors() as err:
-        raise _fail(str(err)) from None
+    with _errors(run_dir), console.status("exporting annotations"):
+        path = do_pull(spec, RunDir(spec.directory))
     console.print(f"[green]pulled[/green] {path}")
 
 
@@ -126,12 +141,19 @@ def apply(
     from curation.core.rundir import RunDir
     from curation.review.apply import apply_review
 
-    try:
+    with stopped_exit(), _errors(run_dir):
         stats = apply_review(spec, RunDir(spec.directory), rule)
-    except _errors() as err:
-        raise _fail(str(err)) from None
     console.print(
         f"[green]reviewed[/green] v{stats['version']}: {stats['reviewed']} reviewed, "
         f"{stats['accepted']} accepted, {stats['fixed']} fixed, {stats['flagged']} flagged, "
         f"{stats['rejected']} rejected, {stats['label_corrections']} label corrections"
     )
+    if stats["unmatched_annotations"]:
+        console.print(f"[yellow]{stats['unmatched_annotations']} annotation(s) not applied[/yellow]:"
+                      " they are about texts this run no longer has (push again to review the "
+                      "current ones)")
+    for stale in stats["stale"]:
+        console.print(f"[yellow]now stale:[/yellow] {stale['product']} was made from the "
+                      f"previous review: refresh it with `{stale['command']}`")
+    if not stats["stale"]:
+        console.print("next: `finecot export` (and `finecot report`) to use the reviewed table")

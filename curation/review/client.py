@@ -74,16 +74,28 @@ class Client:
     def ensure_project(
         self, title: str, label_config: str, project_id: int | None = None, overlap: int = 1
     ) -> int:
-        """The id of the project `project_id` or titled `title`; created when there is none.
+        """The project `project_id`, or a new project titled `title` when it is None.
 
-        A reused project gets the current label config (new classes, fixed wording).
+        Titles are labels, never looked up: two runs of one recipe must not share a project.
+        A reused project gets `title` (a rename) and the current label config (new classes,
+        fixed wording); a project id the server does not have is a ReviewError.
         """
-        if project_id is None:
-            found = [
-                p.id for p in self.call("list projects", lambda: list(self.sdk.projects.list(title=title)))
-                if p.title == title
-            ]
-            project_id = min(found) if found else None
+        if project_id is not None:
+            try:
+                current = self.sdk.projects.get(project_id)
+            except ApiError as err:
+                if err.status_code != 404:
+                    raise _api_error(self.url, f"read project {project_id}", err.status_code,
+                                     err.body) from None
+                raise ReviewError(
+                    f"Label Studio at {self.url} has no project {project_id} (deleted?). Give "
+                    "another with --project ID, or remove review_project.json from the run "
+                    "directory to start a new project") from None
+            except (httpx.HTTPError, OSError):
+                current = self.call(f"read project {project_id}", self.sdk.projects.get, project_id)
+            if current.title != title:
+                log.info("renaming Label Studio project %s: %r -> %r", project_id, current.title,
+                         title)
         if project_id is None:
             project = self.call(
                 "create project", self.sdk.projects.create, title=title, label_config=label_config,
@@ -94,7 +106,7 @@ class Client:
             return int(project.id)
         self.call(
             f"update project {project_id}", self.sdk.projects.update, project_id,
-            label_config=label_config, maximum_annotations=overlap,
+            title=title, label_config=label_config, maximum_annotations=overlap,
         )
         return int(project_id)
 

@@ -23,16 +23,25 @@ Images (`review.image_mode`):
   data-url     images inlined as base64 data URLs; only for small images (each at most
                `review.data_url_max_bytes`), since they bloat every task.
 
-Each task carries the row id (`draft_id`). Push lists the project's tasks first and imports
-only rows not there yet, in batches (one request each); after importing it lists again and
-deletes any duplicate of a row (keeping the oldest task), which a push killed while a batch
-was in flight can leave. So pushing twice imports nothing, and a crashed push resumes.
+One project per run. The first push creates a project (its title names the recipe, the run's
+folder and its run id; a title is only a label) and stores its id in review_project.json;
+every later push and pull of the run uses that id, whatever the title says. Changing
+`review.project_title` renames the project (and its image project). Another run's project is
+used only when asked (`review.project_id`, `finecot review push --project ID`).
+
+Each task carries the row id (`draft_id`) and the sha256 of the text it shows
+(`response_sha256`; `finecot_key` joins both): a changed rationale is a new task, and a
+verdict applies only to the very text the reviewer saw (curation/review/apply.py). Push
+lists the project's tasks first and imports only keys not there yet, in batches (one
+request each); after importing it lists again and deletes any duplicate of a key (keeping
+the oldest task), which a push killed while a batch was in flight can leave. So pushing
+twice imports nothing, and a crashed push resumes.
 """
 
 from __future__ import annotations
 
 import base64
-import json
+import hashlib
 import logging
 import mimetypes
 import os
@@ -47,10 +56,11 @@ from xml.sax.saxutils import quoteattr
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curation.core import lineage
 from curation.core.config import Recipe, ReviewConfig
 from curation.core.labels import Registry
 from curation.core.rundir import RunDir
-from curation.core.tables import read_table, write_json_atomic, write_parquet_atomic
+from curation.core.tables import read_json, read_table, write_json_atomic, write_parquet_atomic
 from curation.review.client import Client, ReviewError, connect
 
 log = logging.getLogger(__name__)
@@ -59,6 +69,7 @@ LABEL_CONFIG = Path(__file__).with_name("label_config.xml")
 REJECT_REASONS = ("wrong_traits", "wrong_class", "leaks_label", "incoherent", "other")
 LABEL_WRONG = "gold label is wrong"
 MEDIA_CONFIG = '<View><Image name="image" value="$image"/></View>'
+MEDIA_SUFFIX = " · images"  # the title of a run's image project: its project's + this
 UPLOAD_FILES_PER_REQUEST = 100  # Django DATA_UPLOAD_MAX_NUMBER_FILES default
 Progress = Callable[[int], None]
 
@@ -87,8 +98,39 @@ def open_client(cfg: ReviewConfig) -> Client:
     return connect(url, os.environ.get(cfg.api_key_env, ""), cfg.timeout_s)
 
 
-def project_title(recipe: Recipe) -> str:
-    return recipe.review.project_title or f"finecot {recipe.name}"
+TITLE_MAX = 50  # Label Studio refuses longer project titles
+
+
+def project_title(recipe: Recipe, run: RunDir) -> str:
+    """The project's label: the recipe's title, else the recipe name, the run's folder and
+    its run id (two runs of one recipe never look alike), within Label Studio's 50 characters."""
+    title = recipe.review.project_title
+    if title is not None:
+        if len(title) > TITLE_MAX - len(MEDIA_SUFFIX):
+            raise ReviewError(
+                f"review.project_title {title!r} has {len(title)} characters: Label Studio "
+                f"allows {TITLE_MAX}, and the image project adds {len(MEDIA_SUFFIX)}; use at "
+                f"most {TITLE_MAX - len(MEDIA_SUFFIX)}")
+        return title
+    suffix = f" · {lineage.run_id(run)[:8]}"
+    head = f"finecot {recipe.name} · {run.root.name}"
+    return head[: TITLE_MAX - len(MEDIA_SUFFIX) - len(suffix)] + suffix
+
+
+def text_sha256(text: str | None) -> str:
+    """The sha256 (hex) of a rationale: what a task showed, and what a verdict is about."""
+    return hashlib.sha256((text or "").encode("utf-8")).hexdigest()
+
+
+def task_key(draft_id: str, text: str | None) -> str:
+    """A task's identity: the row and the exact text shown."""
+    return f"{draft_id}@{text_sha256(text)[:16]}"
+
+
+def _key_of(data: dict) -> str:
+    """The key of a task in the project; tasks pushed by an older finecot carry only the
+    draft_id (their text is unknown: they are never matched to a verdict on new text)."""
+    return data.get("finecot_key") or f"{data.get('draft_id')}@unknown-text"
 
 
 def label_config(registry: Registry | None, datasets: Sequence[str] = (), labels: Sequence[str] = ()) -> str:
@@ -136,12 +178,13 @@ def _mime(path: str) -> str:
 class Images:
     """Turns a row's image into the URL a task shows, per `image_mode`."""
 
-    def __init__(self, client: Client, cfg: ReviewConfig, project_id: int, title: str):
+    def __init__(self, client: Client, cfg: ReviewConfig, project_id: int, title: str,
+                 media_id: int | None = None):
         self.client, self.cfg, self.project_id = client, cfg, project_id
         self.urls: dict[str, str] = {}  # image_sha256 -> URL (upload mode)
         self.media_id: int | None = None
-        if cfg.image_mode == "upload":
-            self.media_id = client.ensure_project(f"{title} · images", MEDIA_CONFIG)
+        if cfg.image_mode == "upload":  # the run's own image project: by id once it exists
+            self.media_id = client.ensure_project(f"{title}{MEDIA_SUFFIX}", MEDIA_CONFIG, media_id)
             for task in client.iter_tasks(self.media_id):
                 url = task["data"].get("image", "")
                 sha = Path(url).stem.split("-", 1)[-1]
@@ -220,6 +263,8 @@ def make_task(row: dict, image_url: str) -> dict:
     answer = row.get("answer") or row.get("prediction") or ""
     data = {
         "draft_id": row["draft_id"],
+        "finecot_key": task_key(row["draft_id"], row.get("response")),
+        "response_sha256": text_sha256(row.get("response")),
         "item_id": row.get("item_id"),
         "dataset": row.get("dataset"),
         "image": image_url,
@@ -245,29 +290,31 @@ def _project_state(run: RunDir) -> dict:
     return read_json(path) if path.exists() else {}
 
 
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
 def push(recipe: Recipe, run: RunDir, progress: Progress | None = None) -> PushResult:
-    """Create/reuse the project and import the selected rows not in it yet (batched)."""
+    """Create (first push) or reuse the run's project, and import the selected rows whose
+    key (row + text) is not in it yet (batched)."""
     cfg = recipe.review
     rows = select_rows(run, cfg)
     client = open_client(cfg)
-    title = project_title(recipe)
+    title = project_title(recipe, run)
     state = _project_state(run)
-    known = cfg.project_id or (state.get("project_id") if state.get("url") == client.url else None)
+    ours = state.get("url") == client.url  # the state of another server names other ids
+    known = cfg.project_id or (state.get("project_id") if ours else None)
+    media = state.get("media_project_id") if ours and known == state.get("project_id") else None
     datasets = sorted({r["dataset"] for r in rows if r.get("dataset")})
     xml = label_config(_registry(run), datasets, sorted({r.get("label") or "" for r in rows}))
     project_id = client.ensure_project(title, xml, known, cfg.overlap)
-    images = Images(client, cfg, project_id, title)
+    images = Images(client, cfg, project_id, title, media)
     write_json_atomic(run.path(PROJECT_FILE), {
         "url": client.url, "title": title, "project_id": project_id,
-        "media_project_id": images.media_id, "image_mode": cfg.image_mode,
+        "media_project_id": images.media_id or state.get("media_project_id"),
+        "image_mode": cfg.image_mode, "run_id": lineage.run_id(run),
     })
 
-    existing = {t["data"].get("draft_id") for t in client.iter_tasks(project_id)}
-    todo = [r for r in rows if r["draft_id"] not in existing]
+    existing = {_key_of(t["data"]) for t in client.iter_tasks(project_id)}
+    legacy = {k.split("@", 1)[0] for k in existing if k.endswith("@unknown-text")}
+    todo = [r for r in rows if task_key(r["draft_id"], r.get("response")) not in existing
+            and r["draft_id"] not in legacy]  # (an old task's row is not pushed twice)
     log.info("review push: %d selected, %d already in project %d, %d to import",
              len(rows), len(rows) - len(todo), project_id, len(todo))
     for start in range(0, len(todo), cfg.batch_size):
@@ -281,11 +328,11 @@ def push(recipe: Recipe, run: RunDir, progress: Progress | None = None) -> PushR
 
 
 def remove_duplicates(client: Client, project_id: int) -> int:
-    """Delete all but the oldest task of each draft_id; return how many were deleted."""
+    """Delete all but the oldest task of each key; return how many were deleted."""
     seen: dict[str, int] = {}
     extra: list[int] = []
     for task in sorted(client.iter_tasks(project_id), key=lambda t: t["id"]):
-        key = task["data"].get("draft_id")
+        key = _key_of(task["data"])
         if key in seen:
             extra.append(task["id"])
         else:
@@ -301,6 +348,7 @@ def remove_duplicates(client: Client, project_id: int) -> int:
 
 ANNOTATION_SCHEMA = pa.schema([
     ("draft_id", pa.string()),
+    ("response_sha256", pa.string()),  # the text the task showed (null: unknown, never applied)
     ("task_id", pa.int64()),
     ("annotation_id", pa.int64()),
     ("reviewer", pa.string()),
@@ -324,6 +372,18 @@ def _text(result: list[dict], name: str) -> str | None:
     return "\n".join(parts) if parts else None
 
 
+def _shown_sha(task: dict) -> str | None:
+    """sha256 of the text a task showed: recorded at push; for a task pushed by an older
+    finecot, the text of its prediction when the export carries it; else unknown (None)."""
+    if task["data"].get("response_sha256"):
+        return task["data"]["response_sha256"]
+    for prediction in task.get("predictions") or ():
+        text = _text(prediction.get("result") or [], "rationale") if isinstance(prediction, dict) else None
+        if text is not None:
+            return text_sha256(text)
+    return None
+
+
 def annotation_rows(tasks: list[dict], users: dict[int, str]) -> list[dict]:
     """Flatten an export: one row per submitted (not cancelled) annotation."""
     rows = []
@@ -337,6 +397,7 @@ def annotation_rows(tasks: list[dict], users: dict[int, str]) -> list[dict]:
             decision = (_choices(result, "decision") or [None])[0]
             rows.append({
                 "draft_id": task["data"].get("draft_id"),
+                "response_sha256": _shown_sha(task),
                 "task_id": int(task["id"]),
                 "annotation_id": int(ann["id"]),
                 "reviewer": users.get(who_id, str(who_id)) if who_id is not None else None,

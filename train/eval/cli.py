@@ -74,13 +74,13 @@ def run_command(
     endpoint_model: Annotated[str, typer.Option("--endpoint-model", help="model name sent to the endpoint")] = "teacher",
     api_key_env: Annotated[str, typer.Option("--api-key-env", help="env var holding the endpoint's API key")] = "OPENAI_API_KEY",
     mode: Annotated[str, typer.Option("--mode", help="open, closed or both")] = "both",
-    paper_compat: Annotated[bool, typer.Option("--paper-compat", help="the paper's exact prompts (no appended format instruction) and its coarse word 'object' for birds, dogs, pets")] = False,
+    paper_compat: Annotated[bool, typer.Option("--paper-compat", help="the paper's exact prompts (no appended format instruction), closed-world answers without <answer> tags wrong, 2048 new tokens, and its coarse word 'object' for birds, dogs, pets")] = False,
     keep_order: Annotated[bool, typer.Option("--keep-order", help="Fine-R1 lists: keep the paper's option order (gold first) instead of shuffling")] = False,
     seed: Annotated[int, typer.Option("--seed", help="option shuffle seed (recorded in metrics.json)")] = 0,
     embedder: Annotated[str, typer.Option("--embedder", help="text embedder for relative similarity: LOCAL SigLIP/CLIP/text model folder, or 'hashed' (model-free n-grams)")] = "hashed",
     limit: Annotated[int | None, typer.Option("--limit", help="at most this many items per config (per Fine-R1 file)")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="local model: images per generate() call")] = 8,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="answer length cap (the paper: 2048)")] = 1024,
+    max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", help="answer length cap (default 1024; with --paper-compat 2048, the release's eval/evaluation.py)")] = None,
     max_pixels: Annotated[int | None, typer.Option("--max-pixels", help="local model: image pixel cap for the processor")] = None,
     device: Annotated[str | None, typer.Option("--device", help="local model: cuda, cuda:1, cpu (default: cuda when available; bf16 on GPU, fp32 on CPU)")] = None,
     concurrency: Annotated[int, typer.Option("--concurrency", help="endpoint: requests in flight")] = 64,
@@ -100,12 +100,15 @@ def run_command(
     from curation.core.config import Price, TeacherConfig
     from curation.ingest.split import fine_r1_registry
     from train.eval import evaluate as ev
+    from train.eval.evaluate import PAPER_MAX_NEW_TOKENS
     from train.eval.models import EndpointModel, LocalModel
 
     if (model is None) == (not endpoint):
         raise typer.BadParameter("give either --model (a local checkpoint) or --endpoint (a URL)")
     if (data is None) == (fine_r1 is None):
         raise typer.BadParameter("give either --data (an exported dataset) or --fine-r1 (the paper's lists)")
+    if max_new_tokens is None:
+        max_new_tokens = PAPER_MAX_NEW_TOKENS if paper_compat else 1024
     modes = ["open", "closed"] if mode == "both" else [mode]
     if any(m not in ev.MODES for m in modes):
         raise typer.BadParameter(f"--mode must be open, closed or both (got {mode!r})")

@@ -13,8 +13,11 @@ the gold first and its script never shuffles: here options are shuffled with a r
 (`--keep-order` reproduces the paper's order), and the report gives the position-debiased
 accuracy and where the answers fell.
 
-Prompts are the paper's evaluation prompts (closed: the question and the 4 options; open:
-the free-form question), followed by the paper's format instruction unless `--paper-compat`.
+Prompts (`prompt`): open-world asks exactly as TAPO trains (the question, a blank line, the
+release's format instruction); closed-world is the release's closed template with its 4
+options, then the same instruction. `--paper-compat`: the release's evaluation templates
+alone (eval/evaluation.py), a closed-world answer without `<answer>` tags scored wrong, and
+2048 new tokens, as the paper's numbers were measured.
 Every answer is cached in a ledger (SQLite, curation/core/ledger.py) by request key: model, image
 sha256, prompt text, sampling. A rerun sends nothing already answered; a budget stops it.
 
@@ -39,6 +42,7 @@ import pyarrow.parquet as pq
 from curation.core.labels import ClassInfo, Registry
 from curation.core.ledger import Entry, Ledger, cost_usd
 from curation.core.tables import write_json_atomic, write_parquet_atomic
+from curation.export.stage import FORMAT_INSTRUCTION, RL_PROMPT_SEPARATOR, rl_prompt_text
 from curation.export.triplets import shuffled_options
 from curation.ingest.split import FINE_R1_DATASETS
 from curation.teacher.client import Completion
@@ -54,11 +58,8 @@ CLOSED_TEMPLATE = ("Given the question: {question}, based on the options provide
                    "output the thinking process in <think> </think> and final choice in <answer> "
                    "</answer> tags. The response format should be: <think>...</think> "
                    "<answer>choice</answer>.")
-# The paper's rollout format instruction (its training prompt), appended unless paper_compat.
-FORMAT_INSTRUCTION = ("You first think through the reasoning process as an internal monologue, "
-                      "enclosed within <think> </think> tags. Then, provide your final answer "
-                      "enclosed within <answer> </answer> tags.")
 MODES = ("open", "closed")
+PAPER_MAX_NEW_TOKENS = 2048  # the release's eval/eval_closed.sh and eval_open.sh: MAX_NEW_TOKENS=2048
 
 
 @dataclass
@@ -247,22 +248,33 @@ def load_fine_r1(folder: str | Path, roots: dict[str, Path], seed: int = 0, shuf
 
 
 def prompt(item: Item, mode: str, paper_compat: bool = False) -> str:
-    """The paper's prompt for `item` (+ the format instruction unless paper_compat).
+    """The prompt for `item`: by default the one TAPO trains with, else the paper's own.
+
+    Default: open-world asks exactly as the `rl` config does (the question, a blank line, the
+    format instruction: curation.export.stage.rl_prompt_text); closed-world is the release's
+    closed template (it must list the options) followed by the same blank line and
+    instruction. `paper_compat`: the release's evaluation templates alone, as its published
+    numbers were measured.
 
     >>> it = Item("1", "bird", "A", "seen", "Which bird is this?", b"x", options=["A", "B"])
     >>> prompt(it, "closed", paper_compat=True)[:80]
     "Given the question: Which bird is this?, based on the options provided in ['A', "
+    >>> prompt(it, "open").startswith("Which bird is this?" + RL_PROMPT_SEPARATOR + "You first think")
+    True
     """
     question = item.question.replace(FORMAT_INSTRUCTION, "").strip()
+    if paper_compat and mode == "closed":
+        return CLOSED_TEMPLATE.format(question=question, options=list(item.options or []))
+    if paper_compat:
+        return OPEN_TEMPLATE.format(question=question)
     if mode == "closed":
-        text = CLOSED_TEMPLATE.format(question=question, options=list(item.options or []))
-    else:
-        text = OPEN_TEMPLATE.format(question=question)
-    return text if paper_compat else f"{text} {FORMAT_INSTRUCTION}"
+        closed = CLOSED_TEMPLATE.format(question=question, options=list(item.options or []))
+        return f"{closed}{RL_PROMPT_SEPARATOR}{FORMAT_INSTRUCTION}"
+    return rl_prompt_text(question)
 
 
 def template_sha(paper_compat: bool) -> str:
-    text = OPEN_TEMPLATE + CLOSED_TEMPLATE + ("" if paper_compat else FORMAT_INSTRUCTION)
+    text = OPEN_TEMPLATE + CLOSED_TEMPLATE + ("" if paper_compat else rl_prompt_text("{question}"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -328,7 +340,7 @@ def score(items: Sequence[Item], entries: dict[str, Entry], mode: str, registry:
         }
         if mode == "closed":
             ans, status, picked = m.judge_closed(response, item.options, item.answer_index,
-                                                 registry, item.dataset)
+                                                 registry, item.dataset, require_tag=paper_compat)
             predicted = item.options[picked] if picked >= 0 else ""
             row.update(options=list(item.options), gold_index=item.answer_index, picked=picked)
         else:

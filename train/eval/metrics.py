@@ -78,8 +78,21 @@ def option_registry(options: Sequence[str], registry: Registry, dataset: str) ->
 
 
 def judge_closed(response: str | None, options: Sequence[str], gold_index: int,
-                 registry: Registry, dataset: str) -> tuple[str, str, int]:
-    """(answer, match status, picked option index: -1 none, -2 several) of one response."""
+                 registry: Registry, dataset: str, require_tag: bool = False) -> tuple[str, str, int]:
+    """(answer, match status, picked option index: -1 none, -2 several) of one response.
+
+    require_tag (`--paper-compat`): a response without `<answer>...</answer>` is judged
+    "empty" (wrong), as the release's eval/evaluation.py scores it, instead of reading the
+    whole text.
+
+    >>> reg = Registry([ClassInfo(0, "A", "d", "d"), ClassInfo(1, "B", "d", "d")])
+    >>> judge_closed("It is B", ["A", "B"], 1, reg, "d")
+    ('It is B', 'correct', 1)
+    >>> judge_closed("It is B", ["A", "B"], 1, reg, "d", require_tag=True)
+    ('', 'empty', -1)
+    """
+    if require_tag and not ANSWER.search(response or ""):
+        return "", "empty", -1
     answer = answer_text(response)
     result = match(answer, options[gold_index], option_registry(options, registry, dataset), "options")
     if len(result.named) == 1:

@@ -41,6 +41,29 @@ SUPER_CATEGORY = {
     "oxford_pets": "pet",
 }
 
+# What the images of each source layout may be used for: computed at ingest from the source
+# as it was read (and stored in the run's sources.json), so the dataset card says the same
+# whichever folder `finecot export` runs from.
+SOURCE_LICENSES = {
+    "cub200": "CUB-200-2011: research use; images from Flickr under their owners' terms",
+    "stanford_cars": "Stanford Cars: non-commercial research use",
+    "fgvc_aircraft": "FGVC-Aircraft: non-commercial research purposes only",
+    "stanford_dogs": "Stanford Dogs: ImageNet terms (non-commercial research)",
+    "oxford_flowers": "Oxford 102 Flowers: research use, no explicit license",
+    "oxford_pets": "Oxford-IIIT Pet: CC BY-SA 4.0",
+}
+USER_DATA = "the user's own data: check its terms before publishing"
+SYNTHETIC = "rendered by finecot's synthetic world generator: no third-party rights"
+
+
+def source_licence(kind: str, root: str | os.PathLike) -> str:
+    """The licence line of a source: the synthetic world (its world.json), a known layout's
+    terms, or a reminder that the user's own data has its own terms."""
+    if (Path(root) / "world.json").is_file():  # made by curation/synthetic/world.py make_world
+        return SYNTHETIC
+    return SOURCE_LICENSES.get(kind, USER_DATA)
+
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 
 

@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 
 from curation.cli import app
 from curation.core.ledger import Ledger
-from curation.draft.batch_ops import batch_status, cancel_batches
+from curation.draft.batch_ops import batch_status, cancel_batches, collect_batches
 from curation.draft.stage import BatchPending, DraftStopped, draft_stage
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -388,6 +388,8 @@ def test_an_endpoint_without_files_api_stops_with_the_offline_way(tmp_path, synt
     with Ledger(run.ledger) as ledger:
         (built,) = ledger.batch_files()
     assert built["file_id"] is None and Path(built["path"]).exists()
+    collected = asyncio.run(collect_batches(batch_spec(run, plain), run, wait=True))
+    assert collected["open"] == [] and collected["not_submitted"] == [built["name"]]
 
 
 # -- secrets and flags ----------------------------------------------------------------------------

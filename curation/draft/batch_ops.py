@@ -98,8 +98,9 @@ async def collect_batches(recipe: Recipe, run: RunDir, report: Progress | None =
         try:
             while True:
                 await runner.refresh(submit=False)
-                still = [f for f in ledger.batch_files(open_only=True)
-                         if f["kind"] == "api" and f["endpoint"] == runner.label]
+                ours = [f for f in ledger.batch_files(open_only=True)
+                        if f["kind"] == "api" and f["endpoint"] == runner.label]
+                still = [f for f in ours if f["batch_id"]]  # (built only: the draft submits)
                 if not wait or not still:
                     break
                 await runner.pause(delay)
@@ -107,7 +108,8 @@ async def collect_batches(recipe: Recipe, run: RunDir, report: Progress | None =
         finally:
             await runner.aclose()
     return {**runner.counts, "refused_reasons": dict(runner.refused),
-            "open": [f["batch_id"] or f["name"] for f in still]}
+            "open": [f["batch_id"] for f in still],
+            "not_submitted": [f["name"] for f in ours if not f["batch_id"]]}
 
 
 async def cancel_batches(recipe: Recipe, run: RunDir) -> list[tuple[str, str]]:

@@ -474,11 +474,15 @@ def batch_collect(
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2) from None
     still = counts.pop("open")
+    unsent = counts.pop("not_submitted")
     reasons = counts.pop("refused_reasons")
     console.print(", ".join(f"{k} {v:,}" for k, v in counts.items()) or "nothing finished yet",
                   highlight=False)
     for reason, count in reasons.items():
         console.print(f"[yellow]refused {count:,}:[/yellow] {reason}", highlight=False)
+    if unsent:
+        console.print(f"[yellow]built, not submitted:[/yellow] {', '.join(unsent)} (`finecot "
+                      f"draft --run {run_dir} --mode batch` submits them)")
     if still:
         console.print(f"[yellow]still running:[/yellow] {', '.join(still)}")
         raise typer.Exit(4)

@@ -22,7 +22,7 @@ import typer
 from curation import pipeline
 from curation.core.cli import SetOption, console, errors, load_spec, stage_progress
 from curation.core.stage import StageStopped
-from curation.draft.cli import RichDraftProgress, draft_command, ledger_app
+from curation.draft.cli import RichDraftProgress, batch_app, draft_command, ledger_app
 from curation.export.cli import export_command, publish_command, report_command
 from curation.filter.cli import audit_command, filter_command
 from curation.ingest.cli import ingest_command, split_command
@@ -42,6 +42,7 @@ app = typer.Typer(
 app.add_typer(review_app, name="review")
 app.command("draft")(draft_command)
 app.add_typer(ledger_app, name="ledger")
+app.add_typer(batch_app, name="batch")
 app.add_typer(train_app, name="train")
 app.add_typer(eval_app, name="eval")
 app.add_typer(synthetic_app, name="synthetic")

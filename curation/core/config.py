@@ -121,10 +121,47 @@ class ReviewConfig(Section):
 
 
 class Price(Section):
-    """USD per million tokens of one model."""
+    """USD per million tokens of one model, online and through a batch API."""
 
     input_per_m: float = Field(0.0, ge=0, description="USD per 1M prompt tokens")
     output_per_m: float = Field(0.0, ge=0, description="USD per 1M completion tokens")
+    batch_discount: float = Field(
+        0.5, ge=0, le=1, description="teacher.mode batch: share of the online price taken off "
+        "(OpenAI's Batch API and most providers': 0.5, half price); unused when the batch "
+        "prices below are given")
+    batch_input_per_m: float | None = Field(None, ge=0, description="batch USD per 1M prompt tokens")
+    batch_output_per_m: float | None = Field(None, ge=0, description="batch USD per 1M completion tokens")
+
+    def rates(self, batch: bool = False) -> tuple[float, float]:
+        """(input, output) USD per million tokens, online or through a batch API.
+
+        >>> Price(input_per_m=2, output_per_m=8).rates(batch=True)
+        (1.0, 4.0)
+        >>> Price(input_per_m=2, output_per_m=8, batch_output_per_m=5).rates(batch=True)
+        (1.0, 5.0)
+        """
+        if not batch:
+            return self.input_per_m, self.output_per_m
+        keep = 1.0 - self.batch_discount
+        return (self.batch_input_per_m if self.batch_input_per_m is not None else self.input_per_m * keep,
+                self.batch_output_per_m if self.batch_output_per_m is not None
+                else self.output_per_m * keep)
+
+
+class BatchConfig(Section):
+    """teacher.mode batch: the batch files and how their batches are watched
+    (curation/draft/batch.py). Limits default to OpenAI's published ones (Batch API: 50,000
+    requests and 200 MB per input file)."""
+
+    max_lines: int = Field(50_000, ge=1, description="requests per batch file at most")
+    max_bytes: int = Field(200 * 1024 * 1024, ge=1024, description="bytes per batch file at most")
+    completion_window: str = Field("24h", description="sent with each batch (OpenAI: only 24h)")
+    poll_s: float = Field(15.0, gt=0, description="--wait: first wait between two status checks")
+    poll_max_s: float = Field(300.0, gt=0, description="--wait: the wait doubles up to this")
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="extra HTTP headers of the Files/Batches calls, e.g. "
+        "{x-litellm-model: NAME} for LiteLLM's proxy in front of vLLM (written to recipe.yaml: "
+        "never a key here; the key comes from teacher.api_key_env)")
 
 
 class TeacherConfig(Section):
@@ -157,6 +194,10 @@ class TeacherConfig(Section):
     prices: dict[str, Price] = Field(
         default_factory=dict, description="model -> {input_per_m, output_per_m} USD"
     )
+    mode: Literal["online", "batch"] = Field(
+        "online", description="online: chat completions as they go; batch: JSONL batch files "
+        "through the endpoint's Files/Batches API (or offline: `finecot batch build|import`)")
+    batch: BatchConfig = Field(default_factory=BatchConfig)
 
 
 class PromptConfig(Section):

@@ -14,6 +14,8 @@ synchronous=NORMAL), so a run killed with SIGKILL loses nothing that was answere
     ('hi', (0.001, 15))
 
 Schema changes go through MIGRATIONS (applied in order, tracked by PRAGMA user_version).
+Batch mode's files and lines (schema 6) live here too, next to the requests they answer, so
+a result and the line it closes are written in one transaction.
 `finecot ledger stats|export|path --run DIR` reads it from the command line.
 """
 
@@ -25,7 +27,8 @@ import os
 import sqlite3
 import time
 import urllib.parse
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,6 +84,84 @@ def _totals_migration() -> str:
     """
 
 
+# What a batch-mode row adds to the batch totals of its model (migration 6); {r} as above.
+# Batch rows are those whose endpoint starts with "batch:" (curation/draft/batch.py).
+_BATCH_TOTALS = {
+    "requests": "1",
+    "prompt_tokens": "{r}.prompt_tokens",
+    "completion_tokens": "{r}.completion_tokens",
+    "cost_usd": "{r}.cost_usd",
+}
+
+
+def _batch_migration() -> str:
+    """Batch mode: the files and batches of a run, each request line of them, and the
+    running totals of the rows answered through a batch (so `ledger stats` tells online and
+    batch apart at no cost)."""
+    names = ", ".join(_BATCH_TOTALS)
+
+    def of(row: str) -> list[str]:
+        return [e.format(r=row) for e in _BATCH_TOTALS.values()]
+
+    table = ", ".join(f"{c} {'REAL' if c == 'cost_usd' else 'INTEGER'} NOT NULL DEFAULT 0"
+                      for c in _BATCH_TOTALS)
+    added = ", ".join(f"{c} = {c} + excluded.{c}" for c in _BATCH_TOTALS)
+    add = (f"INSERT INTO batch_totals (model, {names}) VALUES (NEW.model, {', '.join(of('NEW'))})"
+           f" ON CONFLICT (model) DO UPDATE SET {added};")
+    taken = ", ".join(f"{c} = {c} - ({e})" for c, e in zip(_BATCH_TOTALS, of("OLD"), strict=True))
+    remove = f"UPDATE batch_totals SET {taken} WHERE model = OLD.model;"
+    is_new, is_old = "NEW.endpoint LIKE 'batch:%'", "OLD.endpoint LIKE 'batch:%'"
+    return f"""
+    CREATE TABLE batch_files (
+        name TEXT PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('api', 'offline')),
+        model TEXT NOT NULL,
+        endpoint TEXT,
+        path TEXT NOT NULL,
+        lines INTEGER NOT NULL,
+        bytes INTEGER NOT NULL,
+        max_tokens INTEGER,
+        state TEXT NOT NULL,
+        file_id TEXT,
+        batch_id TEXT,
+        output_file_id TEXT,
+        error_file_id TEXT,
+        upload_started REAL,
+        create_started REAL,
+        detail TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE batch_lines (
+        file TEXT NOT NULL REFERENCES batch_files (name),
+        key TEXT NOT NULL,
+        line INTEGER NOT NULL,
+        meta TEXT,
+        prompt_estimate REAL NOT NULL DEFAULT 0,
+        est_tokens REAL NOT NULL DEFAULT 0,
+        est_cost REAL NOT NULL DEFAULT 0,
+        state TEXT NOT NULL DEFAULT 'pending',
+        result_sha TEXT,
+        PRIMARY KEY (file, key)
+    );
+    CREATE INDEX batch_lines_key ON batch_lines (key);
+    CREATE INDEX batch_lines_pending ON batch_lines (state) WHERE state = 'pending';
+    CREATE INDEX batch_lines_result ON batch_lines (result_sha) WHERE result_sha IS NOT NULL;
+    CREATE TABLE batch_totals (model TEXT PRIMARY KEY, {table});
+    INSERT INTO batch_totals (model, {names})
+        SELECT model, {", ".join(f"SUM({e})" for e in of("requests"))} FROM requests
+        WHERE endpoint LIKE 'batch:%' GROUP BY model;
+    CREATE TRIGGER batch_totals_on_insert AFTER INSERT ON requests WHEN {is_new}
+        BEGIN {add} END;
+    CREATE TRIGGER batch_totals_on_update_old AFTER UPDATE ON requests WHEN {is_old}
+        BEGIN {remove} END;
+    CREATE TRIGGER batch_totals_on_update_new AFTER UPDATE ON requests WHEN {is_new}
+        BEGIN {add} END;
+    CREATE TRIGGER batch_totals_on_delete AFTER DELETE ON requests WHEN {is_old}
+        BEGIN {remove} END;
+    """
+
+
 # Ordered migrations: index i brings the schema from user_version i to i + 1. Append only.
 MIGRATIONS: list[str] = [
     # 1: one row per request key
@@ -133,7 +214,23 @@ MIGRATIONS: list[str] = [
     # write, so opening a ledger, its budget check and `ledger stats` cost the same at ten
     # rows or ten million (they read this table, not every request).
     _totals_migration(),
+    # 6: batch mode (curation/draft/batch.py): batch_files (one per JSONL file: its provider
+    # file and batch ids, state, and when an upload or a create was attempted, so a process
+    # killed before it heard the answer finds the file or batch again instead of paying
+    # twice), batch_lines (one per request line: its key, provenance, budget estimate and
+    # outcome), and batch_totals (rows answered through a batch, per model).
+    _batch_migration(),
 ]
+
+# The states of a batch line. pending: in a file whose results are not in yet; answered /
+# failed: its result is recorded in `requests`; expired, cancelled, missing (no result line
+# came back): nothing recorded, the key is asked again in the next batch.
+LINE_STATES = ("pending", "answered", "failed", "expired", "cancelled", "missing")
+
+BATCH_FILE_COLUMNS = (
+    "name", "kind", "model", "endpoint", "path", "lines", "bytes", "max_tokens", "state", "file_id",
+    "batch_id", "output_file_id", "error_file_id", "upload_started", "create_started", "detail",
+)
 
 COLUMNS = (
     "key", "model", "status", "attempts", "error", "response", "finish_reason",
@@ -345,6 +442,16 @@ class Ledger:
                 " COALESCE(SUM(latency_n), 0), COALESCE(SUM(usage_estimated), 0),"
                 " COALESCE(SUM(with_reasoning), 0), COALESCE(SUM(old_rows), 0) FROM totals"
             ).fetchone())
+        batch_n, batch_tokens, batch_cost = db.execute(
+            "SELECT COALESCE(SUM(requests), 0), COALESCE(SUM(prompt_tokens + completion_tokens), 0),"
+            " COALESCE(SUM(cost_usd), 0) FROM batch_totals").fetchone()
+        by_mode = {
+            "online": {"requests": n - batch_n, "tokens": prompt + completion - batch_tokens,
+                       "cost_usd": cost - batch_cost},
+            "batch": {"requests": batch_n, "tokens": batch_tokens, "cost_usd": batch_cost},
+        }
+        files = dict(db.execute("SELECT state, COUNT(*) FROM batch_files GROUP BY state"))
+        pending = db.execute("SELECT COUNT(*) FROM batch_lines WHERE state = 'pending'").fetchone()[0]
         errors = dict(db.execute(
             "SELECT substr(error, 1, instr(error || ':', ':') - 1) AS reason, COUNT(*) FROM requests"
             " WHERE status = 'failed' GROUP BY reason ORDER BY COUNT(*) DESC LIMIT 10"
@@ -371,6 +478,9 @@ class Ledger:
             "mean_latency_s": latency_sum / latency_n if latency_n else None,
             "failure_reasons": errors,
             "recent_events": events,
+            "by_mode": by_mode,
+            "batch_files": files,
+            "batch_lines_pending": pending,
         }
 
     def problems(self) -> list[str]:
@@ -405,22 +515,28 @@ class Ledger:
 
     def record_many(self, entries: Iterable[Entry]) -> int:
         """`record` for many entries in one transaction (imports, benchmarks): all or none."""
-        now, count = time.time(), 0
+        count = 0
+        with self.transaction():
+            for entry in entries:
+                self.record(entry)
+                count += 1
+        return count
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Every write inside the block (record, batch updates) commits together or not at
+        all: a process killed halfway leaves the ledger as it was before the block."""
         self._db.execute("BEGIN")
         try:
-            for entry in entries:
-                self._db.execute(_UPSERT, _values(entry, now))
-                self._cost += entry.cost_usd
-                self._tokens += entry.tokens
-                count += 1
+            yield
         except BaseException:
             self._db.execute("ROLLBACK")
-            self._cost, self._tokens = self._db.execute(
+            cost, tokens = self._db.execute(
                 "SELECT COALESCE(SUM(cost_usd), 0), COALESCE(SUM(prompt_tokens + completion_tokens),"
                 " 0) FROM totals").fetchone()
+            self._cost, self._tokens = float(cost), int(tokens)
             raise
         self._db.execute("COMMIT")
-        return count
 
     def unrecoverable(self) -> list[str]:
         """Keys of answered rows stored before the ledger kept reasoning apart (raw_fields 0)
@@ -442,6 +558,105 @@ class Ledger:
         if keys:
             self.event("reask", f"{len(keys)} rows marked: {reason}")
         return len(keys)
+
+    # -- batch mode (schema 6; curation/draft/batch.py) --------------------------------------
+
+    def add_batch_file(self, file: Mapping[str, Any], lines: Iterable[tuple]) -> int:
+        """Record a built batch file (BATCH_FILE_COLUMNS) and its request lines, each
+        (key, line number, meta JSON, prompt estimate, estimated tokens, estimated cost), in
+        one transaction; return the line count."""
+        now, count = time.time(), 0
+        names = [c for c in BATCH_FILE_COLUMNS if c in file]
+        with self.transaction():
+            self._db.execute(
+                f"INSERT INTO batch_files ({', '.join(names)}, created_at, updated_at) VALUES "
+                f"({', '.join('?' * len(names))}, ?, ?)", [file[c] for c in names] + [now, now])
+            for line in lines:
+                self._db.execute(
+                    "INSERT INTO batch_lines (file, key, line, meta, prompt_estimate, est_tokens,"
+                    " est_cost) VALUES (?, ?, ?, ?, ?, ?, ?)", (file["name"], *line))
+                count += 1
+        return count
+
+    def batch_files(self, open_only: bool = False) -> list[dict[str, Any]]:
+        """The run's batch files, oldest first; open_only: those whose results are not in."""
+        where = " WHERE state NOT IN ('collected', 'dropped')" if open_only else ""
+        cursor = self._db.execute(f"SELECT * FROM batch_files{where} ORDER BY created_at, name")
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor]
+
+    def update_batch_file(self, name: str, **fields: Any) -> None:
+        unknown = set(fields) - set(BATCH_FILE_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown batch_files columns: {sorted(unknown)}")
+        sets = ", ".join(f"{c} = ?" for c in fields)
+        self._db.execute(f"UPDATE batch_files SET {sets}, updated_at = ? WHERE name = ?",
+                         (*fields.values(), time.time(), name))
+
+    def pending_lines(self, keys: Iterable[str]) -> dict[str, str]:
+        """{key: batch file} of the keys waiting in a batch whose results are not in."""
+        found: dict[str, str] = {}
+        keys = list(keys)
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            found.update(self._db.execute(  # by key: the pending index would scan them all
+                f"SELECT key, file FROM batch_lines INDEXED BY batch_lines_key WHERE key IN "
+                f"({','.join('?' * len(chunk))}) AND state = 'pending'", chunk))
+        return found
+
+    def batch_tries(self, keys: Iterable[str]) -> dict[str, int]:
+        """{key: batches it went into that did not answer it} (failed, expired, missing)."""
+        found: dict[str, int] = {}
+        keys = list(keys)
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            found.update(self._db.execute(
+                f"SELECT key, COUNT(*) FROM batch_lines INDEXED BY batch_lines_key WHERE key IN "
+                f"({','.join('?' * len(chunk))}) AND state IN ('failed', 'expired', 'missing')"
+                " GROUP BY key", chunk))
+        return found
+
+    def batch_committed(self) -> tuple[float, float]:
+        """(USD, tokens) the pending lines may still cost at most: the budget counts them as
+        spent until their results come in."""
+        cost, tokens = self._db.execute(
+            "SELECT COALESCE(SUM(est_cost), 0), COALESCE(SUM(est_tokens), 0) FROM batch_lines"
+            " WHERE state = 'pending'").fetchone()
+        return float(cost), float(tokens)
+
+    def pending_line(self, key: str) -> tuple[str, dict[str, Any], float] | None:
+        """(file, meta, prompt estimate) of a key waiting in a batch, or None."""
+        row = self._db.execute(
+            "SELECT file, meta, prompt_estimate FROM batch_lines INDEXED BY batch_lines_key"
+            " WHERE key = ? AND state = 'pending' ORDER BY rowid LIMIT 1", (key,)).fetchone()
+        if row is None:
+            return None
+        return row[0], json.loads(row[1]) if row[1] else {}, row[2]
+
+    def pending_meta(self, file: str) -> list[tuple[str, dict[str, Any]]]:
+        """(key, meta) of the lines of `file` still pending."""
+        return [(key, json.loads(meta) if meta else {}) for key, meta in self._db.execute(
+            "SELECT key, meta FROM batch_lines WHERE file = ? AND state = 'pending'", (file,))]
+
+    def result_seen(self, result_sha: str) -> bool:
+        """Was a result line with this sha256 recorded before (an import run twice)?"""
+        return self._db.execute("SELECT 1 FROM batch_lines WHERE result_sha = ? LIMIT 1",
+                                (result_sha,)).fetchone() is not None
+
+    def close_line(self, file: str, key: str, state: str, result_sha: str | None = None) -> None:
+        if state not in LINE_STATES:
+            raise ValueError(f"unknown batch line state {state!r}")
+        self._db.execute("UPDATE batch_lines SET state = ?, result_sha = ? WHERE file = ? AND"
+                         " key = ?", (state, result_sha, file, key))
+
+    def close_pending(self, file: str, state: str) -> int:
+        """Close every line of `file` still pending with `state`; return how many."""
+        return self._db.execute("UPDATE batch_lines SET state = ? WHERE file = ? AND state = "
+                                "'pending'", (state, file)).rowcount
+
+    def line_states(self, file: str) -> dict[str, int]:
+        return dict(self._db.execute(
+            "SELECT state, COUNT(*) FROM batch_lines WHERE file = ? GROUP BY state", (file,)))
 
     def event(self, kind: str, detail: str = "") -> None:
         self._db.execute(

@@ -1,12 +1,19 @@
-"""`finecot draft` and `finecot ledger stats|export|path`: the drafting commands and their bar.
+"""`finecot draft`, `finecot batch build|import|status|collect|cancel` and `finecot ledger
+stats|export|path`: the drafting commands and their bar.
 
     finecot draft --run runs/birds --target-per-class 4 --budget-usd 5
+    finecot draft --run runs/birds --mode batch [--wait]     # through a Batch API
+    finecot batch build --run runs/birds requests.jsonl       # offline: vllm run-batch
+    finecot batch import --run runs/birds results.jsonl
+    finecot batch status|collect|cancel --run runs/birds
     finecot ledger stats --run runs/birds
     finecot ledger export --run runs/birds ledger.parquet
     sqlite3 "$(finecot ledger path --run runs/birds)" 'select status, count(*) from requests group by 1'
 
-Only argument parsing and display live here; the work is curation/draft/stage.py. Heavy modules
-are imported inside the commands so `finecot --help` stays fast.
+Only argument parsing and display live here; the work is curation/draft/stage.py (and
+batch.py, batch_ops.py). Heavy modules are imported inside the commands so `finecot --help`
+stays fast. Exit codes: 0 done, 2 bad input, 3 stopped on purpose (budget, interrupt,
+refused, too few usable), 4 batch results still out (rerun later to collect them).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from curation.core.cli import errors
+from curation.core.cli import stage_progress as stage_bar
 from curation.core.config import RecipeError, load_recipe
 
 console = Console(stderr=True, soft_wrap=True)  # paths are never broken across lines
@@ -45,11 +53,12 @@ class RichDraftProgress:
         # progress line every `line_every_s` instead, so a killed run's log shows how far it got.
         self._line_every, self._last_line = 5.0, time.monotonic()
         self._bar = Progress(
-            TextColumn("drafting"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[line]}"), TimeRemainingColumn(),
             console=console, transient=False,
         )
-        self._task = self._bar.add_task("draft", total=0, line="")
+        self._task = self._bar.add_task("drafting", total=0, line="")
+        self._tasks: dict[str, object] = {}
         self._bar.start()
         # Log lines go above the bar: point stderr log handlers at rich's redirected stderr.
         # (setStream returns None when the stream is unchanged: keep the old one ourselves.)
@@ -72,6 +81,13 @@ class RichDraftProgress:
     def on_result(self, status: str, tokens: int, cost: float) -> None:
         self._counts.on_result(status, tokens, cost)
         self.refresh()
+
+    def task(self, name: str, done: int, total: int) -> None:
+        """A named piece of batch work (building, submitting, one batch's lines): a bar of
+        its own under the drafting bar."""
+        if name not in self._tasks:
+            self._tasks[name] = self._bar.add_task(name, total=total, line="")
+        self._bar.update(self._tasks[name], completed=done, total=total)
 
     def refresh(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -114,20 +130,34 @@ def draft_command(
     recipe: Annotated[Path | None, typer.Option(help="recipe YAML (default: the run's)")] = None,
     overrides: Annotated[list[str] | None, typer.Option(
         "--set", help="override a recipe field, e.g. --set teacher.rpm=500 (repeatable)")] = None,
+    mode: Annotated[str | None, typer.Option(
+        help="online (chat completions) or batch (the endpoint's Files/Batches API, about "
+        "half the price; teacher.mode)")] = None,
+    wait: Annotated[bool, typer.Option(
+        help="batch mode: wait for the batches (polling with backoff) instead of exiting "
+        "with code 4 once they are submitted")] = False,
 ) -> None:
     """Draft rationales with the teacher for the run's k-shot pool (writes drafts.parquet).
 
     Every request goes through the run's ledger (ledger.sqlite): answered requests are never sent again, so rerunning the same command resumes after a crash, a Ctrl-C (which lets the requests in flight finish) or a budget stop (exit code 3).
 
+    With --mode batch each round goes out as a batch (README, Batch mode): the command submits it and exits with code 4, and the same command run again collects the results and goes on (or waits for them with --wait). Killed at any point, it resumes without uploading or paying twice.
+
     The API key comes from $OPENAI_API_KEY or the variable named by teacher.api_key_env, and is never written anywhere.
     """
+    spec = _draft_spec(run_dir, recipe, overrides, base_url, (
+        ("draft.target_per_class", target_per_class), ("draft.samples", samples),
+        ("draft.strategy", strategy), ("draft.budget_usd", budget_usd),
+        ("draft.budget_tokens", budget_tokens), ("teacher.model", model),
+        ("teacher.concurrency", concurrency), ("teacher.mode", mode)))
+    _run_draft(spec, wait=wait)
+
+
+def _draft_spec(run_dir: Path, recipe: Path | None, overrides: list[str] | None,
+                base_url: list[str] | None, options=()):
+    """The run's recipe (or --recipe) with the options and --set overrides applied."""
     sets = list(overrides or [])
-    for key, value in (("draft.target_per_class", target_per_class), ("draft.samples", samples),
-                       ("draft.strategy", strategy), ("draft.budget_usd", budget_usd),
-                       ("draft.budget_tokens", budget_tokens), ("teacher.model", model),
-                       ("teacher.concurrency", concurrency)):
-        if value is not None:
-            sets.append(f"{key}={value}")
+    sets += [f"{key}={value}" for key, value in options if value is not None]
     saved = run_dir / "recipe.yaml"
     try:
         spec = load_recipe(recipe or (saved if saved.exists() else None),
@@ -137,18 +167,24 @@ def draft_command(
         raise typer.Exit(2) from None
     if base_url:  # the listed URLs replace the recipe's, not merge with them by position
         spec.teacher.base_urls = list(base_url)
+    return spec
 
+
+def _run_draft(spec, wait: bool = False, batch_out: Path | None = None) -> None:
     from curation.core import lineage
     from curation.core.rundir import RunDir
-    from curation.draft.stage import DraftStopped, draft_stage
+    from curation.draft.stage import BatchPending, DraftStopped, draft_stage
 
     run = RunDir(spec.directory)
     with errors(run.root):
         check_pool(run)
     progress = RichDraftProgress()
     try:
-        with errors(run.root):
-            report = draft_stage(spec, run, progress)  # duck-typed DraftProgress
+        with errors(run.root):  # duck-typed DraftProgress
+            report = draft_stage(spec, run, progress, wait=wait, batch_out=batch_out)
+    except BatchPending as err:
+        console.print(f"[yellow]pending:[/yellow] {err}")
+        raise typer.Exit(4) from None
     except DraftStopped as err:
         console.print(f"[yellow]stopped:[/yellow] {err}")
         raise typer.Exit(3) from None
@@ -183,6 +219,8 @@ def _print_report(report, root: Path) -> None:
                  "retries", "rounds", "tokens"):
         table.add_row(name, f"{getattr(report, name):,}")
     table.add_row("waiting before retries", f"{report.waited_s:.1f} s")
+    for name, count in report.batch.items():
+        table.add_row(f"batch lines {name}", f"{count:,}")
     estimated = " (estimated: the server reported no usage)" if report.usage_estimated else ""
     table.add_row("cost (ledger total)", f"${report.cost_usd:.4f}{estimated}")
     console.print(table)
@@ -243,6 +281,12 @@ def ledger_stats(
         table.add_row("mean latency", f"{stats['mean_latency_s']:.2f} s")
     for model, m in stats["by_model"].items():
         table.add_row(f"model {model}", f"{m['requests']:,} req, ${m['cost_usd']:.4f}")
+    for mode, m in stats["by_mode"].items():
+        table.add_row(f"{mode}", f"{m['requests']:,} req, {m['tokens']:,} tok, ${m['cost_usd']:.4f}")
+    if stats["batch_files"]:
+        files = ", ".join(f"{state} {n}" for state, n in stats["batch_files"].items())
+        table.add_row("batch files", files)
+        table.add_row("batch lines waiting", f"{stats['batch_lines_pending']:,}")
     for reason, count in stats["failure_reasons"].items():
         table.add_row(f"failed: {reason}", f"{count:,}")
     Console().print(table)
@@ -299,3 +343,174 @@ def ledger_export(
 def ledger_path(run_dir: RunOption) -> None:
     """Print the ledger's path (for sqlite3 and other tools)."""
     typer.echo(str(_ledger_path(run_dir).resolve()))
+
+
+# -- finecot batch ----------------------------------------------------------------------------
+
+batch_app = typer.Typer(
+    help="Batch mode by hand: build a batch file for `vllm run-batch` (or any OpenAI batch "
+    "runner) and import its results; see, collect or cancel a run's batches.",
+    no_args_is_help=True,
+)
+RecipeOpt = Annotated[Path | None, typer.Option("--recipe", help="recipe YAML (default: the run's)")]
+SetOpt = Annotated[list[str] | None, typer.Option(
+    "--set", help="override a recipe field, e.g. --set teacher.model=M (repeatable)")]
+
+
+@batch_app.command("build")
+def batch_build(
+    run_dir: RunOption,
+    out: Annotated[Path, typer.Argument(help="the batch file to write (JSONL)")],
+    recipe: RecipeOpt = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Write the requests of the run's next round that the ledger cannot answer into OUT, for `vllm run-batch -i OUT -o RESULTS --model M` or any runner of the OpenAI batch format.
+
+    One line per request: custom_id (its ledger key), method, url, and the body the online client would send (image inlined). Then `finecot batch import --run RUN RESULTS` records the answers, and `finecot batch build` again writes the next round (quota loop, blind-then-hinted) or, when nothing is left to ask, says so. drafts.parquet is written each time from what the ledger holds. Exit code 4: OUT holds requests to run.
+    """
+    spec = _draft_spec(run_dir, recipe, overrides, None)
+    out = out.resolve()
+    _run_draft(spec, batch_out=out)
+    console.print("nothing left to ask: every request of the run is answered or failed with "
+                  "its reason (drafts.parquet)")
+
+
+def _batch_spec(run_dir: Path, recipe: Path | None, overrides: list[str] | None):
+    from curation.core.rundir import RunDir
+
+    spec = _draft_spec(run_dir, recipe, overrides, None)
+    return spec, RunDir(spec.directory)
+
+
+@batch_app.command("import")
+def batch_import(
+    run_dir: RunOption,
+    results: Annotated[Path, typer.Argument(help="the results JSONL a batch runner wrote")],
+    recipe: RecipeOpt = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Record a batch runner's results (`vllm run-batch -o RESULTS`) in the run's ledger.
+
+    Lines are matched to requests by custom_id. A line already imported is skipped (importing twice changes nothing); a line that is not JSON, whose custom_id is not waiting in a batch file of this run, or whose body does not match its request is refused with its reason (exit code 3), and every other line is recorded. Then run `finecot batch build` (next round) or `finecot draft --mode batch`.
+    """
+    from curation.core.stage import StageStopped
+    from curation.draft.batch_ops import import_results
+
+    spec, run = _batch_spec(run_dir, recipe, overrides)
+    try:
+        with stage_bar() as progress:
+            counts = import_results(spec, run, results, progress)
+    except (FileNotFoundError, ValueError) as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from None
+    except StageStopped as err:
+        console.print(f"[yellow]stopped:[/yellow] {err}")
+        raise typer.Exit(3) from None
+    reasons = counts.pop("refused_reasons")
+    console.print(", ".join(f"{k} {v:,}" for k, v in counts.items()), highlight=False)
+    for reason, count in reasons.items():
+        console.print(f"[yellow]refused {count:,}:[/yellow] {reason}", highlight=False)
+    if reasons:
+        console.print("[yellow]the refused lines changed nothing; every other line is "
+                      "recorded[/yellow]")
+        raise typer.Exit(3)
+
+
+@batch_app.command("status")
+def batch_status_command(
+    run_dir: RunOption,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON to stdout")] = False,
+    recipe: RecipeOpt = None,
+    overrides: SetOpt = None,
+) -> None:
+    """The run's batch files and batches: state at the provider, request counts, lines waiting."""
+    import asyncio
+
+    from curation.core.stage import StageStopped
+    from curation.draft.batch_ops import batch_status
+    from curation.teacher.batch_api import BatchAPIError
+
+    spec, run = _batch_spec(run_dir, recipe, overrides)
+    try:
+        rows = asyncio.run(batch_status(spec, run))
+    except (FileNotFoundError, BatchAPIError, StageStopped) as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(json.dumps(rows, indent=1, default=str))
+        return
+    table = Table(title=f"batches: {run.root}")
+    for column in ("file", "kind", "batch", "state", "lines", "line states"):
+        table.add_column(column)
+    for row in rows:
+        states = ", ".join(f"{k} {v}" for k, v in row["line_states"].items())
+        counts = row.get("request_counts")
+        if counts:  # the provider's progress of a batch still out
+            states += f" (provider: {counts.get('completed', 0)} done, {counts.get('failed', 0)} failed)"
+        table.add_row(row["name"], row["kind"], row["batch_id"] or "-", row["state"],
+                      f"{row['lines']:,}", states)
+    Console().print(table)
+
+
+@batch_app.command("collect")
+def batch_collect(
+    run_dir: RunOption,
+    wait: Annotated[bool, typer.Option(help="wait until every batch is finished")] = False,
+    recipe: RecipeOpt = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Record the results of the run's finished batches (nothing new is submitted); then `finecot draft --mode batch` writes drafts.parquet and goes on."""
+    import asyncio
+
+    from curation.core.stage import StageStopped
+    from curation.draft.batch_ops import collect_batches
+    from curation.teacher.batch_api import BatchAPIError
+
+    spec, run = _batch_spec(run_dir, recipe, overrides)
+    try:
+        with stage_bar() as progress:
+            counts = asyncio.run(collect_batches(spec, run, progress, wait=wait))
+    except (FileNotFoundError, BatchAPIError, StageStopped) as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from None
+    still = counts.pop("open")
+    unsent = counts.pop("not_submitted")
+    reasons = counts.pop("refused_reasons")
+    console.print(", ".join(f"{k} {v:,}" for k, v in counts.items()) or "nothing finished yet",
+                  highlight=False)
+    for reason, count in reasons.items():
+        console.print(f"[yellow]refused {count:,}:[/yellow] {reason}", highlight=False)
+    if unsent:
+        console.print(f"[yellow]built, not submitted:[/yellow] {', '.join(unsent)} (`finecot "
+                      f"draft --run {run_dir} --mode batch` submits them)")
+    if still:
+        console.print(f"[yellow]still running:[/yellow] {', '.join(still)}")
+        raise typer.Exit(4)
+
+
+@batch_app.command("cancel")
+def batch_cancel(
+    run_dir: RunOption,
+    recipe: RecipeOpt = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Cancel the run's open batches (and drop batch files not yet submitted or imported).
+
+    Lines a batch answered before it stopped are still recorded by `finecot batch collect` or the next `finecot draft --mode batch`, which sends the rest again in a new batch.
+    """
+    import asyncio
+
+    from curation.core.stage import StageStopped
+    from curation.draft.batch_ops import cancel_batches
+    from curation.teacher.batch_api import BatchAPIError
+
+    spec, run = _batch_spec(run_dir, recipe, overrides)
+    try:
+        done = asyncio.run(cancel_batches(spec, run))
+    except (FileNotFoundError, BatchAPIError, StageStopped) as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from None
+    for name, what in done:
+        console.print(f"{name}: {what}", highlight=False)
+    if not done:
+        console.print("no open batch")

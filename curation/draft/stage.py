@@ -19,6 +19,10 @@ computed only when the quota loop or blind-then-hinted acts on them.
 The budget (USD or tokens, over the whole ledger) stops new requests, lets those in flight
 finish, writes what is answered and raises DraftStopped with what to do; so do SIGINT and
 an endpoint that refuses the requests (401/403/404).
+
+With teacher.mode batch (or an offline build) each round goes through a batch instead
+(curation/draft/batch.py): the same keys, the same ledger; a round whose batch is still out
+ends the run with BatchPending (rerun to collect; `wait=True` polls until it is in).
 Items stream through the loop with bounded memory: a request body (with its encoded image)
 exists only while its request is in flight.
 """
@@ -49,7 +53,9 @@ from curation.core.ledger import Entry, Ledger, cost_usd
 from curation.core.rundir import RunDir
 from curation.core.stage import StageStopped
 from curation.core.tables import ParquetStreamWriter, write_json_atomic
+from curation.draft.batch import BatchRunner
 from curation.draft.requests import ImageCache, Requests, make_accept, pool_registry
+from curation.teacher.batch_api import BatchAPIError
 from curation.teacher.client import Completion, TeacherClient
 
 log = logging.getLogger(__name__)
@@ -67,6 +73,11 @@ DRAFT_FIELDS = [
 
 class DraftStopped(StageStopped):
     """The stage stopped early on purpose (budget, interrupt, refused); rerun to resume."""
+
+
+class BatchPending(DraftStopped):
+    """Batch mode: requests are out in a batch (or in an offline file) whose results are
+    not in yet; rerun the same command later to collect them and go on."""
 
 
 class DraftProgress:
@@ -102,6 +113,10 @@ class DraftProgress:
         self.tokens += tokens
         self.cost_usd += cost
         self.refresh()
+
+    def task(self, name: str, done: int, total: int) -> None:
+        """Hook for displays: a named piece of batch work (building files, submitting, one
+        batch's lines done)."""
 
     def refresh(self) -> None:
         """Hook for displays."""
@@ -142,6 +157,7 @@ class DraftReport:
     usage_estimated: int = 0  # drafts whose server reported no usage: tokens estimated
     retries: int = 0  # HTTP retries this run
     waited_s: float = 0.0  # time spent backing off before them
+    batch: dict[str, int] = field(default_factory=dict)  # batch mode: lines built, answered...
 
     def summary(self) -> str:
         """One line: usable, failed by reason, empty, truncated, retries."""
@@ -154,11 +170,15 @@ class DraftReport:
 # -- the stage -------------------------------------------------------------------------------
 
 
-def draft_stage(recipe: Recipe, run: RunDir, progress: DraftProgress | None = None) -> DraftReport:
-    """Draft rationales for run.pool into run.path("drafts.parquet"); see the module doc."""
+def draft_stage(recipe: Recipe, run: RunDir, progress: DraftProgress | None = None, *,
+                wait: bool = False, batch_out: Path | None = None) -> DraftReport:
+    """Draft rationales for run.pool into run.path("drafts.parquet"); see the module doc.
+
+    Batch mode: `wait` polls submitted batches until their results are in; `batch_out`
+    builds the next batch offline into that file (for `vllm run-batch`)."""
     progress = progress or DraftProgress()
     try:
-        return asyncio.run(Drafter(recipe, run, progress).run())
+        return asyncio.run(Drafter(recipe, run, progress, wait=wait, batch_out=batch_out).run())
     finally:
         progress.close()
 
@@ -166,8 +186,14 @@ def draft_stage(recipe: Recipe, run: RunDir, progress: DraftProgress | None = No
 class Drafter:
     """One draft run: the schedule of samples, the ledger, the client and the quota loop."""
 
-    def __init__(self, recipe: Recipe, run: RunDir, progress: DraftProgress):
+    def __init__(self, recipe: Recipe, run: RunDir, progress: DraftProgress, *,
+                 wait: bool = False, batch_out: Path | None = None):
         self.recipe, self.run_dir, self.progress = recipe, run, progress
+        self.batch_mode = recipe.teacher.mode == "batch" or batch_out is not None
+        self.wait, self.batch_out = wait, batch_out
+        self.batcher: BatchRunner | None = None
+        self.batch_stop: str | None = None  # pending, budget, cancelled, stopped, refused
+        self.batch_error = ""
         pool_file = pq.ParquetFile(run.require(run.pool, "split"))  # (read_table imports pandas)
         self.pool: list[dict] = pool_file.read().to_pylist()
         self.registry = pool_registry(run, self.pool)
@@ -191,6 +217,10 @@ class Drafter:
     def stop_reason(self) -> str | None:
         if self.interrupted:
             return "interrupted"
+        if self.batch_stop == "stopped":
+            return "interrupted"
+        if self.batch_stop:
+            return self.batch_stop
         if self.client is not None and self.client.refused:
             return "refused"
         spent, tokens = self.ledger.totals()
@@ -220,11 +250,19 @@ class Drafter:
         try:
             with _exclusive(self.run_dir.path(".draft.lock")), Ledger(self.run_dir.ledger) as ledger:
                 self.ledger = ledger
+                if self.batch_mode:
+                    self.batcher = BatchRunner(
+                        self.recipe, self.run_dir, ledger, report=self.progress.task,
+                        on_result=self.progress.on_result, pool=self.pool,
+                        requests=self.requests, images=self.images, wait=self.wait,
+                        offline_out=self.batch_out, should_stop=lambda: self.interrupted)
                 try:
                     await self._rounds()
                 finally:
                     if self.client is not None:
                         await self.client.aclose()
+                    if self.batcher is not None:
+                        await self.batcher.aclose()
                 self._finish()
         finally:
             if handled:
@@ -237,7 +275,7 @@ class Drafter:
         batch = self._add([(row, first) for row in range(len(self.pool))], draft.samples)
         while batch:
             self.report.rounds += 1
-            await self._send(batch)
+            await (self._send_batch(batch) if self.batch_mode else self._send(batch))
             self.requests.forget()
             if self.report.judged:
                 self._judge(batch)
@@ -337,6 +375,36 @@ class Drafter:
         if pending:
             await asyncio.gather(*pending)
 
+    async def _send_batch(self, batch: list[Sample]) -> None:
+        """Batch mode: key the round's samples (the same keys as online), leave out what the
+        ledger answers, and let the BatchRunner get the rest through one batch."""
+        retry = self.recipe.draft.retry_failed
+        groups: list[tuple[int, str, list[Sample]]] = []
+        for (row, strategy), group in itertools.groupby(batch, key=lambda s: (s.row, s.strategy)):
+            samples = list(group)
+            keys = self.requests.keys(row, strategy, [s.index for s in samples])
+            self.requests.release(row, strategy)  # rebuilt when its file is written
+            for sample, key in zip(samples, keys, strict=True):
+                sample.key = key
+            known = self.ledger.statuses(keys)
+            todo = [s for s in samples if known.get(s.key) is None
+                    or (retry and known[s.key] == "failed")]
+            if len(todo) < len(samples):
+                self.report.cached += len(samples) - len(todo)
+                self.progress.on_cached(len(samples) - len(todo))
+            if todo:
+                groups.append((row, strategy, todo))
+        if not groups or self.interrupted:
+            return
+        try:  # (even past the budget: batches already out are paid and must be collected)
+            state = await self.batcher.round(groups)
+        except BatchAPIError as err:
+            self.batch_stop, self.batch_error = "refused", str(err)
+            return
+        self.report.sent = self.batcher.counts["built"]
+        if state != "done":
+            self.batch_stop = state
+
     async def _job(self, row: int, strategy: str, samples: list[Sample]) -> None:
         item = self.pool[row]
         by_index = {s.index: s for s in samples}
@@ -419,6 +487,9 @@ class Drafter:
             report.retries, report.waited_s = self.client.counts["retried"], self.client.waited_s
         report.cost_usd, report.tokens = self.ledger.totals()
         report.stopped = self.stop_reason()
+        if self.batcher is not None:
+            report.batch = {**self.batcher.counts,
+                            **{f"refused: {r}": n for r, n in self.batcher.refused.items()}}
         if report.judged:
             accepted, _ = self._class_counts()
             report.accepted_per_class = dict(sorted(accepted.items()))
@@ -428,6 +499,8 @@ class Drafter:
         write_json_atomic(self.run_dir.path("draft_report.json"), report.__dict__)
         if report.stopped:
             self.ledger.event(report.stopped, f"{report.not_sent} scheduled requests not sent")
+            if report.stopped == "pending":
+                raise BatchPending(self._stop_message())
             raise DraftStopped(self._stop_message())
         share = self.recipe.draft.min_usable_share
         if share > 0 and report.drafts and (
@@ -446,6 +519,9 @@ class Drafter:
     def _stop_message(self) -> str:
         r, d = self.report, self.recipe.draft
         done = f"{r.drafts} drafts written, {r.not_sent} scheduled requests not sent"
+        if self.batch_stop:
+            return self._batch_message(f"{r.drafts} drafts written, {r.not_sent} scheduled "
+                                       "requests not answered yet")
         if r.stopped == "interrupted":
             return f"interrupted: {done}. Rerun the same command to resume."
         if r.stopped == "refused":
@@ -461,6 +537,35 @@ class Drafter:
         return (f"budget reached: spent ${r.cost_usd:.4f} and {r.tokens} tokens (limit {limit}); "
                 f"{done}. Raise draft.budget_usd / draft.budget_tokens (--budget-usd, "
                 "--budget-tokens) and rerun the same command: answered requests are not paid again.")
+
+
+    def _batch_message(self, done: str) -> str:
+        r, run, t = self.report, self.run_dir.root, self.recipe.teacher
+        where = self.batcher.message if self.batcher is not None else ""
+        rerun = f"`finecot draft --run {run} --mode batch`"
+        if self.batch_stop == "pending" and self.batch_out is not None:
+            return (f"{done}. Waiting for results: {where}. Run the file through a batch runner, "
+                    f"e.g. `vllm run-batch -i {self.batch_out} -o results.jsonl --model "
+                    f"{t.model}`, then `finecot batch import --run {run} results.jsonl`, and "
+                    f"`finecot batch build --run {run} OUT.jsonl` again for the next round.")
+        if self.batch_stop == "pending":
+            return (f"{done}. Batches are out: {where}. Rerun {rerun} to collect them (add "
+                    f"--wait to wait for them); `finecot batch status --run {run}` shows them, "
+                    f"`finecot batch cancel --run {run}` cancels them.")
+        if self.batch_stop == "cancelled":
+            return (f"a batch was cancelled: {done}; {where or 'nothing is waiting'}. Its "
+                    f"answered lines are recorded; rerun {rerun} to send the rest again.")
+        if self.batch_stop == "stopped":
+            return (f"interrupted: {done}; {where}. The batches go on at the provider: rerun "
+                    f"{rerun} to collect them.")
+        if self.batch_stop == "refused":
+            return (f"the batch API refused: {self.batch_error}; {done}. Check the API key in "
+                    f"${t.api_key_env}, teacher.base_urls and teacher.model, then rerun {rerun}.")
+        return (f"budget reached: spent ${r.cost_usd:.4f} and {r.tokens} tokens, and the next "
+                "requests could cost more than what is left once the batches out are paid (each "
+                "is counted at its worst: prompt estimate + max_tokens at the batch price); "
+                f"{done}. Raise draft.budget_usd / draft.budget_tokens, or rerun once the "
+                "batches out are collected: their real cost is lower.")
 
 
 def _check_prices(recipe: Recipe) -> None:

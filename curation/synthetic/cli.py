@@ -82,10 +82,17 @@ def teacher(
     usage_summed_over_n: Annotated[bool, typer.Option(help="report prompt_tokens once per choice (summed over n)")] = False,
     no_usage: Annotated[bool, typer.Option(help="send no usage in the response")] = False,
     retry_after_header: Annotated[str | None, typer.Option(help="send the 429/503 wait only in this header, e.g. llm_provider-retry-after-ms")] = None,
+    batch_fail_first: Annotated[int, typer.Option(help="Batches API: the first N batches fail validation")] = 0,
+    batch_expire_first: Annotated[int, typer.Option(help="Batches API: the first N batches expire part done")] = 0,
+    batch_expire_at: Annotated[float, typer.Option(help="... this share of the way through their lines")] = 0.5,
+    batch_hold_at: Annotated[float | None, typer.Option(help="Batches API: the first batch holds at this share of its lines until cancelled")] = None,
+    batch_max_lines: Annotated[int, typer.Option(help="Batches API: larger input files fail validation")] = 50_000,
+    batch_stall_s: Annotated[float, typer.Option(help="Batches API: the first upload, create and download answers come this many seconds late")] = 0.0,
+    batch_line_delay: Annotated[float, typer.Option(help="Batches API: seconds per batch line")] = 0.0,
 ) -> None:
     """Serve the scripted teacher: OpenAI Chat Completions on http://HOST:PORT/v1.
 
-    It reads the bird's attributes from the image pixels and answers with a four-part rationale; mistakes and faults come at the rates given. GET /stats counts requests; GET /v1/models lists the flags so a run can record them. Stop with Ctrl-C."""
+    It reads the bird's attributes from the image pixels and answers with a four-part rationale; mistakes and faults come at the rates given. It serves the Files and Batches APIs too (batch mode), with the same flags and the --batch-* ones. GET /stats counts requests; GET /v1/models lists the flags so a run can record them. Stop with Ctrl-C."""
     from curation.synthetic.teacher import Behaviour, serve
 
     try:
@@ -100,7 +107,10 @@ def teacher(
             reasoning_field=reasoning_field, error_400_model=error_400_model,
             finish_reason_always_stop=finish_reason_always_stop,
             usage_summed_over_n=usage_summed_over_n, no_usage=no_usage,
-            retry_after_header=retry_after_header)
+            retry_after_header=retry_after_header, batch_fail_first=batch_fail_first,
+            batch_expire_first=batch_expire_first, batch_expire_at=batch_expire_at,
+            batch_hold_at=batch_hold_at, batch_max_lines=batch_max_lines,
+            batch_stall_s=batch_stall_s, batch_line_delay=batch_line_delay)
     except (ValueError, FileNotFoundError) as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(code=2) from None

@@ -65,6 +65,15 @@ class Behaviour:
     usage_summed_over_n: bool = False  # prompt_tokens counted once per choice
     no_usage: bool = False  # no usage in the body
     retry_after_header: str | None = None  # the only header carrying the wait of a 429/503
+    # The Files/Batches APIs (batches.py): the faults above happen to lines, and
+    batch_fail_first: int = 0  # the first N batches fail validation
+    batch_expire_first: int = 0  # the first N batches expire ...
+    batch_expire_at: float = 0.5  # ... this share of the way through their lines
+    batch_max_lines: int = 50_000  # larger input files fail validation (OpenAI's limit)
+    batch_stall_s: float = 0.0  # the first upload, create and download answers come this late
+    batch_line_delay: float = 0.0  # seconds per batch line
+    batch_hold_at: float | None = None  # the first batch holds here (a share of its lines)
+    # until it is cancelled: a slow provider, where tests cancel a batch half done
 
     def __post_init__(self) -> None:
         rates = {k: v for k, v in asdict(self).items() if k.endswith("_rate") or k.startswith("rate_")}
@@ -73,6 +82,8 @@ class Behaviour:
                 raise ValueError(f"{name} must be between 0 and 1 (got {value})")
         if sum(getattr(self, f"rate_{f}") for f in FAULTS) > 1:
             raise ValueError("the fault rates (rate_429 ... rate_malformed) must sum to at most 1")
+        if not 0 <= self.batch_expire_at <= 1:
+            raise ValueError(f"batch_expire_at must be between 0 and 1 (got {self.batch_expire_at})")
         if self.latency_median > 0 and self.latency_p99 < self.latency_median:
             raise ValueError("latency_p99 must be at least latency_median")
         if self.world:

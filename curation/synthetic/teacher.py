@@ -12,8 +12,10 @@ are reproducible: a request with a `seed` gets the same answer every time.
         server.stats()["counts"]
 
 Endpoints: GET /v1/models (the behaviour flags ride along), POST /v1/chat/completions
-(image parts as base64 data URLs or file:// URLs; n, max_tokens, temperature, seed), GET
-/stats (counts and a bounded request log), POST /stats/reset, GET /health.
+(image parts as base64 data URLs or file:// URLs; n, max_tokens, temperature, seed), the
+Files and Batches APIs (/v1/files, /v1/batches: batches.py, answered line by line by
+`batch_answer` with the same flags), GET /stats (counts, batch counters and a bounded
+request log), POST /stats/reset, GET /health.
 
 Every response carries `finecot_truth`, one entry per choice: what the teacher perceived,
 what the pixels really show, and which mistake it made, so tests can measure filters.
@@ -40,6 +42,7 @@ from dataclasses import asdict
 
 from aiohttp import web
 
+from curation.synthetic.batches import BatchService
 from curation.synthetic.script import BadRequest, Behaviour, Teacher, load_world
 
 __all__ = ["Behaviour", "TeacherServer", "load_world", "make_app", "serve"]
@@ -99,7 +102,52 @@ def as_served(result: dict, behaviour: Behaviour) -> dict:
     return result
 
 
+def batch_answer(teacher: Teacher, behaviour: Behaviour, body: bytes) -> tuple[dict, str]:
+    """The `response` and `error` of one batch output line for a request body, and its
+    outcome: the same body gets the same answer, fault and flags as it would online (a
+    fault becomes the line's status_code; a hang, OpenAI's `request_timeout` line error)."""
+    key = hashlib.blake2b(body, digest_size=16).hexdigest()
+    occurrence = teacher.attempt(key)
+    rng = random.Random(f"{key}:{occurrence}:server")
+    fault = behaviour.fault(rng.random())
+    request_id = f"req_{key[:24]}"
+
+    def failed(status: int, message: str, kind: str, outcome: str) -> tuple[dict, str]:
+        error = {"error": {"message": message, "type": kind, "code": str(status)}}
+        return {"response": {"status_code": status, "request_id": request_id, "body": error},
+                "error": None}, outcome
+
+    outcome = fault or "ok"
+    if fault in ("429", "503", "500", "reset"):
+        status = 500 if fault == "reset" else int(fault)
+        result = failed(status, f"scripted {fault} on a batch line", "server_error", outcome)
+    elif fault == "hang":
+        result = {"response": None, "error": {"code": "request_timeout", "message":
+                  "The request timed out (scripted)."}}, outcome
+    else:
+        try:
+            req = json.loads(body)
+            if not isinstance(req, dict):
+                raise BadRequest("the body must be a JSON object")
+            pinned = behaviour.error_400_model
+            if pinned is not None and req.get("model") != pinned:
+                raise BadRequest(f"Invalid model name passed in model={req.get('model')}.")
+            answer = teacher.complete(req, key, occurrence)
+        except (BadRequest, ValueError) as err:
+            result = failed(400, str(err), "invalid_request_error", "bad_request")
+        else:
+            if any(c["finish_reason"] == "length" for c in answer["choices"]) and not fault:
+                outcome = "length"
+            result = {"response": {"status_code": 200, "request_id": request_id,
+                                   "body": as_served(answer, behaviour)}, "error": None}, outcome
+    teacher.outcomes[result[1]] = teacher.outcomes.get(result[1], 0) + 1
+    teacher.log.append({"t": time.time(), "key": key, "attempt": occurrence, "batch": True,
+                        "outcome": result[1]})
+    return result
+
+
 TEACHER = web.AppKey("teacher", Teacher)
+BATCHES = web.AppKey("batches", BatchService)
 
 
 def make_app(behaviour: Behaviour) -> web.Application:
@@ -198,15 +246,20 @@ def make_app(behaviour: Behaviour) -> web.Application:
         entries = list(teacher.log)[-last:] if last > 0 else []
         return web.json_response({"behaviour": asdict(behaviour),
                                   "counts": {**teacher.counts, "in_flight": teacher.in_flight},
-                                  "outcomes": dict(teacher.outcomes), "log": entries})
+                                  "outcomes": dict(teacher.outcomes), "log": entries,
+                                  "batch": batches.stats()})
 
     async def reset(request: web.Request) -> web.Response:
         teacher.reset()
+        batches.reset()
         return web.json_response({"reset": True})
 
     async def health(request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
 
+    batches = BatchService(behaviour, lambda body: batch_answer(teacher, behaviour, body))
+    app[BATCHES] = batches
+    batches.routes(app)
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/v1/models/{name:.+}", model)

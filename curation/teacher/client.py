@@ -207,14 +207,14 @@ class _Reply:
     error: str | None = None  # transport-level failure (timeout, connection)
 
 
-def _retry_after(headers: Any) -> float | None:
+def retry_after_s(headers: Any) -> float | None:
     """Seconds to wait from `retry-after-ms` (OpenAI's, precise) or `Retry-After` (seconds
     or an HTTP date), or their `llm_provider-` forms (LiteLLM passes the upstream's hints
     under that prefix); None when none is there.
 
-    >>> _retry_after({"llm_provider-retry-after-ms": "1500"})
+    >>> retry_after_s({"llm_provider-retry-after-ms": "1500"})
     1.5
-    >>> _retry_after({"Retry-After": "2"}), _retry_after({})
+    >>> retry_after_s({"Retry-After": "2"}), retry_after_s({})
     (2.0, None)
     """
     for name in ("retry-after-ms", "llm_provider-retry-after-ms"):
@@ -262,8 +262,7 @@ class TeacherClient:
         self.usage_summed: bool | None = None if self.n_supported is not False else False
         self._probe: asyncio.Future | None = None
         self._reasoning_seen: str | None = None
-        self._params = {"model": config.model, "temperature": config.temperature,
-                        "top_p": config.top_p, "max_tokens": config.max_tokens}
+        self._params = sampling_params(config)
 
     async def __aenter__(self) -> TeacherClient:
         if self.config.transport == "aiohttp":
@@ -380,13 +379,7 @@ class TeacherClient:
     async def _chat(self, encoded: str, n: int, first_index: int, estimate: float,
                     gate: Callable[[], bool] | None,
                     learn_usage: int | None = None) -> list[Completion] | None:
-        params = dict(self._params)
-        if self.config.seed is not None:
-            params["seed"] = self.config.seed + first_index
-        if n > 1:
-            params["n"] = n
-        head = json.dumps(params, separators=(",", ":"))
-        payload = f'{head[:-1]},"messages":{encoded}}}'.encode()
+        payload = chat_body(self._params, self.config.seed, encoded, n, first_index).encode()
         cfg = self.config
         attempts, error, started = 0, "not sent", time.monotonic()
         while attempts < cfg.max_attempts:
@@ -492,7 +485,7 @@ class TeacherClient:
                 async with self._session.post(endpoint.url, data=payload,
                                               headers=endpoint.headers) as response:
                     raw = await response.read()
-                    return _Reply(response.status, raw, _retry_after(response.headers))
+                    return _Reply(response.status, raw, retry_after_s(response.headers))
             return await self._send_sdk(endpoint, payload)
         except (TimeoutError, asyncio.TimeoutError):  # distinct classes before 3.11
             return _Reply(error="timeout: no answer within teacher.timeout_s")
@@ -511,7 +504,7 @@ class TeacherClient:
             )
             return _Reply(response.status_code, response.content)
         except openai.APIStatusError as err:
-            return _Reply(err.status_code, err.response.content, _retry_after(err.response.headers))
+            return _Reply(err.status_code, err.response.content, retry_after_s(err.response.headers))
         except openai.APITimeoutError:
             return _Reply(error="timeout: no answer within teacher.timeout_s")
         except openai.APIConnectionError as err:
@@ -536,12 +529,42 @@ class TeacherClient:
         return text
 
     def _estimate_tokens(self, encoded: str, n: int) -> float:
-        """Rough tokens of one request for the TPM bucket (settled with the real usage later);
-        with n = 0, of its prompt alone (the usage of a server that reports none)."""
-        images = len(_DATA_URL.findall(encoded))
-        text = len(_DATA_URL.sub('""', encoded))
-        image_tokens = self.config.image_max_pixels / 784 + 85
-        return text / 4 + images * image_tokens + self.config.max_tokens * n
+        return estimate_tokens(self.config, encoded, n)
+
+
+def sampling_params(config: TeacherConfig) -> dict[str, Any]:
+    """The body fields every request of this teacher carries besides messages, seed and n."""
+    return {"model": config.model, "temperature": config.temperature, "top_p": config.top_p,
+            "max_tokens": config.max_tokens}
+
+
+def chat_body(params: dict[str, Any], seed: int | None, encoded: str, n: int = 1,
+              first_index: int = 0) -> str:
+    """The chat.completions request body: `params` (sampling_params), the seed of the first
+    sample (seed + first_index), n, and the messages' JSON text. The same text goes online
+    and into a batch file's `body` (curation/teacher/batch_files.py), so a server answers
+    both alike.
+
+    >>> chat_body({"model": "m"}, 0, '[{"role":"user","content":"hi"}]', 2, 3)
+    '{"model":"m","seed":3,"n":2,"messages":[{"role":"user","content":"hi"}]}'
+    """
+    params = dict(params)
+    if seed is not None:
+        params["seed"] = seed + first_index
+    if n > 1:
+        params["n"] = n
+    head = json.dumps(params, separators=(",", ":"))
+    return f'{head[:-1]},"messages":{encoded}}}'
+
+
+def estimate_tokens(config: TeacherConfig, encoded: str, n: int) -> float:
+    """Rough tokens of one request (messages JSON `encoded`, n samples) for the TPM bucket
+    and batch budgets (settled with the real usage later); with n = 0, of its prompt alone
+    (the usage of a server that reports none)."""
+    images = len(_DATA_URL.findall(encoded))
+    text = len(_DATA_URL.sub('""', encoded))
+    image_tokens = config.image_max_pixels / 784 + 85
+    return text / 4 + images * image_tokens + config.max_tokens * n
 
 
 def server_message(raw: bytes, limit: int = 300) -> str:
@@ -595,13 +618,19 @@ def _reasoning(message: dict) -> tuple[str | None, str | None]:
 
 def _parse_choices(raw: bytes, max_tokens: int | None,
                    prompt_estimate: Callable[[], float]) -> list[Completion]:
-    """Completions from a chat.completion body; raises on a body that is not one.
+    return parse_completion(json.loads(raw), max_tokens, prompt_estimate)
+
+
+def parse_completion(data: Any, max_tokens: int | None,
+                     prompt_estimate: Callable[[], float]) -> list[Completion]:
+    """Completions from a chat.completion body (parsed JSON: an online answer, or a batch
+    output line's `response.body`); raises ValueError, KeyError, TypeError... on a body that
+    is not one.
 
     Usage covers all choices: it is split over them by their length (the sum stays
     exact). A server that reports none gets an estimate (prompt: the TPM estimate; answer:
     4 characters a token), marked `usage_estimated`. An answer as long as max_tokens is
     truncated whatever its finish_reason says (some servers say "stop")."""
-    data = json.loads(raw)
     choices = data["choices"]
     if not isinstance(choices, list) or not choices:
         raise ValueError("no choices in the response")

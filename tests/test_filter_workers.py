@@ -120,5 +120,5 @@ def test_funnel_keeps_the_teacher_truth_with_the_reasons(fine_r1):
     funnel = Funnel(ctx.enabled)
     for row, v in zip(rows, judge_all(rows, ctx, 1), strict=True):
         funnel.add(row, v)
-    assert [json.loads(t)["index"] for t, _ in funnel.truth] == list(range(1, 20, 2))
+    assert [t["index"] for t, _ in funnel.truth] == list(range(1, 20, 2))
     assert all(isinstance(reasons, tuple) for _, reasons in funnel.truth)

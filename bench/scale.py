@@ -1,7 +1,7 @@
 """Benchmark: costs that must not grow with a run's history (issue 22).
 
-    .venv/bin/python bench/scale.py                        # ledgers of 10,000 and 1,000,000 rows
-    .venv/bin/python bench/scale.py --big 200000 --items 500   # a quicker look
+    .venv/bin/python bench/scale.py          # ledgers of 10,000 and 1,000,000 rows; 100,000 images
+    .venv/bin/python bench/scale.py --big 200000 --items 500 --images 10000   # a quicker look
 
 Builds one run of `--items` pool items drafted once against the scripted teacher (its own
 process), then two copies of its ledger padded through the ledger's own API (record_many:
@@ -9,7 +9,10 @@ the real schema, triggers and indexes) to `--small` and `--big` rows of history.
 side by side and alternating (the machine is shared): a cached draft rerun of the items,
 `ledger stats`, and the budget check (opening the ledger and reading its totals). Prints
 each figure, the big/small ratio (targets: cached rerun <= 1.3x; stats under 2 s) and a
-machine reference (sum(range(1000)) in microseconds) beside them.
+machine reference (sum(range(1000)) in microseconds) beside them. Then `--images` small
+JPEGs (made once under --workdir) are split twice on one run directory: the first split
+hashes every pool and test image, the second reads the run's image cache (target: >= 5x
+faster, the same split.json).
 """
 
 from __future__ import annotations
@@ -30,9 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from draft_throughput import make_images, make_run, recipe  # noqa: E402
 from teacher_process import start_teacher  # noqa: E402
 
+from curation.core.config import parse_recipe  # noqa: E402
 from curation.core.ledger import Entry, Ledger  # noqa: E402
 from curation.core.rundir import RunDir  # noqa: E402
 from curation.draft.stage import draft_stage  # noqa: E402
+from curation.ingest.split import split_stage  # noqa: E402
 
 FILLER = "<think>" + "A padded answer of the history. " * 16 + "</think><answer>x</answer>"
 
@@ -63,12 +68,45 @@ def timed(fn, repeat: int) -> float:
     return statistics.median(times)
 
 
+def split_twice(workdir: Path, count: int) -> None:
+    """Split a run of `count` small images twice (cold, then from the image cache)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import numpy as np
+    from PIL import Image
+    from split import make_run as make_split_run
+
+    folder = workdir / f"images-{count}"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{i:06d}.jpg" for i in range(count)]
+    started = time.perf_counter()
+    for i, path in enumerate(paths):
+        if not path.exists():
+            blobs = np.random.default_rng(i).integers(0, 256, (4, 4, 3), dtype=np.uint8)
+            Image.fromarray(blobs).resize((64, 64), Image.Resampling.BICUBIC).save(path, quality=85)
+    print(f"\n{count:,} images of 64 px ready in {time.perf_counter() - started:.1f} s")
+    root = workdir / "split-run"
+    shutil.rmtree(root, ignore_errors=True)
+    run = make_split_run(root, paths, classes=max(10, count // 50))
+    spec = parse_recipe({"run_dir": str(root), "split": {"k": 4, "seed": 0}})
+    seconds = []
+    for _ in range(2):
+        started = time.perf_counter()
+        split_stage(spec, run)
+        seconds.append(time.perf_counter() - started)
+        if len(seconds) == 1:
+            first = run.split.read_bytes()
+    same = run.split.read_bytes() == first
+    print(f"split of {count:,} images: first {seconds[0]:.2f} s, again (image cache) "
+          f"{seconds[1]:.2f} s: {seconds[0] / seconds[1]:.1f}x faster; same split.json: {same}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--items", type=int, default=2000)
     parser.add_argument("--small", type=int, default=10_000)
     parser.add_argument("--big", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--images", type=int, default=100_000, help="0: skip the split part")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "finecot-scale")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -132,6 +170,8 @@ def main() -> None:
         print(f"{label:28}{small:>11.3f}s{big:>11.3f}s{big / small:>10.2f}x")
     print(f"(ledgers: {args.small:,} and {args.big:,} rows; medians of {args.repeat}; "
           f"machine reference {reference_us:.1f} us)")
+    if args.images:
+        split_twice(args.workdir, args.images)
 
 
 if __name__ == "__main__":

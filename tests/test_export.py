@@ -215,7 +215,8 @@ def test_reviewed_table_is_the_sft_source_once_review_ran(tmp_path):
     assert edited["review_status"] == "fixed"
     text = run.path("dataset/README.md").read_text()
     assert f"| kept after review | {len(reviewed)} |" in text
-    assert "fixed: 1" in text
+    assert "1 fixed (edited, then filtered" in text
+    assert f"**{len(reviewed)} were reviewed**" in text and "**0 were not**" in text
 
 
 def test_publish_plan_checks_the_folder_and_token(exported, tmp_path, monkeypatch):

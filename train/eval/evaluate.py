@@ -42,7 +42,14 @@ import pyarrow.parquet as pq
 from curation.core.labels import ClassInfo, Registry
 from curation.core.ledger import Entry, Ledger, cost_usd
 from curation.core.tables import write_json_atomic, write_parquet_atomic
-from curation.export.stage import FORMAT_INSTRUCTION, RL_PROMPT_SEPARATOR, rl_prompt_text
+from curation.export.prompts import (
+    CLOSED_TEMPLATE,
+    FORMAT_INSTRUCTION,
+    OPEN_TEMPLATE,
+    RL_PROMPT_SEPARATOR,  # noqa: F401 (the doctest of prompt)
+    closed_prompt_text,
+    rl_prompt_text,
+)
 from curation.export.triplets import shuffled_options
 from curation.ingest.split import FINE_R1_DATASETS
 from curation.teacher.client import Completion
@@ -51,13 +58,6 @@ from train.eval.models import Request
 
 log = logging.getLogger(__name__)
 
-# The Fine-R1 release's evaluation prompts (eval/evaluation.py), verbatim.
-OPEN_TEMPLATE = ("Given the question: {question}. This is a fine-grained question. "
-                 "Output reasoning in <think></think> and the final answer in <answer></answer>.")
-CLOSED_TEMPLATE = ("Given the question: {question}, based on the options provided in {options}, "
-                   "output the thinking process in <think> </think> and final choice in <answer> "
-                   "</answer> tags. The response format should be: <think>...</think> "
-                   "<answer>choice</answer>.")
 MODES = ("open", "closed")
 PAPER_MAX_NEW_TOKENS = 2048  # the release's eval/eval_closed.sh and eval_open.sh: MAX_NEW_TOKENS=2048
 
@@ -268,8 +268,7 @@ def prompt(item: Item, mode: str, paper_compat: bool = False) -> str:
     if paper_compat:
         return OPEN_TEMPLATE.format(question=question)
     if mode == "closed":
-        closed = CLOSED_TEMPLATE.format(question=question, options=list(item.options or []))
-        return f"{closed}{RL_PROMPT_SEPARATOR}{FORMAT_INSTRUCTION}"
+        return closed_prompt_text(question, item.options or [])
     return rl_prompt_text(question)
 
 

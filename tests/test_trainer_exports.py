@@ -225,3 +225,34 @@ def test_reward_module_is_importable_by_path_only():
     spec = importlib.util.find_spec("curation.export.easyr1_reward")
     text = Path(spec.origin).read_text()
     assert "import curation" not in text and "from curation" not in text and "from train" not in text
+
+
+# -- evaluation on the demo ------------------------------------------------------------------------
+
+
+def test_eval_limit_samples_seen_and_unseen_classes(demo, tmp_path):
+    """`finecot eval run --limit 12` on the demo: a seeded sample over seen and unseen classes,
+    never the first 12 rows (one class); the closed-world rows carry their ready prompt."""
+    import pandas as pd
+
+    run, tiny = demo
+    closed = rows(run, "eval_closed")
+    first = {r["label"] for r in closed[:12]}
+    assert len(first) < 3  # the export's order: the first rows are one or two classes
+    out = tmp_path / "eval"
+    proc = subprocess.run([sys.executable, "-m", "curation.cli", "eval", "run", "--data",
+                           str(run / "dataset"), "--model", str(tiny), "--limit", "12",
+                           "--max-new-tokens", "4", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for mode in ("open", "closed"):
+        answered = pd.read_parquet(out / f"responses_{mode}.parquet")
+        assert len(answered) == 12
+        assert set(answered["class_split"]) == {"seen", "unseen"}
+        assert answered["label"].nunique() == 12  # one item of each of 12 classes
+    from train.eval.evaluate import load_exported, prompt
+
+    for item in load_exported(run / "dataset", "eval_closed", limit=12):
+        row = next(r for r in closed if r["id"] == item.id)
+        assert row["prompt"] == prompt(item, "closed")  # what `finecot eval` asks, ready to use
+        assert all(option in row["prompt"] for option in row["options"])

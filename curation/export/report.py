@@ -304,15 +304,15 @@ def _funnel_plot(path: Path, funnel: list[tuple[str, int]]) -> None:
     labels = [name for name, _ in funnel]
     values = [n for _, n in funnel]
     fig, ax = plt.subplots(figsize=(7, max(2.5, 0.3 * len(labels) + 1.2)))
-    colours = ["#c44e52" if name == "cut at max_tokens" else "#4c72b0" for name in labels]
-    ax.barh(range(len(labels)), values, color=colours)
+    side = {"teacher answered in full": "#8c8c8c", "cut at max_tokens": "#c44e52"}  # not steps
+    ax.barh(range(len(labels)), values, color=[side.get(name, "#4c72b0") for name in labels])
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
     ax.invert_yaxis()
     previous = None
     for i, (name, n) in enumerate(funnel):
-        lost = "" if previous is None or name == "cut at max_tokens" or n >= previous else f"  -{previous - n}"
+        lost = "" if previous is None or name in side or n >= previous else f"  -{previous - n}"
         ax.text(n, i, f" {n}{lost}", va="center", fontsize=7)
-        if name != "cut at max_tokens":
+        if name not in side:
             previous = n
     if not labels:
         ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
@@ -389,8 +389,9 @@ def draw_plots(stats: dict[str, Any], folder: Path) -> dict[str, Path]:
 # -- the page ------------------------------------------------------------------------------
 
 CAPTIONS = {
-    "funnel": "How many drafts survived each step: the teacher's replies (those cut at max_tokens "
-              "in red), each filter in the order it runs, then review and export.",
+    "funnel": "How many drafts survived each step: the drafts, then each filter in the order it "
+              "runs, review and export (each bar's loss beside it); the grey and red bars split the "
+              "teacher's replies into complete ones and those cut at max_tokens.",
     "reasons": "Why drafts were rejected (a draft can have several reasons).",
     "coverage": "Accepted rationales per seen class; the dashed line is the target.",
     "lengths": "Distribution of rationale length.",

@@ -92,10 +92,17 @@ def test_the_editor_shows_a_long_rationale_and_the_filter_findings(env, screen_r
         assert box["visible"] >= 0.6 * box["full"], box  # most of the text without scrolling
         assert shot.stat().st_size > 10_000
 
+        browser.goto("about:blank")  # a fresh page: nothing of the first task's screen stays
+        browser.wait_for("location.href === 'about:blank'", 30)
         browser.goto(f"{env.url}/projects/{result.project_id}/data?task={ids[rows[3]['draft_id']][0]}")
-        browser.wait_for("document.body.innerText.includes('Filter reasons')", 180)
-        browser.wait_for("document.body.innerText.includes('wrong_answer')", 60)
+        browser.wait_for("document.body.innerText.includes('Teacher saw the label') && "
+                         "document.body.innerText.includes('Filter verdict')", 180)
         text = browser.evaluate("document.body.innerText")
+        keep = os.environ.get("FINECOT_SCREENSHOTS")  # a folder to keep the pictures in, for people
+        if keep:
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            (Path(keep) / "review-long.png").write_bytes(shot.read_bytes())
+            browser.screenshot(Path(keep) / "review-rejected.png")
     assert "Filter verdict" in text and "rejected" in text
     assert "wrong_answer: <answer> names one class, not the gold" in text
     assert "label_leak: the gold (or an alias) is named in the visual analysis" in text

@@ -413,7 +413,7 @@ def _table(anchor: str, title: str | None, head: tuple[str, ...], rows: list[tup
 def _stale_banner(lines: list[str]) -> str:
     if not lines:
         return ""
-    items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
+    items = "".join(f"<li>stale: {html.escape(line)}</li>" for line in lines)
     return (f'<div id="stale" role="alert">Out of date: these products are older than what they '
             f"were built from.<ul>{items}</ul></div>")
 

@@ -205,12 +205,23 @@ def assert_card_matches_tables(run: RunDir, recipe) -> None:
     rejected = pd.read_parquet(run.path("rejected.parquet"))
 
     def table_value(step: str) -> int:
-        found = re.search(rf"^\| {re.escape(step)} \| (\d+) \|$", text, re.M)
+        found = re.search(rf"^\| {re.escape(step)} \| (\d+) \|( [^|\n]+ \|)?$", text, re.M)
         assert found, f"card has no row for {step!r}"
         return int(found.group(1))
 
     assert table_value("drafts") == len(drafts)
-    assert table_value("teacher answered") == int(drafts["status"].isin(["ok", "length"]).sum())
+    assert table_value("teacher answered in full") == int((drafts["status"] == "ok").sum())
+    assert table_value("cut at max_tokens") == int((drafts["status"] == "length").sum())
+    funnel = json.loads(run.path("funnel.json").read_text()) if run.path("funnel.json").exists() else {}
+    for step in funnel.get("cascade", [])[1:]:  # every filter, with its drafts left and settings
+        assert table_value(f"after {step['filter']}") == step["remaining"]
+        row = re.search(rf"^\| {step['filter']} \| [^|]+ \| ([^|]+) \| (\d+) \| (\d+) \|$", text, re.M)
+        assert row, f"card has no filter row for {step['filter']}"
+        assert int(row.group(2)) == funnel["failed_by_filter"][step["filter"]]
+        assert int(row.group(3)) == step["remaining"]
+    for key in ("min_words", "max_candidates", "duplicate_threshold", "unseen_mention"):
+        if key in funnel.get("settings", {}):
+            assert f"{key}={funnel['settings'][key]}" in text
     assert table_value("accepted") == len(accepted)
     reasons = pd.Series([r for rs in rejected["reasons"] for r in rs], dtype=object).value_counts()
     for reason, n in reasons.items():

@@ -51,6 +51,7 @@ class Server:
     data_dir: str
     document_root: str
     log: str
+    password: str = ""  # the reviewer's, for tests that log in with a browser
 
 
 def free_port() -> int:
@@ -68,7 +69,8 @@ def healthy(url: str) -> bool:
 
 
 def start(
-    data_dir: Path, document_root: Path, token: str | None = None, port: int | None = None
+    data_dir: Path, document_root: Path, token: str | None = None, port: int | None = None,
+    password: str | None = None,
 ) -> Server:
     """Start a server in a new session (its own process group); wait for /health.
 
@@ -81,10 +83,11 @@ def start(
     port = port or free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     username, token = "reviewer@finecot.test", token or secrets.token_hex(20)
+    password = password or secrets.token_hex(12)
     env = {
         **os.environ,
         "LABEL_STUDIO_USERNAME": username,
-        "LABEL_STUDIO_PASSWORD": secrets.token_hex(12),
+        "LABEL_STUDIO_PASSWORD": password,
         "LABEL_STUDIO_USER_TOKEN": token,
         "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
         "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir),
@@ -112,7 +115,8 @@ def start(
             tail = log.read_text(errors="replace")[-3000:]
             raise LabelStudioError(f"Label Studio did not become healthy at {url}:\n{tail}")
         time.sleep(1)
-    return Server(url, token, username, proc.pid, str(data_dir), str(document_root), str(log))
+    return Server(url, token, username, proc.pid, str(data_dir), str(document_root), str(log),
+                  password)
 
 
 def stop_pid(pid: int) -> None:
@@ -150,9 +154,12 @@ def shared_server(root: Path, document_root: Path | None = None) -> Iterator[Ser
         info = json.loads(state.read_text()) if state.exists() else None
         if info is None or not healthy(info["server"]["url"]):
             token_file = root / "labelstudio.token"  # test-only credentials of a throwaway server
-            if not token_file.exists():
-                token_file.write_text(secrets.token_hex(20))
-            server = start(root / "labelstudio-data", document_root or root, token_file.read_text())
+            password_file = root / "labelstudio.password"
+            for file, size in ((token_file, 20), (password_file, 12)):
+                if not file.exists():
+                    file.write_text(secrets.token_hex(size))
+            server = start(root / "labelstudio-data", document_root or root, token_file.read_text(),
+                           password=password_file.read_text())
             info = {"server": asdict(server), "users": 0}
         info["users"] += 1
         state.write_text(json.dumps(info))
@@ -167,3 +174,23 @@ def shared_server(root: Path, document_root: Path | None = None) -> Iterator[Ser
                 state.unlink()
             else:
                 state.write_text(json.dumps(info))
+
+
+def login_cookies(server: Server) -> dict[str, str]:
+    """Session cookies of the reviewer, logged in through Label Studio's own login form (what
+    a browser needs to open the labeling screen; the API token does not open pages)."""
+    import re
+
+    import httpx
+
+    with httpx.Client(base_url=server.url, follow_redirects=True, timeout=60) as client:
+        page = client.get("/user/login/")
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text)
+        if token is None:
+            raise LabelStudioError(f"no login form at {server.url}/user/login/")
+        client.post("/user/login/", data={"email": server.username, "password": server.password,
+                                          "csrfmiddlewaretoken": token.group(1)},
+                    headers={"Referer": f"{server.url}/user/login/"})
+        if "sessionid" not in client.cookies:
+            raise LabelStudioError(f"login as {server.username} at {server.url} failed")
+        return dict(client.cookies.items())

@@ -32,6 +32,7 @@ from typer.testing import CliRunner
 from curation.cli import app
 from curation.core.config import TeacherConfig
 from curation.core.labels import ClassInfo, Registry, match
+from curation.export.prompts import closed_prompt_text
 from curation.export.stage import EVAL_CLOSED_FEATURES, EVAL_OPEN_FEATURES
 from curation.export.triplets import shuffled_options
 from train.eval import evaluate as ev
@@ -67,7 +68,8 @@ def export(synthetic_world, tmp_path_factory) -> Path:
             distractors = [others[(k + j) % len(others)] for j in range(3)]
             options, index = shuffled_options([info["name"], *distractors], info["name"], 0, row["id"])
             closeds.append({**row, "options": options, "answer_index": index,
-                            "options_method": "test", "options_seed": 0})
+                            "options_method": "test", "options_seed": 0,
+                            "prompt": closed_prompt_text(QUESTION, options)})
     for config, rows, features in (("eval_open", opens, EVAL_OPEN_FEATURES),
                                    ("eval_closed", closeds, EVAL_CLOSED_FEATURES)):
         target = out / "data" / config / "test-00000-of-00001.parquet"

@@ -215,7 +215,40 @@ def test_reviewed_table_is_the_sft_source_once_review_ran(tmp_path):
     assert edited["review_status"] == "fixed"
     text = run.path("dataset/README.md").read_text()
     assert f"| kept after review | {len(reviewed)} |" in text
-    assert "fixed: 1" in text
+    assert "1 fixed (edited, then filtered" in text
+    assert f"**{len(reviewed)} were reviewed**" in text and "**0 were not**" in text
+    # with review apply's numbers (review_stats.json): every count as it wrote them
+    stats = {"rows": 9, "reviewed": 4, "unreviewed": 5, "accepted": 2, "fixed": 1, "rejected": 1,
+             "flagged": 0, "label_corrections": 1, "rejected_by_reason": {"wrong_traits": 1}}
+    run.path("review_stats.json").write_text(json.dumps(stats))
+    export_stage(recipe, run)
+    text = run.path("dataset/README.md").read_text()
+    assert "4 of the 9 curated\nrationales were then reviewed by people (5 were not)" in text
+    assert "Of the 9 rationales the filters accepted, **4 were reviewed**" in text
+    assert "**5 were not**" in text and "2 accepted as written, 1 fixed" in text
+    assert "**1 excluded** (1 rejected by a reviewer,\n0 flagged" in text
+    assert "**1 gold labels corrected**" in text and "wrong_traits: 1." in text
+
+
+def test_card_passes_the_hub_metadata_checks_and_names_every_licence(exported):
+    from curation.export.card import check_card
+
+    run, _, _ = exported
+    text = run.path("dataset/README.md").read_text()
+    data = check_card(text).data
+    assert (data.license, data.license_name, data.license_link) == ("other", "finecot-mixed-sources", "LICENSE.md")
+    terms = run.path("dataset/LICENSE.md").read_text()
+    drafts = pd.read_parquet(run.path("drafts.parquet"))
+    for model in drafts["teacher_model"].unique():  # the rationales' terms are the teacher's
+        assert f"`{model}`" in terms and f"`{model}`" in text.split("**The rationales**")[1][:300]
+    assert "terms of use" in text and "finecot\nclaims no rights" in text
+    for name in ("license_name: finecot-mixed-sources\n", "license_link: LICENSE.md\n"):
+        with pytest.raises(ValueError, match="license_name and license_link"):
+            check_card(text.replace(name, ""))  # `other` alone is what the Hub refuses
+    with pytest.raises(ValueError, match="lower-case"):
+        check_card(text.replace("license_name: finecot-mixed-sources", "license_name: Mixed Sources"))
+    with pytest.raises(ValueError):  # datasets' own reader of the configs field
+        check_card(text.replace("    path: data/sft/train-*", "    pattern: data/sft/train-*", 1))
 
 
 def test_publish_plan_checks_the_folder_and_token(exported, tmp_path, monkeypatch):

@@ -24,8 +24,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from curation.core.tables import write_text_atomic
-
 _APOSTROPHES = re.compile(r"[\u0027\u2019\u2018\u02bc`´]")
 _NON_WORD = re.compile(r"[^0-9a-z]+")
 
@@ -203,6 +201,10 @@ class Registry:
     # -- persistence: a JSON list a user can read and edit (aliases, descriptions) --
 
     def save(self, path: str | Path) -> None:
+        # imported here: the module itself needs only the standard library, so the EasyR1
+        # export can ship this very file beside its reward function (curation/export/easyr1.py)
+        from curation.core.tables import write_text_atomic
+
         rows = [{**asdict(c), "aliases": list(c.aliases)} for c in self.classes]
         write_text_atomic(path, json.dumps(rows, indent=1, ensure_ascii=False) + "\n")
 

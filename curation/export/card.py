@@ -12,6 +12,7 @@ schema), license, task categories, tags and size category, so the Hub viewer and
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -27,7 +28,9 @@ from huggingface_hub import DatasetCard
 from curation.core.config import Recipe
 from curation.core.rundir import RunDir
 from curation.core.tables import write_text_atomic
+from curation.export.filter_docs import definition, settings_text
 from curation.export.report import draw_plots, run_stats
+from curation.filter.filters import REASONS
 from curation.ingest.sources.common import source_licence
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "dataset_cards"
@@ -36,7 +39,7 @@ CONFIG_TEXT = {
     "sft": "a rationale: system/user(image, question)/assistant(`<think>`+`<answer>`) + provenance",
     "rl": "a TAPO triplet: conversational prompt, answer, anchor/positive/negative images",
     "eval_open": "a held-out test image, its question and answer",
-    "eval_closed": "the same with 4 shuffled options (gold + 3 hard negatives)",
+    "eval_closed": "the same with 4 shuffled options (gold + 3 hard negatives) and the ready `prompt` listing them",
 }
 
 
@@ -56,6 +59,10 @@ def size_category(rows: int) -> str:
         if rows < bound:
             return name
     return "n>10M"
+
+
+LICENSE_NAME = "finecot-mixed-sources"  # the Hub asks for license_name + license_link with `other`
+LICENSE_FILE = "LICENSE.md"
 
 
 def yaml_header(folder: Path, summary: dict[str, Any], license_id: str) -> dict[str, Any]:
@@ -84,8 +91,10 @@ def yaml_header(folder: Path, summary: dict[str, Any], license_id: str) -> dict[
             }
         )
     rows = max((c["rows"] for c in summary["configs"].values()), default=0)
+    other = {"license_name": LICENSE_NAME, "license_link": LICENSE_FILE} if license_id == "other" else {}
     return {
         "license": license_id,
+        **other,
         "task_categories": [
             "image-text-to-text",
             "visual-question-answering",
@@ -133,6 +142,13 @@ def card_context(
         if k != "warnings" and isinstance(v, list | int | float | str)
     }
     funnel = [*stats["funnel"], ("exported sft rows", summary["configs"]["sft"]["rows"])]
+    settings = stats["filter_settings"]
+    filters = [
+        {"name": name, "what": definition(name), "settings": settings_text(name, settings),
+         "rejected": stats["failed_by_filter"].get(name, 0), "left": left}
+        for name, left in stats["cascade"]
+    ]
+    reasons = {code: text for code, (_, text) in REASONS.items()}
     return {
         **stats,
         "funnel": funnel,
@@ -151,6 +167,10 @@ def card_context(
         "hygiene_warnings": hygiene.get("warnings") or [],
         "leak_reasons": leak_reasons,
         "review": stats.get("review") or {},
+        "filters": filters,
+        "disabled_filters": settings.get("disabled") or [],
+        "reason_text": reasons,
+        "license_file": LICENSE_FILE if license_id == "other" else None,
         "hinted": int(stats["strategy"].get("hinted", 0)),
         "rl_image_size": recipe.export.rl_image_size,
         "rl_image_fit": recipe.export.rl_image_fit,
@@ -165,13 +185,35 @@ def card_context(
     }
 
 
-def render_card(context: dict[str, Any]) -> str:
+def render_card(context: dict[str, Any], template: str = "dataset_card.md.jinja") -> str:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
     )
-    return env.get_template("dataset_card.md.jinja").render(**context)
+    return env.get_template(template).render(**context)
+
+
+def check_card(text: str) -> DatasetCard:
+    """The offline checks of the Hub's dataset-card metadata: the header parses as
+    `DatasetCardData`, its `configs` and `dataset_info` load with `datasets`' own readers, and
+    `license: other` comes with `license_name` and `license_link` (the Hub's card spec).
+    (`RepoCard.validate` asks the Hub itself, online: `finecot publish` pushes through it.)"""
+    from datasets.info import DatasetInfosDict
+    from datasets.utils.metadata import MetadataConfigs
+
+    card = DatasetCard(text)  # raises on a header the Hub would not read
+    data = card.data
+    if not data.to_dict().get("configs"):
+        raise ValueError("dataset card header has no configs: the export is incomplete")
+    MetadataConfigs.from_dataset_card_data(data)  # raises on a malformed configs field
+    DatasetInfosDict.from_dataset_card_data(data)
+    if data.license == "other" and not (data.get("license_name") and data.get("license_link")):
+        raise ValueError("dataset card: license other needs license_name and license_link")
+    if data.get("license_name") and not re.fullmatch(r"[a-z0-9][a-z0-9.-]*", data.license_name):
+        raise ValueError(f"dataset card: license_name {data.license_name!r} must be lower-case "
+                         "letters, digits, '-' and '.'")
+    return card
 
 
 def write_card(
@@ -185,9 +227,9 @@ def write_card(
         shutil.copyfile(plots[name], folder / "assets" / f"{name}.png")
     shutil.rmtree(run.path(".card-plots"), ignore_errors=True)
     text = render_card(context)
-    card = DatasetCard(text)  # raises on a header the Hub would not read
-    if not card.data.to_dict().get("configs"):
-        raise ValueError("dataset card header has no configs: the export is incomplete")
+    check_card(text)
+    if context["license_file"]:
+        write_text_atomic(folder / LICENSE_FILE, render_card(context, "license.md.jinja"))
     path = folder / "README.md"
     write_text_atomic(path, text)
     path.chmod(0o644)  # a temp file is private; the card is meant to be read

@@ -34,6 +34,7 @@ from curation.core.config import Recipe  # noqa: E402
 from curation.core.labels import Registry, match  # noqa: E402
 from curation.core.rundir import RunDir  # noqa: E402
 from curation.core.tables import read_json, write_text_atomic  # noqa: E402
+from curation.export.filter_docs import definition, settings_text  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -185,17 +186,29 @@ def run_stats(recipe: Recipe, run: RunDir) -> dict[str, Any]:
     stats["rejection_reasons"] = dict(reasons.most_common())
     stats["accepted"] = len(accepted)
     stats["rejected"] = len(rejected)
-    # answered: the teacher sent text back (a reply cut at max_tokens counts; the filters
-    # reject it); failed requests never reach the filters
-    answered = sum(n for status, n in stats["status"].items() if status in ("ok", "length"))
-    funnel = [("drafts", len(drafts)), ("teacher answered", answered)]
+    # A reply cut at max_tokens is not an answer (the format filter rejects it): counted apart.
+    stats["answered_full"] = int(stats["status"].get("ok", 0))
+    stats["truncated"] = int(stats["status"].get("length", 0))
+    # The filter's own funnel (funnel.json): drafts left after each filter, in the order they
+    # run, with the settings they ran with.
+    filtered = read_json(run.path("funnel.json")) if run.path("funnel.json").exists() else {}
+    stats["cascade"] = [(c["filter"], int(c["remaining"])) for c in filtered.get("cascade", [])
+                        if c["filter"] != "drafts"]
+    stats["failed_by_filter"] = filtered.get("failed_by_filter", {})
+    stats["filter_settings"] = filtered.get("settings", {})
+    funnel = [("drafts", len(drafts)), ("teacher answered in full", stats["answered_full"]),
+              ("cut at max_tokens", stats["truncated"])]
+    funnel += [(f"after {name}", n) for name, n in stats["cascade"]]
     funnel += [("accepted", len(accepted))]
+    stats["review"] = {}
     if reviewed is not None:
         status = reviewed.get("review_status", pd.Series(["kept"] * len(reviewed)))
         kept = int((~status.astype(str).str.lower().isin(["rejected", "reject"])).sum())
         funnel.append(("kept after review", kept))
-        stats["review"] = counts(reviewed, "review_status")
+        stats["review"] = review_coverage(run, reviewed)
     stats["funnel"] = funnel
+    summary = read_json(run.path("export.json")) if run.path("export.json").exists() else {}
+    stats["exported"] = {name: c["rows"] for name, c in summary.get("configs", {}).items()}
 
     # per-class coverage of the seen classes against the target
     target = recipe.draft.target_per_class or recipe.split.k
@@ -242,6 +255,28 @@ def run_stats(recipe: Recipe, run: RunDir) -> dict[str, Any]:
     return stats
 
 
+def review_coverage(run: RunDir, reviewed: pd.DataFrame) -> dict[str, Any]:
+    """The review's numbers, exactly: rows sent through review apply, reviewed / unreviewed,
+    accepted / fixed, excluded (rejected + flagged), label corrections (review_stats.json;
+    counted from reviewed.parquet when an older run has no such file)."""
+    path = run.path("review_stats.json")
+    if path.exists():
+        stats = read_json(path)
+    else:
+        status = Counter(reviewed.get("review_status", pd.Series(dtype=str)).astype(str))
+        stats = {k: int(status.get(k, 0)) for k in ("unreviewed", "accepted", "fixed")}
+        stats.update(rejected=0, flagged=0, label_corrections=0,
+                     reviewed=stats["accepted"] + stats["fixed"], rows=len(reviewed))
+    keys = ("rows", "reviewed", "unreviewed", "accepted", "fixed", "rejected", "flagged",
+            "label_corrections")
+    out = {k: int(stats.get(k) or 0) for k in keys}
+    out["excluded"] = out["rejected"] + out["flagged"]
+    out["rejected_by_reason"] = stats.get("rejected_by_reason") or {}
+    out["flagged_by_reason"] = stats.get("flagged_by_reason") or {}
+    out["verdict_agreement"] = (stats.get("teacher_vs_reviewer") or {}).get("verdict_agreement")
+    return out
+
+
 # -- plots ---------------------------------------------------------------------------------
 
 
@@ -263,6 +298,31 @@ def _barh(path: Path, labels: list[str], values: list[float], title: str, xlabel
     plt.close(fig)
 
 
+def _funnel_plot(path: Path, funnel: list[tuple[str, int]]) -> None:
+    """The cascade: rows left after each step (drafts, each filter in order, accepted, kept,
+    exported), with the drafts cut at max_tokens in red and each step's loss written on it."""
+    labels = [name for name, _ in funnel]
+    values = [n for _, n in funnel]
+    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.3 * len(labels) + 1.2)))
+    side = {"teacher answered in full": "#8c8c8c", "cut at max_tokens": "#c44e52"}  # not steps
+    ax.barh(range(len(labels)), values, color=[side.get(name, "#4c72b0") for name in labels])
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.invert_yaxis()
+    previous = None
+    for i, (name, n) in enumerate(funnel):
+        lost = "" if previous is None or name in side or n >= previous else f"  -{previous - n}"
+        ax.text(n, i, f" {n}{lost}", va="center", fontsize=7)
+        if name not in side:
+            previous = n
+    if not labels:
+        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+    ax.set_title("Funnel: drafts, each filter in order, dataset rows")
+    ax.set_xlabel("rows left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def draw_plots(stats: dict[str, Any], folder: Path) -> dict[str, Path]:
     """All plots as PNG files in `folder`; returns {name: path}."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -278,8 +338,7 @@ def draw_plots(stats: dict[str, Any], folder: Path) -> dict[str, Path]:
             "cost",
         )
     }
-    names, values = zip(*stats["funnel"], strict=True) if stats["funnel"] else ((), ())
-    _barh(out["funnel"], list(names), list(values), "Funnel: drafts to dataset rows", "rows")
+    _funnel_plot(out["funnel"], stats["funnel"])
     reasons = stats["rejection_reasons"]
     _barh(out["reasons"], list(reasons), list(reasons.values()), "Rejection reasons", "drafts")
     cov = stats["coverage"]
@@ -330,7 +389,9 @@ def draw_plots(stats: dict[str, Any], folder: Path) -> dict[str, Path]:
 # -- the page ------------------------------------------------------------------------------
 
 CAPTIONS = {
-    "funnel": "How many drafts survived each step.",
+    "funnel": "How many drafts survived each step: the drafts, then each filter in the order it "
+              "runs, review and export (each bar's loss beside it); the grey and red bars split the "
+              "teacher's replies into complete ones and those cut at max_tokens.",
     "reasons": "Why drafts were rejected (a draft can have several reasons).",
     "coverage": "Accepted rationales per seen class; the dashed line is the target.",
     "lengths": "Distribution of rationale length.",
@@ -338,6 +399,23 @@ CAPTIONS = {
     "accuracy_super": "The same, per super-category.",
     "cost": "Cumulative teacher cost.",
 }
+
+
+def _table(anchor: str, title: str | None, head: tuple[str, ...], rows: list[tuple]) -> str:
+    cells = "".join("<tr>" + "".join(f"<{'th' if i == 0 else 'td'}>{html.escape(str(v))}"
+                                      f"</{'th' if i == 0 else 'td'}>" for i, v in enumerate(row))
+                    + "</tr>" for row in rows)
+    header = "" if not any(head) else "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"
+    heading = f"<h2>{html.escape(title)}</h2>" if title else ""
+    return f'<section id="{anchor}">{heading}<table>{header}{cells}</table></section>'
+
+
+def _stale_banner(lines: list[str]) -> str:
+    if not lines:
+        return ""
+    items = "".join(f"<li>stale: {html.escape(line)}</li>" for line in lines)
+    return (f'<div id="stale" role="alert">Out of date: these products are older than what they '
+            f"were built from.<ul>{items}</ul></div>")
 
 
 def write_report(recipe: Recipe, run: RunDir) -> Path:
@@ -353,6 +431,8 @@ def write_report(recipe: Recipe, run: RunDir) -> Path:
     plots = draw_plots(stats, folder)
     summary = [
         ("drafts", stats["drafts"]),
+        ("teacher answered in full", stats["answered_full"]),
+        ("cut at max_tokens (rejected by the format filter)", stats["truncated"]),
         ("accepted", stats["accepted"]),
         ("rejected", stats["rejected"]),
         ("classes short of target", len(stats["short_classes"])),
@@ -360,9 +440,6 @@ def write_report(recipe: Recipe, run: RunDir) -> Path:
         ("prompt / completion tokens", f"{stats['prompt_tokens']} / {stats['completion_tokens']}"),
         ("median rationale words", stats["rationale_words_median"]),
     ]
-    rows = "".join(
-        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in summary
-    )
     figures = []
     for name, path in plots.items():
         data = base64.b64encode(path.read_bytes()).decode("ascii")
@@ -370,14 +447,34 @@ def write_report(recipe: Recipe, run: RunDir) -> Path:
             f'<figure id="{name}"><img alt="{name}" src="data:image/png;base64,{data}">'
             f"<figcaption>{html.escape(CAPTIONS[name])}</figcaption></figure>"
         )
+    filters = [(name, definition(name), settings_text(name, stats["filter_settings"]),
+                stats["failed_by_filter"].get(name, 0), left) for name, left in stats["cascade"]]
+    sections = [
+        _table("summary", None, ("", ""), summary),
+        _table("filters", "Filters, in the order they run",
+               ("filter", "what it checks", "settings", "drafts it rejects", "drafts left"), filters),
+        _table("exported", "Exported rows per config",
+               ("config", "rows"), list(stats["exported"].items()) or [("(not exported yet)", 0)]),
+    ]
+    review = stats["review"]
+    if review:
+        coverage = [(k.replace("_", " "), review[k]) for k in
+                    ("rows", "reviewed", "unreviewed", "accepted", "fixed", "excluded",
+                     "rejected", "flagged", "label_corrections")]
+        coverage.append(("filter and reviewer agree", review["verdict_agreement"]))
+        reasons = [(f"rejected: {r}", n) for r, n in review["rejected_by_reason"].items()]
+        reasons += [(f"flagged: {r}", n) for r, n in review["flagged_by_reason"].items()]
+        sections.append(_table("review", "Human review (review apply)", ("", "rows"),
+                               coverage + reasons))
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>finecot report: {html.escape(recipe.name)}</title>
 <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}img{{max-width:100%}}
-table{{border-collapse:collapse}}th,td{{border:1px solid #ccc;padding:.2em .6em;text-align:left}}</style>
+table{{border-collapse:collapse;margin:1em 0}}th,td{{border:1px solid #ccc;padding:.2em .6em;text-align:left}}
+#stale{{background:#fdecea;border:2px solid #c44e52;padding:.6em 1em;font-weight:bold}}</style>
 </head><body>
 <h1>finecot report: {html.escape(recipe.name)}</h1>
-{"".join(f'<p class="stale">stale: {html.escape(line)}</p>' for line in stale)}
-<table>{rows}</table>
+{_stale_banner(stale)}
+{"".join(sections)}
 {"".join(figures)}
 <script>
 // marks the page once every plot has decoded, for headless checks

@@ -44,36 +44,17 @@ from curation.core.tables import write_parquet_atomic, write_text_atomic
 from curation.export import corrections as fix
 from curation.export import overlap
 from curation.export import triplets as tri
+from curation.export.prompts import (  # noqa: F401 (FORMAT_INSTRUCTION, RL_PROMPT_SEPARATOR: re-exported)
+    FINE_R1_SYSTEM,
+    FORMAT_INSTRUCTION,
+    RL_PROMPT_SEPARATOR,
+    closed_prompt_text,
+    rl_prompt_text,
+)
 from curation.export.shards import ShardWriter, image_cell, resized_cell
 
 log = logging.getLogger(__name__)
 
-
-# Fine-R1's SFT system prompt and rollout format instruction (public release, MIT license).
-FINE_R1_SYSTEM = (
-    "A conversation between User and Assistant. The user asks a question, and the Assistant "
-    "solves it. The assistant first thinks about the reasoning process in the mind and then "
-    "provides the user with the answer. The reasoning process and answer are enclosed within "
-    "<think> </think> and <answer> </answer> tags, respectively, i.e., <think> reasoning "
-    "process here </think><answer> answer here </answer>"
-)
-FORMAT_INSTRUCTION = (
-    "You first think through the reasoning process as an internal monologue, enclosed within "
-    "<think> </think> tags. Then, provide your final answer enclosed within <answer> </answer> "
-    "tags."
-)
-# The release puts the instruction after the question with a blank line between them
-# (TAPO/examples/format_prompt/cls_thinking.jinja: `{{ content | trim }}`, "\n\n", instruction).
-RL_PROMPT_SEPARATOR = "\n\n"
-
-
-def rl_prompt_text(question: str) -> str:
-    """The text of an RL prompt (TAPO rollouts, and `finecot eval` open-world by default).
-
-    >>> rl_prompt_text("  Which bird is this? ").split(RL_PROMPT_SEPARATOR)[0]
-    'Which bird is this?'
-    """
-    return f"{question.strip()}{RL_PROMPT_SEPARATOR}{FORMAT_INSTRUCTION}"
 
 CONFIG_SPLITS = {"sft": "train", "rl": "train", "eval_open": "test", "eval_closed": "test"}
 DROPPED = {"image_path"}  # absolute local paths say nothing to users and leak their disks
@@ -207,6 +188,7 @@ EVAL_CLOSED_FEATURES = datasets.Features(
         **EVAL_COLUMNS,
         "options": datasets.List(TEXT),
         "answer_index": datasets.Value("int64"),
+        "prompt": TEXT,  # the closed-world prompt, options listed (curation/export/prompts.py)
         "options_method": TEXT,
         "options_seed": datasets.Value("int64"),
     }
@@ -419,7 +401,8 @@ def export_stage(recipe: Recipe, run: RunDir, progress: Progress | None = None) 
             )
             method = ranking.method
         row.update(
-            options=shuffled, answer_index=index, options_method=method, options_seed=cfg.seed
+            options=shuffled, answer_index=index, options_method=method, options_seed=cfg.seed,
+            prompt=closed_prompt_text(row["question"], shuffled),
         )
         return row
 
@@ -454,11 +437,17 @@ def export_stage(recipe: Recipe, run: RunDir, progress: Progress | None = None) 
     if skipped:
         log.warning("export: %d rows skipped (see export_skipped.parquet)", len(skipped))
 
-    from curation.export import formats
+    from curation.export.easyr1 import write_easyr1
+    from curation.export.formats import write_llamafactory
 
+    dataset = run.path("dataset")
+    writers = {  # a dict is the registry: format name -> its writer
+        "llamafactory": lambda: write_llamafactory(dataset, run.path("llamafactory"), system_prompt),
+        "easyr1": lambda: write_easyr1(dataset, run.path("easyr1"), run.registry, cfg.seed),
+    }
     for fmt in cfg.formats:
         if fmt != "hf":
-            summary[fmt] = str(formats.FORMATS[fmt](run.path("dataset"), run.path(fmt)))
+            summary[fmt] = str(writers[fmt]())
     return summary
 
 

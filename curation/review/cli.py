@@ -11,6 +11,7 @@ Mounted on the main app by curation/cli.py. Settings come from the run's recipe 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,9 +19,8 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from curation.core.cli import errors, progress_lines, stopped_exit
+from curation.core.cli import errors, stage_progress, stopped_exit
 from curation.core.config import RecipeError, load_recipe
 
 review_app = typer.Typer(
@@ -53,6 +53,14 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=2)
 
 
+def _quiet_http() -> None:
+    """httpx logs every request at INFO: one line per task page and upload. Progress is the
+    bar (or the periodic lines); the requests show with -v."""
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        for name in ("httpx", "httpcore"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 @contextmanager
 def _errors(run_dir: Path) -> Iterator[None]:
     """Label Studio's errors (ReviewError: what to check) and those about the run's files."""
@@ -81,7 +89,7 @@ def push(
 ) -> None:
     """Import the selected rows as tasks into the run's own review project (created by the first push; its id is kept in RUN/review_project.json).
 
-    Idempotent and resumable: rows already in the project (same draft, same text) are skipped, a changed rationale becomes a new task, and duplicates left by an interrupted push are removed. The teacher's rationale pre-fills an editable text area (model_version = teacher model + template sha). Shows a progress bar.
+    Idempotent and resumable: rows already in the project (same draft, same text) are skipped, a changed rationale becomes a new task, and duplicates left by an interrupted push are removed. The teacher's rationale pre-fills an editable text area (model_version = teacher model + template sha). Shows progress bars (a line every few seconds when stderr is not a terminal).
     """
     sets = list(overrides or [])
     for key, value in (("select", select), ("sample_size", sample_size),
@@ -95,20 +103,9 @@ def push(
     from curation.core.rundir import RunDir
     from curation.review.push_pull import push as do_push
 
-    columns = (TextColumn("push"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with _errors(run_dir):
-        if console.is_terminal:
-            with Progress(*columns, console=console, transient=True) as bar:  # (gone on an error)
-                task = bar.add_task("push", total=None)
-                result = do_push(spec, RunDir(spec.directory), lambda n: bar.advance(task, n))
-        else:  # a log: a line every few seconds
-            lines, pushed = progress_lines(), [0]
-
-            def advance(n: int) -> None:
-                pushed[0] += n
-                lines("push (tasks imported)", pushed[0], 0)
-
-            result = do_push(spec, RunDir(spec.directory), advance)
+    _quiet_http()
+    with _errors(run_dir), stage_progress() as progress:  # a bar, or a line every few seconds
+        result = do_push(spec, RunDir(spec.directory), progress)
     console.print(
         f"[green]pushed[/green] project {result.project_id}: {result.selected} selected, "
         f"{result.already} already there, {result.imported} imported"
@@ -123,8 +120,9 @@ def pull(run_dir: RunOption, url: UrlOption = None, overrides: SetOption = None)
     from curation.core.rundir import RunDir
     from curation.review.push_pull import pull as do_pull
 
-    with _errors(run_dir), console.status("exporting annotations"):
-        path = do_pull(spec, RunDir(spec.directory))
+    _quiet_http()
+    with _errors(run_dir), stage_progress() as progress:
+        path = do_pull(spec, RunDir(spec.directory), progress)
     console.print(f"[green]pulled[/green] {path}")
 
 

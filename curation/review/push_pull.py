@@ -47,7 +47,7 @@ import mimetypes
 import os
 import random
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,7 @@ from curation.core import lineage
 from curation.core.config import Recipe, ReviewConfig
 from curation.core.labels import Registry
 from curation.core.rundir import RunDir
+from curation.core.stage import Progress
 from curation.core.tables import read_json, read_table, write_json_atomic, write_parquet_atomic
 from curation.review.client import Client, ReviewError, connect
 
@@ -71,7 +72,6 @@ LABEL_WRONG = "gold label is wrong"
 MEDIA_CONFIG = '<View><Image name="image" value="$image"/></View>'
 MEDIA_SUFFIX = " · images"  # the title of a run's image project: its project's + this
 UPLOAD_FILES_PER_REQUEST = 100  # Django DATA_UPLOAD_MAX_NUMBER_FILES default
-Progress = Callable[[int], None]
 
 # Run-directory files of this stage.
 PROJECT_FILE = "review_project.json"
@@ -133,16 +133,34 @@ def _key_of(data: dict) -> str:
     return data.get("finecot_key") or f"{data.get('draft_id')}@unknown-text"
 
 
-def label_config(registry: Registry | None, datasets: Sequence[str] = (), labels: Sequence[str] = ()) -> str:
-    """The shipped review interface with the classes (registry + row labels) as choices."""
+UNSEEN_MARK = " (UNSEEN class: choosing it keeps the item out of training)"
+
+
+def label_config(registry: Registry | None, datasets: Sequence[str] = (), labels: Sequence[str] = (),
+                 unseen: set[str] | frozenset[str] = frozenset()) -> str:
+    """The shipped review interface with the classes (registry + row labels) as choices:
+    seen classes first, then the `unseen` ones, marked (the shown text says so; the stored
+    value, Label Studio's `alias`, is the class name alone)."""
     names: list[str] = []
     for info in registry or ():
         if not datasets or info.dataset in datasets:
             names.append(info.name)
     names += [n for n in labels if n]
-    names = names or ["(no classes)"]  # Label Studio refuses an empty <Choices>
-    choices = "\n".join(f"      <Choice value={quoteattr(n)}/>" for n in dict.fromkeys(names))
+    names = list(dict.fromkeys(names)) or ["(no classes)"]  # Label Studio refuses an empty <Choices>
+    ordered = [n for n in names if n not in unseen] + [n for n in names if n in unseen]
+    choices = "\n".join(
+        f"      <Choice value={quoteattr(n + UNSEEN_MARK)} alias={quoteattr(n)}/>" if n in unseen
+        else f"      <Choice value={quoteattr(n)}/>" for n in ordered)
     return LABEL_CONFIG.read_text(encoding="utf-8").replace("<!-- CLASS_CHOICES -->", choices)
+
+
+def unseen_classes(run: RunDir, datasets: Sequence[str]) -> set[str]:
+    """Names of the unseen-split classes of `datasets` (split.json; none without a split)."""
+    if not run.split.exists():
+        return set()
+    split = read_json(run.split).get("datasets", {})
+    return {name for d, sides in split.items() if not datasets or d in datasets
+            for name in sides.get("unseen", [])}
 
 
 # -- which rows go ------------------------------------------------------------------------
@@ -198,10 +216,10 @@ class Images:
                 )
             self.root = Path(root).resolve()
 
-    def prepare(self, rows: Sequence[dict]) -> None:
+    def prepare(self, rows: Sequence[dict], progress: Progress | None = None) -> None:
         """Make every image of `rows` reachable (upload what is missing; add local storage)."""
         if self.cfg.image_mode == "upload":
-            self._upload(rows)
+            self._upload(rows, progress)
         elif self.cfg.image_mode == "local-files" and rows:
             folders = [str(Path(r["image_path"]).resolve().parent) for r in rows]
             folder = Path(os.path.commonpath(folders))
@@ -217,16 +235,20 @@ class Images:
                 "image_mode upload, or set LOCAL_FILES_DOCUMENT_ROOT to a parent folder"
             ) from None
 
-    def _upload(self, rows: Sequence[dict]) -> None:
+    def _upload(self, rows: Sequence[dict], progress: Progress | None = None) -> None:
         missing = {r["image_sha256"]: r["image_path"] for r in rows if r["image_sha256"] not in self.urls}
         todo = list(missing.items())
         for start in range(0, len(todo), UPLOAD_FILES_PER_REQUEST):
+            if progress:
+                progress("push: upload images", start, len(todo))
             chunk = todo[start : start + UPLOAD_FILES_PER_REQUEST]
             files = [(f"{sha}{Path(p).suffix.lower() or '.jpg'}", _read(p)) for sha, p in chunk]
             ids = self.client.upload_images(self.media_id, files)
             for task in self.client.tasks_by_id(self.media_id, ids):
                 url = task["data"]["image"]
                 self.urls[Path(url).stem.split("-", 1)[-1]] = url
+        if progress and todo:
+            progress("push: upload images", len(todo), len(todo))
 
     def url(self, row: dict) -> str:
         mode = self.cfg.image_mode
@@ -271,14 +293,26 @@ def make_task(row: dict, image_url: str) -> dict:
         "question": row.get("question") or "",
         "teacher_answer": answer,
         "label": row.get("label") or "",
-        "filter_verdict": row.get("verdict") or "",
-        "filter_reasons": ", ".join(row.get("reasons") or ()),
+        "filter_verdict": row.get("verdict") or "(not filtered)",
+        "filter_reasons": _reasons_text(row),
+        "hinted": "yes: the prompt named the gold label" if row.get("hinted") else "no",
     }
     rationale = {
         "from_name": "rationale", "to_name": "question", "type": "textarea",
         "value": {"text": [row.get("response") or ""]},
     }
     return {"data": data, "predictions": [{"model_version": model_version(row), "result": [rationale]}]}
+
+
+def _reasons_text(row: dict) -> str:
+    """The filter's reasons and flags, each with its meaning (curation/filter/filters.py)."""
+    from curation.filter.filters import REASONS
+
+    parts = [f"{code}: {REASONS[code][1]}" if code in REASONS else code
+             for code in row.get("reasons") or ()]
+    parts += [f"flag {code}: {REASONS[code][1]}" if code in REASONS else f"flag {code}"
+              for code in row.get("flags") or ()]
+    return "; ".join(parts) or "none"
 
 
 def _registry(run: RunDir) -> Registry | None:
@@ -302,7 +336,8 @@ def push(recipe: Recipe, run: RunDir, progress: Progress | None = None) -> PushR
     known = cfg.project_id or (state.get("project_id") if ours else None)
     media = state.get("media_project_id") if ours and known == state.get("project_id") else None
     datasets = sorted({r["dataset"] for r in rows if r.get("dataset")})
-    xml = label_config(_registry(run), datasets, sorted({r.get("label") or "" for r in rows}))
+    xml = label_config(_registry(run), datasets, sorted({r.get("label") or "" for r in rows}),
+                       unseen_classes(run, datasets))
     project_id = client.ensure_project(title, xml, known, cfg.overlap)
     images = Images(client, cfg, project_id, title, media)
     write_json_atomic(run.path(PROJECT_FILE), {
@@ -317,12 +352,14 @@ def push(recipe: Recipe, run: RunDir, progress: Progress | None = None) -> PushR
             and r["draft_id"] not in legacy]  # (an old task's row is not pushed twice)
     log.info("review push: %d selected, %d already in project %d, %d to import",
              len(rows), len(rows) - len(todo), project_id, len(todo))
+    if cfg.image_mode == "upload":  # every missing image first: one bar, then the tasks
+        images.prepare(todo, progress)
     for start in range(0, len(todo), cfg.batch_size):
         batch = todo[start : start + cfg.batch_size]
         images.prepare(batch)
         client.import_tasks(project_id, [make_task(r, images.url(r)) for r in batch])
         if progress:
-            progress(len(batch))
+            progress("push: import tasks", start + len(batch), len(todo))
     removed = remove_duplicates(client, project_id) if todo else 0
     return PushResult(project_id, len(rows), len(rows) - len(todo), len(todo), removed)
 
@@ -367,6 +404,12 @@ def _choices(result: list[dict], name: str) -> list[str]:
     return [c for r in result if r.get("from_name") == name for c in r.get("value", {}).get("choices", [])]
 
 
+def _class_name(choice: str | None) -> str | None:
+    """The class a correction names (the alias is stored; a value shown with the unseen mark
+    is read back as the class too)."""
+    return choice.removesuffix(UNSEEN_MARK) if choice else choice
+
+
 def _text(result: list[dict], name: str) -> str | None:
     parts = [t for r in result if r.get("from_name") == name for t in r.get("value", {}).get("text", [])]
     return "\n".join(parts) if parts else None
@@ -407,20 +450,24 @@ def annotation_rows(tasks: list[dict], users: dict[int, str]) -> list[dict]:
                 "reject_reasons": _choices(result, "reject_reasons"),
                 "rationale": _text(result, "rationale"),
                 "label_wrong": LABEL_WRONG in _choices(result, "label_wrong"),
-                "corrected_label": (_choices(result, "correct_label") or [None])[0],
+                "corrected_label": _class_name((_choices(result, "correct_label") or [None])[0]),
                 "note": _text(result, "note"),
             })
     return rows
 
 
-def pull(recipe: Recipe, run: RunDir) -> Path:
+def pull(recipe: Recipe, run: RunDir, progress: Progress | None = None) -> Path:
     """Export the project's annotations into review_annotations.parquet (a full snapshot)."""
     state = _project_state(run)
     project_id = recipe.review.project_id or state.get("project_id")
     if project_id is None:
         raise ReviewError(f"no review project for {run.root}: run `finecot review push` first")
     client = open_client(recipe.review)
+    if progress:
+        progress("pull: export annotations", 0, 1)
     rows = annotation_rows(client.export(int(project_id)), client.users())
+    if progress:
+        progress("pull: export annotations", 1, 1)
     path = run.path(ANNOTATIONS_FILE)
     write_parquet_atomic(path, pa.Table.from_pylist(rows, schema=ANNOTATION_SCHEMA))
     log.info("review pull: %d annotation(s) from project %s -> %s", len(rows), project_id, path)

@@ -78,7 +78,7 @@ def run_command(
     keep_order: Annotated[bool, typer.Option("--keep-order", help="Fine-R1 lists: keep the paper's option order (gold first) instead of shuffling")] = False,
     seed: Annotated[int, typer.Option("--seed", help="option shuffle seed (recorded in metrics.json)")] = 0,
     embedder: Annotated[str, typer.Option("--embedder", help="text embedder for relative similarity: LOCAL SigLIP/CLIP/text model folder, or 'hashed' (model-free n-grams)")] = "hashed",
-    limit: Annotated[int | None, typer.Option("--limit", help="at most this many items per config (per Fine-R1 file)")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="at most this many items per config (per Fine-R1 file); from an export, a sample spread over seen and unseen classes (seeded by --seed)")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="local model: images per generate() call")] = 8,
     max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", help="answer length cap (default 1024; with --paper-compat 2048, the release's eval/evaluation.py)")] = None,
     max_pixels: Annotated[int | None, typer.Option("--max-pixels", help="local model: image pixel cap for the processor")] = None,
@@ -125,7 +125,7 @@ def run_command(
             source = str(fine_r1)
         else:
             # streamed: only a chunk of images is in memory at a time
-            items = {m: ev.iter_exported(data, f"eval_{m}", limit) for m in modes}
+            items = {m: ev.iter_exported(data, f"eval_{m}", limit, seed) for m in modes}
             totals = {m: ev.count_exported(data, f"eval_{m}", limit) for m in modes}
             registry = ev.exported_registry(data, [f"eval_{m}" for m in modes])
             source = str(data)

@@ -42,7 +42,14 @@ import pyarrow.parquet as pq
 from curation.core.labels import ClassInfo, Registry
 from curation.core.ledger import Entry, Ledger, cost_usd
 from curation.core.tables import write_json_atomic, write_parquet_atomic
-from curation.export.stage import FORMAT_INSTRUCTION, RL_PROMPT_SEPARATOR, rl_prompt_text
+from curation.export.prompts import (
+    CLOSED_TEMPLATE,
+    FORMAT_INSTRUCTION,
+    OPEN_TEMPLATE,
+    RL_PROMPT_SEPARATOR,  # noqa: F401 (the doctest of prompt)
+    closed_prompt_text,
+    rl_prompt_text,
+)
 from curation.export.triplets import shuffled_options
 from curation.ingest.split import FINE_R1_DATASETS
 from curation.teacher.client import Completion
@@ -51,13 +58,6 @@ from train.eval.models import Request
 
 log = logging.getLogger(__name__)
 
-# The Fine-R1 release's evaluation prompts (eval/evaluation.py), verbatim.
-OPEN_TEMPLATE = ("Given the question: {question}. This is a fine-grained question. "
-                 "Output reasoning in <think></think> and the final answer in <answer></answer>.")
-CLOSED_TEMPLATE = ("Given the question: {question}, based on the options provided in {options}, "
-                   "output the thinking process in <think> </think> and final choice in <answer> "
-                   "</answer> tags. The response format should be: <think>...</think> "
-                   "<answer>choice</answer>.")
 MODES = ("open", "closed")
 PAPER_MAX_NEW_TOKENS = 2048  # the release's eval/eval_closed.sh and eval_open.sh: MAX_NEW_TOKENS=2048
 
@@ -137,13 +137,52 @@ def count_exported(source: str | Path, config: str, limit: int | None = None) ->
     return total if limit is None else min(total, limit)
 
 
-def iter_exported(source: str | Path, config: str, limit: int | None = None) -> Iterator[Item]:
+def _seeded(seed: int, key: str) -> str:
+    return hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()
+
+
+def sample_ids(rows: Iterable[dict[str, Any]], limit: int, seed: int = 0) -> set[str]:
+    """`limit` row ids spread over seen and unseen classes and over classes: seen and unseen
+    take turns, each side goes round its classes (in a seeded order) taking one row of each
+    (a seeded pick) before a second of any. The same seed gives the same rows.
+
+    >>> rows = [{"id": f"{c}{i}", "label": c, "class_split": "unseen" if c == "z" else "seen"}
+    ...         for c in "abz" for i in range(5)]
+    >>> sorted({i[0] for i in sample_ids(rows, 3)})
+    ['a', 'b', 'z']
+    """
+    by_class: dict[tuple[str, str, str], list[str]] = {}
+    for row in rows:
+        key = (str(row.get("class_split") or "seen"), str(row.get("dataset") or ""), str(row["label"]))
+        by_class.setdefault(key, []).append(str(row["id"]))
+    sides: dict[str, list[str]] = {}
+    for side in sorted({k[0] for k in by_class}):
+        classes = sorted((k for k in by_class if k[0] == side), key=lambda k: _seeded(seed, "|".join(k)))
+        queues = [sorted(by_class[k], key=lambda i: _seeded(seed, i)) for k in classes]
+        sides[side] = [q[r] for r in range(max(map(len, queues))) for q in queues if r < len(q)]
+    order = [ids[r] for r in range(max(map(len, sides.values()), default=0))
+             for ids in sides.values() if r < len(ids)]
+    return set(order[:limit])
+
+
+def iter_exported(source: str | Path, config: str, limit: int | None = None,
+                  seed: int = 0) -> Iterator[Item]:
     """Items of an exported eval_open / eval_closed config, streamed 256 rows at a time (an
-    item's image bytes live only while its chunk is evaluated)."""
+    item's image bytes live only while its chunk is evaluated). `limit`: a seeded sample
+    across seen/unseen and classes (`sample_ids`), never the first rows (one class)."""
+    wanted = None
+    if limit is not None:
+        columns = ["id", "label", "class_split", "dataset"]
+        meta = [row for file in exported_files(source, config)
+                for row in pq.read_table(file, columns=[c for c in columns
+                                                        if c in pq.read_schema(file).names]).to_pylist()]
+        wanted = sample_ids(meta, limit, seed)
     count = 0
     for file in exported_files(source, config):
         for batch in pq.ParquetFile(file).iter_batches(batch_size=256):
             for row in batch.to_pylist():
+                if wanted is not None and str(row.get("id")) not in wanted:
+                    continue
                 images = row.get("images") or []
                 if not images or not images[0].get("bytes"):
                     log.warning("%s: row %s has no image bytes: skipped", file, row.get("id"))
@@ -164,9 +203,10 @@ def iter_exported(source: str | Path, config: str, limit: int | None = None) -> 
                     return
 
 
-def load_exported(source: str | Path, config: str, limit: int | None = None) -> list[Item]:
+def load_exported(source: str | Path, config: str, limit: int | None = None,
+                  seed: int = 0) -> list[Item]:
     """All items of an exported config in memory (tests, small sets); see iter_exported."""
-    return list(iter_exported(source, config, limit))
+    return list(iter_exported(source, config, limit, seed))
 
 
 def exported_registry(source: str | Path, configs: Sequence[str] = ("eval_open", "eval_closed")) -> Registry:
@@ -268,8 +308,7 @@ def prompt(item: Item, mode: str, paper_compat: bool = False) -> str:
     if paper_compat:
         return OPEN_TEMPLATE.format(question=question)
     if mode == "closed":
-        closed = CLOSED_TEMPLATE.format(question=question, options=list(item.options or []))
-        return f"{closed}{RL_PROMPT_SEPARATOR}{FORMAT_INSTRUCTION}"
+        return closed_prompt_text(question, item.options or [])
     return rl_prompt_text(question)
 
 

@@ -10,7 +10,8 @@ import json
 
 import pytest
 
-from curation.core.ledger import MIGRATIONS, Ledger
+from curation.core.ledger import Ledger
+from curation.core.ledger_schema import MIGRATIONS
 from curation.teacher.batch_files import BatchFileWriter, interpret, parse_result, read_results
 
 

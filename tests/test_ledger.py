@@ -18,7 +18,8 @@ import pytest
 from typer.testing import CliRunner
 
 from curation.cli import app
-from curation.core.ledger import MIGRATIONS, Entry, Ledger, cost_usd
+from curation.core.ledger import Entry, Ledger, cost_usd
+from curation.core.ledger_schema import MIGRATIONS
 
 
 def entry(key: str, **fields) -> Entry:

@@ -28,10 +28,12 @@ from typer.testing import CliRunner
 
 from curation.cli import app
 from curation.core.config import TeacherConfig, dump_recipe
-from curation.core.ledger import MIGRATIONS, Ledger
+from curation.core.ledger import Ledger
+from curation.core.ledger_schema import MIGRATIONS
 from curation.draft.stage import DraftStopped, draft_stage
 from curation.filter.stage import filter_stage
-from curation.teacher.client import REFUSE_AFTER, TeacherClient, image_data_url
+from curation.teacher.client import REFUSE_AFTER, TeacherClient
+from curation.teacher.images import image_data_url
 
 
 def _accepted(run) -> set[str]:

@@ -16,7 +16,9 @@ import pytest
 from PIL import Image
 
 from curation.core.config import TeacherConfig
-from curation.teacher.client import Completion, TeacherClient, image_data_url, public_url
+from curation.teacher.answers import Completion
+from curation.teacher.client import TeacherClient, public_url
+from curation.teacher.images import image_data_url
 from curation.teacher.ratelimit import RateLimits, TokenBucket
 
 # -- images -----------------------------------------------------------------------------------

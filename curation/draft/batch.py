@@ -47,6 +47,7 @@ from curation.core.config import Recipe
 from curation.core.ledger import Entry, Ledger
 from curation.core.rundir import RunDir
 from curation.core.stage import Progress
+from curation.teacher.answers import Completion
 from curation.teacher.batch_api import FINAL, BatchAPI
 from curation.teacher.batch_files import (
     BatchFileWriter,
@@ -58,7 +59,6 @@ from curation.teacher.batch_files import (
 )
 from curation.teacher.client import (
     RETRYABLE_STATUS,
-    Completion,
     chat_body,
     estimate_tokens,
     public_url,

@@ -32,7 +32,7 @@ from curation.core.config import Recipe
 from curation.core.labels import ClassInfo, Registry, match
 from curation.core.rundir import RunDir
 from curation.filter.filters import judge, make_context
-from curation.teacher.client import image_data_url
+from curation.teacher.images import image_data_url
 from curation.teacher.prompts import load_prompts, load_questions, pick_candidates, pick_question
 
 log = logging.getLogger(__name__)

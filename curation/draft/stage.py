@@ -55,8 +55,9 @@ from curation.core.stage import StageStopped
 from curation.core.tables import ParquetStreamWriter, write_json_atomic
 from curation.draft.batch import BatchRunner
 from curation.draft.requests import ImageCache, Requests, make_accept, pool_registry
+from curation.teacher.answers import Completion
 from curation.teacher.batch_api import BatchAPIError
-from curation.teacher.client import Completion, TeacherClient
+from curation.teacher.client import TeacherClient
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,9 @@ from curation.core.config import Recipe
 from curation.core.ledger import Ledger, cost_usd
 from curation.core.rundir import RunDir
 from curation.core.stage import Progress
-from curation.teacher.client import Completion, TeacherClient, image_data_url
+from curation.teacher.answers import Completion
+from curation.teacher.client import TeacherClient
+from curation.teacher.images import image_data_url
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from curation.teacher.client import Completion, parse_completion, server_message
+from curation.teacher.answers import Completion, parse_completion, server_message
 
 ENDPOINT = "/v1/chat/completions"
 # Line states that leave nothing recorded: the key goes into the next batch.

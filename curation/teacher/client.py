@@ -17,14 +17,9 @@ What it does around each request:
 - retries with exponential backoff and jitter for 429, 408/409/5xx, timeouts, connection
   errors and malformed bodies; after max attempts a failed Completion carries the reason
   (nothing is raised into the caller's loop); other 4xx fail at once;
-- reasoning returned outside `content` (`reasoning_content`, `reasoning`, or the structured
-  `reasoning_details` / `thinking_blocks`: vLLM reasoning parsers, LiteLLM, DeepSeek,
-  OpenRouter) is kept apart and put back as `<think>...</think>` before the content;
-- `finish_reason: length`, a completion as long as max_tokens whatever its finish_reason,
-  and empty content come back as such (the filter decides);
-- usage: split over the choices by their length; estimated (and marked so) when the server
-  reports none; counted once when a server sums prompt_tokens over the `n` choices (learned
-  from one request split in two, see `sample`);
+- the answer read as real servers send it (curation/teacher/answers.py: reasoning outside
+  `content`, usage, truncation); usage counted once when a server sums prompt_tokens over
+  the `n` choices (learned from one request split in two, see `sample`);
 - several base URLs: each request goes to the least busy healthy one;
 - `n` samples in one request where the server honours `n`; a server that answers with
   fewer choices is detected and the missing samples go as separate requests.
@@ -39,12 +34,9 @@ API keys stay in memory: error texts are scrubbed of the key before anyone sees 
 from __future__ import annotations
 
 import asyncio
-import base64
 import email.utils
-import io
 import json
 import logging
-import math
 import os
 import random
 import re
@@ -52,16 +44,14 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import openai
-from PIL import Image, ImageOps
 
 from curation.core.config import TeacherConfig
-from curation.core.ledger import Entry, compose_answer
+from curation.teacher.answers import Completion, parse_completion, server_message, split_usage
 from curation.teacher.ratelimit import RateLimits
 
 log = logging.getLogger(__name__)
@@ -74,84 +64,6 @@ REFUSED_STATUS = {401, 403, 404}  # wrong key, no access, wrong URL or model: st
 CLIENT_ERROR_STATUS = {400, 405, 413, 422}
 REFUSE_AFTER = 3  # identical client errors in a row, with no success between, stop the run
 _DATA_URL = re.compile(r'"data:[^"]*"')
-REASONING_FIELDS = ("reasoning_content", "reasoning", "reasoning_details", "thinking_blocks")
-
-
-@dataclass
-class Completion:
-    """One sample's outcome. status: ok | length | empty | failed (then `error` says why).
-
-    `content` is the message content as the server sent it, `reasoning` what it returned
-    beside it (from the field `reasoning_field`); `text` is the two together, as read."""
-
-    status: str
-    content: str | None = None
-    finish_reason: str | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    latency_s: float = 0.0
-    attempts: int = 0
-    error: str | None = None
-    endpoint: str | None = None
-    reasoning: str | None = None
-    reasoning_field: str | None = None
-    usage_estimated: bool = False
-    shared: int = 1  # samples answered by the same HTTP request
-    truth: Any = None  # ground truth a scripted server attaches to the choice (finecot_truth)
-
-    @property
-    def text(self) -> str | None:
-        return compose_answer(self.content, self.reasoning)
-
-    @property
-    def usable(self) -> bool:
-        return self.status == "ok"
-
-    def entry(self, key: str, model: str, cost: float, meta: dict[str, Any]) -> Entry:
-        """The ledger row of this outcome (content and reasoning kept apart)."""
-        extra: dict[str, Any] = {}
-        if self.reasoning_field:
-            extra["reasoning_field"] = self.reasoning_field
-        if self.truth is not None:
-            extra["truth"] = self.truth
-        return Entry(
-            key=key, model=model, status=self.status, attempts=self.attempts, error=self.error,
-            response=self.content, finish_reason=self.finish_reason,
-            prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
-            latency_s=self.latency_s, cost_usd=cost, endpoint=self.endpoint, meta=meta,
-            reasoning=self.reasoning, extra=extra, usage_estimated=self.usage_estimated,
-            shared=self.shared,
-        )
-
-
-# -- images: resized and encoded once per image ----------------------------------------------
-
-_PASS_THROUGH = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
-
-
-def image_data_url(path: str | Path, max_side: int, max_pixels: int, quality: int = 90) -> str:
-    """A data URL of the image, fitted into max_side x max_side and max_pixels.
-
-    A JPEG/PNG/WebP that already fits (and needs no EXIF rotation) is sent byte for byte:
-    no decode, no re-encode. Anything else is rotated upright, resized and sent as JPEG.
-    """
-    with Image.open(path) as img:
-        width, height = img.size
-        upright = img.getexif().get(0x0112, 1) == 1
-        fits = max(width, height) <= max_side and width * height <= max_pixels
-        mime = _PASS_THROUGH.get(img.format or "")
-        if mime and fits and upright:
-            data = Path(path).read_bytes()
-        else:
-            img = ImageOps.exif_transpose(img).convert("RGB")
-            scale = min(1.0, max_side / max(img.size), math.sqrt(max_pixels / (img.width * img.height)))
-            if scale < 1.0:
-                size = (max(1, int(img.width * scale)), max(1, int(img.height * scale)))
-                img = img.resize(size, Image.Resampling.BICUBIC)
-            buffer = io.BytesIO()
-            img.save(buffer, format="JPEG", quality=quality)
-            data, mime = buffer.getvalue(), "image/jpeg"
-    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
 # -- endpoints --------------------------------------------------------------------------------
@@ -457,7 +369,7 @@ class TeacherClient:
                             count, learn_usage)
         if self.usage_summed and count > 1 and not completions[0].usage_estimated:
             once = sum(c.prompt_tokens for c in completions) // count
-            _split(once, [1] * count, completions, "prompt_tokens")
+            split_usage(once, [1] * count, completions, "prompt_tokens")
         field = completions[0].reasoning_field
         if field and self._reasoning_seen is None:
             self._reasoning_seen = field
@@ -518,7 +430,7 @@ class TeacherClient:
             return (None, f"http {reply.status}: {server_message(reply.raw)}",
                     reply.status in RETRYABLE_STATUS)
         try:
-            return _parse_choices(reply.raw, self.config.max_tokens,
+            return parse_completion(json.loads(reply.raw), self.config.max_tokens,
                                   lambda: self._estimate_tokens(encoded, 0)), "", False
         except (ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
             return None, f"malformed: {err}", True
@@ -567,113 +479,3 @@ def estimate_tokens(config: TeacherConfig, encoded: str, n: int) -> float:
     return text / 4 + images * image_tokens + config.max_tokens * n
 
 
-def server_message(raw: bytes, limit: int = 300) -> str:
-    """The readable part of an error body: OpenAI's error.message, FastAPI's detail, or the
-    text itself.
-
-    >>> server_message(b'{"error": {"message": "Invalid model name passed in model=x"}}')
-    'Invalid model name passed in model=x'
-    >>> server_message(b'{"detail": "Server is pinned to m"}'), server_message(b"busy")
-    ('Server is pinned to m', 'busy')
-    """
-    text = raw[:4000].decode("utf-8", "replace").strip()
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return text[:limit]
-    if isinstance(data, dict):
-        error = data.get("error")
-        message = error.get("message") if isinstance(error, dict) else error
-        message = message or data.get("detail") or data.get("message")
-        if isinstance(message, str) and message.strip():
-            return message.strip()[:limit]
-    return text[:limit]
-
-
-def _text_of(value: Any) -> str:
-    """Text of a reasoning field: a string, or the parts providers send (lists of objects
-    with `text`, `thinking`, `content` or `summary`)."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, dict):
-        for name in ("text", "thinking", "content", "summary"):
-            if isinstance(value.get(name), str):
-                return value[name]
-        return ""
-    if isinstance(value, list):
-        return "".join(_text_of(part) for part in value)
-    return ""
-
-
-def _reasoning(message: dict) -> tuple[str | None, str | None]:
-    """(reasoning text, field) of a message, the first field that holds any text."""
-    for name in REASONING_FIELDS:
-        value = message.get(name)
-        if value:
-            text = _text_of(value)
-            if text.strip():
-                return text, name
-    return None, None
-
-
-def _parse_choices(raw: bytes, max_tokens: int | None,
-                   prompt_estimate: Callable[[], float]) -> list[Completion]:
-    return parse_completion(json.loads(raw), max_tokens, prompt_estimate)
-
-
-def parse_completion(data: Any, max_tokens: int | None,
-                     prompt_estimate: Callable[[], float]) -> list[Completion]:
-    """Completions from a chat.completion body (parsed JSON: an online answer, or a batch
-    output line's `response.body`); raises ValueError, KeyError, TypeError... on a body that
-    is not one.
-
-    Usage covers all choices: it is split over them by their length (the sum stays
-    exact). A server that reports none gets an estimate (prompt: the TPM estimate; answer:
-    4 characters a token), marked `usage_estimated`. An answer as long as max_tokens is
-    truncated whatever its finish_reason says (some servers say "stop")."""
-    choices = data["choices"]
-    if not isinstance(choices, list) or not choices:
-        raise ValueError("no choices in the response")
-    choices = sorted(choices, key=lambda c: c.get("index", 0))
-    truths = data.get("finecot_truth")
-    usage = data.get("usage") or {}
-    prompt = int(usage.get("prompt_tokens") or 0)
-    completion = int(usage.get("completion_tokens") or 0)
-    out = []
-    for i, choice in enumerate(choices):
-        message = choice["message"]
-        content = message.get("content")
-        if isinstance(content, list):  # content parts
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-        reasoning, field = _reasoning(message)
-        truth = truths[i] if isinstance(truths, list) and i < len(truths) else None
-        out.append(Completion(status="ok", content=content or None,
-                              finish_reason=choice.get("finish_reason"), reasoning=reasoning,
-                              reasoning_field=field, truth=truth))
-    lengths = [len(c.content or "") + len(c.reasoning or "") for c in out]
-    estimated = prompt + completion == 0 and any(lengths)
-    if estimated:
-        prompt = math.ceil(prompt_estimate())
-        completion = sum(math.ceil(n / 4) for n in lengths)
-    weights = lengths if sum(lengths) else [1] * len(out)
-    _split(prompt, [1] * len(out), out, "prompt_tokens")
-    _split(completion, weights, out, "completion_tokens")
-    # Per-choice token counts are known for one choice; for several, only when all of them
-    # must have reached max_tokens.
-    at_limit = bool(max_tokens) and not estimated and completion >= len(out) * max_tokens
-    for c in out:
-        c.usage_estimated = estimated
-        if not (c.content or "").strip() and not (c.reasoning or "").strip():
-            c.status = "empty"
-        elif c.finish_reason == "length" or at_limit:
-            c.status = "length"
-    return out
-
-
-def _split(total: int, weights: list[int], completions: list[Completion], name: str) -> None:
-    """Share `total` over the completions by weight, integers summing exactly to it."""
-    whole = sum(weights)
-    shares = [total * w // whole for w in weights]
-    shares[0] += total - sum(shares)
-    for c, share in zip(completions, shares, strict=True):
-        setattr(c, name, share)

@@ -52,7 +52,7 @@ from curation.export.prompts import (
 )
 from curation.export.triplets import shuffled_options
 from curation.ingest.split import FINE_R1_DATASETS
-from curation.teacher.client import Completion
+from curation.teacher.answers import Completion
 from train.eval import metrics as m
 from train.eval.models import Request
 

@@ -30,7 +30,8 @@ from pathlib import Path
 from PIL import Image, ImageOps
 
 from curation.core.config import TeacherConfig
-from curation.teacher.client import Completion, TeacherClient
+from curation.teacher.answers import Completion
+from curation.teacher.client import TeacherClient
 
 log = logging.getLogger(__name__)
 

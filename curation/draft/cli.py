@@ -45,7 +45,7 @@ class RichDraftProgress:
     """The draft stage's progress bar: done/total, failed, cached, req/s, tokens, cost, ETA."""
 
     def __init__(self, every_s: float = 0.1):
-        from curation.draft.stage import DraftProgress
+        from curation.draft.report import DraftProgress
 
         self._counts = DraftProgress()
         self._every, self._last, self._started = every_s, 0.0, time.monotonic()

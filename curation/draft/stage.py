@@ -270,21 +270,11 @@ class Drafter:
         """Key each item's samples, send what the ledger does not answer, `concurrency`-ish
         jobs at a time. Keys are computed as the loop goes, so the first requests leave at
         once and overlap with the keying of the rest."""
-        retry = self.recipe.draft.retry_failed
         limit = self.recipe.teacher.concurrency + self.recipe.teacher.concurrency // 4 + 2
         pending: set[asyncio.Task] = set()
         for count, ((row, strategy), group) in enumerate(
                 itertools.groupby(batch, key=lambda s: (s.row, s.strategy))):
-            samples = list(group)
-            keys = self.requests.keys(row, strategy, [s.index for s in samples])
-            for sample, key in zip(samples, keys, strict=True):
-                sample.key = key
-            known = self.ledger.statuses(keys)
-            todo = [s for s in samples if known.get(s.key) is None
-                    or (retry and known[s.key] == "failed")]
-            if len(todo) < len(samples):
-                self.report.cached += len(samples) - len(todo)
-                self.progress.on_cached(len(samples) - len(todo))
+            todo = self._not_answered(row, strategy, list(group))
             if not todo or self.stop_reason():  # stopped: keep keying, so cached rows count
                 self.requests.release(row, strategy)
                 continue
@@ -298,23 +288,28 @@ class Drafter:
         if pending:
             await asyncio.gather(*pending)
 
+    def _not_answered(self, row: int, strategy: str, samples: list[Sample]) -> list[Sample]:
+        """Key the samples of one item and strategy; return those the ledger does not answer
+        (failed ones too, with draft.retry_failed) and count the rest as cached."""
+        keys = self.requests.keys(row, strategy, [s.index for s in samples])
+        for sample, key in zip(samples, keys, strict=True):
+            sample.key = key
+        known = self.ledger.statuses(keys)
+        retry = self.recipe.draft.retry_failed
+        todo = [s for s in samples if known.get(s.key) is None
+                or (retry and known[s.key] == "failed")]
+        if len(todo) < len(samples):
+            self.report.cached += len(samples) - len(todo)
+            self.progress.on_cached(len(samples) - len(todo))
+        return todo
+
     async def _send_batch(self, batch: list[Sample]) -> None:
         """Batch mode: key the round's samples (the same keys as online), leave out what the
         ledger answers, and let the BatchRunner get the rest through one batch."""
-        retry = self.recipe.draft.retry_failed
         groups: list[tuple[int, str, list[Sample]]] = []
         for (row, strategy), group in itertools.groupby(batch, key=lambda s: (s.row, s.strategy)):
-            samples = list(group)
-            keys = self.requests.keys(row, strategy, [s.index for s in samples])
+            todo = self._not_answered(row, strategy, list(group))
             self.requests.release(row, strategy)  # rebuilt when its file is written
-            for sample, key in zip(samples, keys, strict=True):
-                sample.key = key
-            known = self.ledger.statuses(keys)
-            todo = [s for s in samples if known.get(s.key) is None
-                    or (retry and known[s.key] == "failed")]
-            if len(todo) < len(samples):
-                self.report.cached += len(samples) - len(todo)
-                self.progress.on_cached(len(samples) - len(todo))
             if todo:
                 groups.append((row, strategy, todo))
         if not groups or self.interrupted:

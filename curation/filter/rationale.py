@@ -231,6 +231,8 @@ _PARAGRAPH_CHARS = 160  # mean line length above which a text may hide inline he
 _PARAGRAPH = re.compile(r"\n[ \t]*\n")
 _RULE = re.compile(r"[ \t]*(?:[-*_=]{3,}|#+)[ \t]*")
 _RULE_HINT = re.compile(r"---|\*\*\*|___|===|\n#|#\n")  # a rule may be there
+# A whole line that is a rule (_RULE), with the line break after it: one pass removes them all.
+_RULE_LINES = re.compile(r"^[ \t]*(?:[-*_=]{3,}|#+)[ \t]*(?:\n|\Z)", re.MULTILINE)
 
 
 # Cheap gate before the heading regex: after decoration, a heading starts with one of these.
@@ -337,7 +339,9 @@ def _without_rules(text: str) -> str:
     """`text` without horizontal rules ("---", "***") and bare "#" lines."""
     if _RULE_HINT.search(text) is None:
         return text
-    return "\n".join(line for line in text.split("\n") if not _RULE.fullmatch(line)).strip()
+    # (the same as joining the lines that _RULE does not fullmatch: a rule line goes with the
+    # break after it, or, last, leaves the break before it, which strip() removes)
+    return _RULE_LINES.sub("", text).strip()
 
 
 # -- candidate lists ------------------------------------------------------------------------

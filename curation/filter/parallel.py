@@ -9,14 +9,16 @@ chunks; the duplicate filter compares a draft with the drafts accepted before it
 here, in input order (filters.conclude), on the MinHash signatures the workers computed. The
 verdicts are therefore the same, byte for byte, whatever the number of workers.
 
-Workers are forked, so they start with the context (registry, name indexes, settings) and
-the drafts already in memory. Each takes the next chunk number from a shared counter (a
-worker that gets more CPU judges more chunks) and sends back, over a pipe of its own, the
-assessments of the chunk, its texts as bounds in the draft's response wherever they are part
-of it: this process holds the responses, so the bulk of the text never crosses back. (Not a
-multiprocessing.Pool: its worker-handler thread wakes on every result in the pipe and spins
-until the result thread has read it, which cost this process as much as the rest of its
-work.) Where fork is not available, a spawn Pool gets each chunk of drafts sent along.
+`workers` processes judge the drafts: this one and `workers - 1` forked ones, which start
+with the context (registry, name indexes, settings) and the drafts already in memory. Each
+process takes the next chunk number from a shared counter (one that gets more CPU judges
+more chunks; this one takes a chunk whenever the next one it must conclude has not come
+yet). A forked worker sends back, over a pipe of its own, the assessments of its chunk, its
+texts as bounds in the draft's response wherever they are part of it: this process holds
+the responses, so the bulk of the text never crosses back. (Not a multiprocessing.Pool: a
+pool's workers leave this process idle, or competing with them for the cores when the
+caller has work of its own, and its worker-handler thread spins on every result pending in
+the pipe.) Where fork is not available, a spawn Pool gets each chunk of drafts sent along.
 Few drafts (under MIN_PER_WORKER per worker) are judged in process: starting workers would
 cost more than it saves.
 """
@@ -116,8 +118,23 @@ def _work(tickets: Any, chunks: int, out: Connection) -> None:
         out.close()
 
 
+def _collect(readers: list[Connection], arrived: dict[int, tuple[bool, list]],
+             timeout: float | None) -> None:
+    """Read what the workers sent (waiting up to `timeout` for it) into `arrived`; a worker
+    whose pipe ended leaves `readers`."""
+    for reader in wait(readers, timeout):
+        try:
+            got, packed = reader.recv()
+        except EOFError:
+            readers.remove(reader)
+            continue
+        if got < 0:
+            raise RuntimeError(f"a filter worker failed:\n{packed}")
+        arrived[got] = (True, packed)
+
+
 def _forked(drafts: Sequence[Mapping], ctx: FilterContext, workers: int) -> Iterator[Verdict]:
-    """judge_all over forked workers (see the module docstring)."""
+    """judge_all over this process and `workers - 1` forked ones (see the module docstring)."""
     global _JOB
     fork = multiprocessing.get_context("fork")
     chunks = -(-len(drafts) // CHUNK)
@@ -130,31 +147,35 @@ def _forked(drafts: Sequence[Mapping], ctx: FilterContext, workers: int) -> Iter
     # pages the worker shares with this process (the gc module's advice for fork).
     gc.freeze()
     try:
-        for _ in range(workers):
+        for _ in range(workers - 1):
             reader, writer = fork.Pipe(duplex=False)
             process = fork.Process(target=_work, args=(tickets, chunks, writer), daemon=True)
             process.start()
             writer.close()  # (the worker's copy is the last: its exit ends the pipe)
             processes.append(process)
             readers.append(reader)
-        arrived: dict[int, list[Packed]] = {}
+        # chunk number -> (packed by a worker?, its assessments)
+        arrived: dict[int, tuple[bool, list]] = {}
         open_readers = list(readers)
         for number in range(chunks):
             while number not in arrived:
-                if not open_readers:
+                if open_readers:
+                    _collect(open_readers, arrived, 0)
+                    if number in arrived:
+                        break
+                with tickets.get_lock():  # this process takes a chunk too, while any is left
+                    mine = tickets.value
+                    tickets.value = mine + 1
+                if mine < chunks:
+                    start = mine * CHUNK
+                    arrived[mine] = (False, [assess(d, ctx) for d in drafts[start : start + CHUNK]])
+                elif open_readers:
+                    _collect(open_readers, arrived, None)
+                else:
                     raise RuntimeError("a filter worker stopped before sending its results")
-                for reader in wait(open_readers):
-                    try:
-                        got, packed = reader.recv()
-                    except EOFError:
-                        open_readers.remove(reader)
-                        continue
-                    if got < 0:
-                        raise RuntimeError(f"a filter worker failed:\n{packed}")
-                    arrived[got] = packed
-            start = number * CHUNK
-            for i, assessment in enumerate(arrived.pop(number), start):
-                yield conclude(drafts[i], ctx, _unpack(assessment, drafts[i].get("response")))
+            packed, assessments = arrived.pop(number)
+            for i, a in enumerate(assessments, number * CHUNK):
+                yield conclude(drafts[i], ctx, _unpack(a, drafts[i].get("response")) if packed else a)
         finished = True
     finally:
         _JOB = None
@@ -187,8 +208,8 @@ def judge_all(
     min_per_worker: int = MIN_PER_WORKER,
 ) -> Iterator[Verdict]:
     """The verdict of every draft, in input order (see the module docstring). `workers`:
-    processes to use (None: default_workers(); 1: this process only), no more than one per
-    `min_per_worker` drafts."""
+    processes that judge them, this one included (None: default_workers(); 1: this process
+    only), no more than one per `min_per_worker` drafts."""
     workers = default_workers() if workers is None else workers
     if workers < 1:
         raise ValueError(f"workers must be at least 1, not {workers}")

@@ -230,7 +230,9 @@ _INLINE_BREAK = re.compile(
 _PARAGRAPH_CHARS = 160  # mean line length above which a text may hide inline headings
 _PARAGRAPH = re.compile(r"\n[ \t]*\n")
 _RULE = re.compile(r"[ \t]*(?:[-*_=]{3,}|#+)[ \t]*")
-_RULE_HINT = re.compile(r"---|\*\*\*|___|===|\n#|#\n")  # a rule may be there
+# A line break and the whole line after it, where that line is a rule (_RULE): the literal
+# "\n" in front lets the regex engine jump from one line break to the next.
+_RULE_LINE = re.compile(r"\n[ \t]*(?:[-*_=]{3,}|#+)[ \t]*(?=\n|\Z)")
 
 
 # Cheap gate before the heading regex: after decoration, a heading starts with one of these.
@@ -335,9 +337,12 @@ def _blocks(body: str) -> list[tuple[str, str, bool]]:
 
 def _without_rules(text: str) -> str:
     """`text` without horizontal rules ("---", "***") and bare "#" lines."""
-    if _RULE_HINT.search(text) is None:
+    if not ("---" in text or "***" in text or "___" in text or "===" in text or "\n#" in text
+            or "#\n" in text):  # no line is a rule (each test runs in C: faster than a regex)
         return text
-    return "\n".join(line for line in text.split("\n") if not _RULE.fullmatch(line)).strip()
+    # "\n" + each line, without the rule lines: "\n" + the lines that _RULE does not
+    # fullmatch, joined by "\n" (or "" if none is left), which strip() makes the same
+    return _RULE_LINE.sub("", f"\n{text}").strip()
 
 
 # -- candidate lists ------------------------------------------------------------------------

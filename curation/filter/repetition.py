@@ -49,12 +49,10 @@ _LONG_UNIT = 1000  # characters: a "sentence" this long may have lost its full s
 # Sentences are compared whole, without their digits: a counter ("Observation 12: the head
 # is green") or a list marker ("Boeing 737-400\n5") does not make copies distinct, while
 # parallel comparisons that differ only in the class they name ("The Pine Grosbeak would have
-# a rosy head, whereas this bird has ...", then the same for the Evening Grosbeak) do.
-_NO_DIGITS = str.maketrans("", "", "0123456789")
-
-
-def _key(sentence: str) -> str:
-    return sentence.translate(_NO_DIGITS)
+# a rosy head, whereas this bird has ...", then the same for the Evening Grosbeak) do. They
+# are compared as UTF-8 bytes: bytes.translate deletes digits ~10x faster than str.translate,
+# and two sentences are equal without digits exactly when their encodings are.
+_DIGITS = b"0123456789"
 
 
 def chunk_share(words: list[str]) -> float:
@@ -90,20 +88,25 @@ def repetition(text: str, words: list[str], max_share: float = 0.3, max_run: int
     """What makes `text` degenerate (for the evidence), or None. `words`: its normalised
     words (curation/filter/mentions.normalized_words), read only when a sentence has lost
     its full stops."""
-    units = text.split(". ")  # sentences, roughly (enough to find copies; lists stay together)
-    total = sum(map(len, units))
+    # Sentences, roughly (enough to find copies; lists stay together). ". " is ASCII, so the
+    # UTF-8 bytes split at the same places as the text.
+    parts = text.encode("utf-8", "surrogatepass").split(b". ")
+    lengths = list(map(len, parts if text.isascii() else text.split(". ")))  # in characters
+    total = sum(lengths)
+    keys = [part.translate(None, _DIGITS) for part in parts]
+    distinct = len(set(keys))
     if total >= _MIN_CHARS:
-        last = dict(zip(map(_key, units), map(len, units), strict=True))  # (copies: one entry)
-        repeated = total - sum(last.values())
+        repeated = 0
+        if distinct < len(keys):
+            last = dict(zip(keys, lengths, strict=True))  # (copies: one entry, the last one's length)
+            repeated = total - sum(last.values())
         if repeated / total > max_share:
             return f"{repeated / total:.0%} of its sentences repeat"
-        if max(map(len, units)) > _LONG_UNIT:
+        if max(lengths) > _LONG_UNIT:
             share = chunk_share(words)
             if share > max_share:
                 return f"{share:.0%} of its {CHUNK}-word chunks repeat"
-    if total < _MIN_CHARS:
-        last = dict.fromkeys(units)
-    if len(last) > len(units) - max_run:
+    if distinct > len(keys) - max_run:
         return None  # fewer copies than a run needs
-    count = repeated_run(units, max_run)
+    count = repeated_run(text.split(". "), max_run)
     return f"a sentence {count} times in a row" if count else None

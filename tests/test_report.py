@@ -158,6 +158,8 @@ def test_report_shows_the_filter_cascade_the_review_and_a_stale_export(tmp_path)
     cascade = [(c["filter"], c["remaining"]) for c in funnel["cascade"][1:]]
     assert [(r[0], int(r[-1])) for r in page["filters"][1:]] == cascade
     length = next(r for r in page["filters"] if r[0] == "length")
+    fmt = next(r for r in page["filters"] if r[0] == "format")
+    assert "<think>" in fmt[1] and "`" not in fmt[1]  # the card's markdown spans, as code here
     assert "min_words=" in length[2] and "max_words=" in length[2]
     summary = dict((r[0], r[1]) for r in page["summary"])
     assert "cut at max_tokens (rejected by the format filter)" in summary

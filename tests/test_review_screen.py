@@ -80,12 +80,19 @@ def test_the_editor_shows_a_long_rationale_and_the_filter_findings(env, screen_r
         for name, value in login_cookies(env).items():
             browser.set_cookie(name, value, env.url)
         browser.goto(f"{env.url}/projects/{result.project_id}/data?task={ids[rows[0]['draft_id']][0]}")
-        browser.wait_for("[...document.querySelectorAll('textarea')].some(t => t.value.length > 3000)", 180)
-        box = browser.evaluate("""(() => {
+        # Label Studio mounts the editor more than once while the task loads: the box is
+        # measured in the same call that finds it, until a laid-out one is there.
+        long_box = """(() => {
             const t = [...document.querySelectorAll('textarea')].find(t => t.value.length > 3000);
-            return {visible: t.clientHeight, full: t.scrollHeight, chars: t.value.length,
-                    line: parseFloat(getComputedStyle(t).lineHeight)};
-        })()""")
+            return t && t.clientHeight > 0 ? {visible: t.clientHeight, full: t.scrollHeight,
+                chars: t.value.length, line: parseFloat(getComputedStyle(t).lineHeight)} : null;
+        })()"""
+        for _attempt in range(10):  # (remounted between the two calls: measure the new one)
+            browser.wait_for(long_box, 180)
+            box = browser.evaluate(long_box)
+            if box is not None:
+                break
+        assert box is not None, "the long rationale's editor never stayed on the page"
         shot = browser.screenshot(tmp_path / "review-long.png")
         assert box["chars"] == len(rows[0]["response"]) >= 3300
         assert box["visible"] >= 12 * box["line"], box  # at least 12 lines in view

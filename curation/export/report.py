@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import html
 import logging
+import re
 import sqlite3
 from collections import Counter
 from pathlib import Path
@@ -401,8 +402,17 @@ CAPTIONS = {
 }
 
 
+_CODE_SPAN = re.compile(r"`([^`]+)`")
+
+
+def _cell(value: object) -> str:
+    """`value` as HTML; the markdown code spans of the filter definitions (filter_docs.py,
+    written for the dataset card) as <code>."""
+    return _CODE_SPAN.sub(r"<code>\1</code>", html.escape(str(value)))
+
+
 def _table(anchor: str, title: str | None, head: tuple[str, ...], rows: list[tuple]) -> str:
-    cells = "".join("<tr>" + "".join(f"<{'th' if i == 0 else 'td'}>{html.escape(str(v))}"
+    cells = "".join("<tr>" + "".join(f"<{'th' if i == 0 else 'td'}>{_cell(v)}"
                                       f"</{'th' if i == 0 else 'td'}>" for i, v in enumerate(row))
                     + "</tr>" for row in rows)
     header = "" if not any(head) else "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"

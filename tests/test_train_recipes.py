@@ -76,6 +76,16 @@ def test_the_layout_follows_the_number_of_gpus():
         batch_layout(128, 200, 10, 10, 1)
 
 
+def test_prompts_per_update_and_an_explicit_accumulation_are_refused_together():
+    # one knob says how many prompts an update sees: a second, different one is not overridden
+    with pytest.raises(ValueError, match="set one of them"):
+        load_train_config(TAPOConfig, "tapo_qwen2_5_vl_3b",
+                          [*CPU, "use_vllm=false", "gradient_accumulation_steps=4"])
+    cfg = load_train_config(TAPOConfig, "tapo_qwen2_5_vl_3b",
+                            [*CPU, "use_vllm=false", "gradient_accumulation_steps=128"])
+    assert cfg.gradient_accumulation_steps == 128  # the same value: no conflict
+
+
 SFT_RELEASE = {"sft_qwen2_5_vl_3b": "Qwen/Qwen2.5-VL-3B-Instruct",  # L3: --model_name_or_path
                "sft_qwen2_5_vl_7b": "Qwen/Qwen2.5-VL-7B-Instruct"}  # L7
 

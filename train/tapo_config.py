@@ -111,10 +111,16 @@ class TAPOConfig(GRPOConfig):
             if self.steps_per_generation is not None or self.generation_batch_size is not None:
                 raise ValueError("set either prompts_per_update / rollout_batch_prompts or TRL's "
                                  "steps_per_generation / generation_batch_size, not both")
-            self.gradient_accumulation_steps, self.steps_per_generation = batch_layout(
+            accumulation, self.steps_per_generation = batch_layout(
                 self.prompts_per_update, self.rollout_batch_prompts, self.num_generations,
                 self.per_device_train_batch_size, int(os.environ.get("WORLD_SIZE", "1")),
             )
+            if self.gradient_accumulation_steps not in (1, accumulation):  # 1: TRL's default
+                raise ValueError(
+                    f"prompts_per_update={self.prompts_per_update} sets gradient_accumulation_steps "
+                    f"to {accumulation}, but gradient_accumulation_steps="
+                    f"{self.gradient_accumulation_steps} was also given: set one of them")
+            self.gradient_accumulation_steps = accumulation
         super().__post_init__()
 
     def coefficients(self) -> TAPOCoefficients:

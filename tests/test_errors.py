@@ -221,3 +221,34 @@ def test_a_read_only_run_directory(tmp_path):
     finally:
         for path in [run.root, *run.root.rglob("*")]:
             path.chmod(stat.S_IRWXU if path.is_dir() else 0o644)
+
+
+def test_a_read_only_run_directory_with_a_leftover_write_ahead_log(tmp_path):
+    # a draft killed mid-run leaves its last rows in ledger.sqlite-wal (checkpointed by the
+    # next writer): a reader of the read-only copy must see them or refuse, never miss them
+    run, recipe = make_run(tmp_path)
+    run.save_recipe(recipe)
+    killed = subprocess.run([sys.executable, "-c", (
+        "import os, sys; from curation.core.ledger import Entry, Ledger\n"
+        "ledger = Ledger(sys.argv[1])\n"
+        "ledger.record(Entry(key='k', model='m', status='ok', attempts=1, response='hi',"
+        " prompt_tokens=3, completion_tokens=2, cost_usd=0.5))\n"
+        "os._exit(0)  # no close, no checkpoint: as a killed run\n"), str(run.ledger)],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == 0, killed.stderr
+    wal = run.ledger.with_name(run.ledger.name + "-wal")
+    assert wal.stat().st_size > 0
+    for path in [run.root, *run.root.rglob("*")]:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    try:  # with the WAL index (-shm) left beside it, SQLite reads the log: the row is there
+        stats = _as_reader(["ledger", "stats", "--run", str(run.root)])
+        assert stats.returncode == 0 and "$0.5000" in stats.stdout, stats.stdout + stats.stderr
+        run.root.chmod(stat.S_IRWXU)
+        run.ledger.with_name(run.ledger.name + "-shm").unlink()
+        run.root.chmod(0o555)
+        # without it, SQLite cannot read the log in a read-only folder: refused, not skipped
+        stats = _as_reader(["ledger", "stats", "--run", str(run.root)])
+        assert_clean_error(stats.returncode, " ".join(stats.stderr.split()), wal.name, "writable")
+    finally:
+        for path in [run.root, *run.root.rglob("*")]:
+            path.chmod(stat.S_IRWXU if path.is_dir() else 0o644)

@@ -131,14 +131,31 @@ def _unreadable(path: Path, err: sqlite3.DatabaseError) -> str:
 
 
 def _open_readonly(path: Path) -> sqlite3.Connection:
-    """A read-only connection; `immutable` when the folder is not writable, since SQLite
-    cannot create the WAL index (-shm) there (what is only in a leftover -wal is not read)."""
+    """A read-only connection, in a read-only folder too.
+
+    SQLite reads a WAL database only where it can create the WAL index (-shm), or where both
+    -wal and -shm are left (a killed run). Else the file is opened `immutable`, which is right
+    only when no -wal holds rows: a leftover one in a read-only folder is refused, since
+    reading around it would show the run without its last requests."""
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
     uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
-    if not os.access(path.parent, os.W_OK):
-        uri += "&immutable=1"
-    return sqlite3.connect(uri, uri=True, isolation_level=None)
+    if os.access(path.parent, os.W_OK):
+        return sqlite3.connect(uri, uri=True, isolation_level=None)
+    wal = path.with_name(f"{path.name}-wal")
+    if not (wal.is_file() and wal.stat().st_size > 0):
+        return sqlite3.connect(f"{uri}&immutable=1", uri=True, isolation_level=None)
+    db = sqlite3.connect(uri, uri=True, isolation_level=None)
+    try:
+        db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        return db
+    except sqlite3.OperationalError as err:
+        db.close()
+        raise LedgerError(
+            f"{path}: its last writes are still in {wal.name} (the run that wrote them was "
+            f"stopped before it closed the ledger), and SQLite cannot read them in a read-only "
+            f"directory ({err}). Make the run directory writable, or copy the run with its "
+            "-wal file somewhere writable, and run the command again") from None
 
 
 class Ledger:

@@ -29,7 +29,7 @@ import logging
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -40,15 +40,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import tapo_stats  # noqa: E402
 from tapo_data import base_set, build_cot, describe, training_sets  # noqa: E402
-from tapo_runs import MODELS, VARIANTS, Settings, run_seed, train_base  # noqa: E402
+from tapo_runs import MODELS, VARIANTS, Settings, run_model, train_base  # noqa: E402
 
 from train.data import text_corpus  # noqa: E402
 from train.tiny import build_tiny_model  # noqa: E402
 
 # --quick: a few minutes on 2 cores (the test suite runs it); every number is noise but the
 # chain is the full one.
-QUICK = {"world_per_class": 16, "test_per_class": 4, "base_per_class": 24, "base_steps": 300,
-         "sft_epochs": 1.0, "rl_steps": 2, "prompts_per_step": 2, "seeds": [0, 1]}
+QUICK = {"world_per_class": 16, "test_per_class": 4, "base_per_class": 24, "base_steps": 600,
+         "rl_steps": 2, "prompts_per_step": 2, "seeds": [0, 1]}
 # What the table compares (a - b, paired by seed).
 PAIRS = [("sft-cot", "sft-direct"), ("grpo", "sft-cot"), ("tapo", "sft-cot"),
          ("tapo-no-terms", "sft-cot"), ("tapo", "grpo"), ("tapo", "tapo-no-terms")]
@@ -71,16 +71,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--vision-hidden", type=int, default=64)
     g.add_argument("--vision-depth", type=int, default=2)
     g.add_argument("--patch", type=int, default=14)
-    g.add_argument("--image-size", type=int, default=112, help="pixels per side the processor resizes to")
+    g.add_argument("--image-size", type=int, default=140, help="pixels per side the processor resizes to")
     g = p.add_argument_group("training")
     g.add_argument("--base-steps", type=int, default=2000)
     g.add_argument("--base-lr", type=float, default=1e-3)
-    g.add_argument("--sft-epochs", type=float, default=2.0)
-    g.add_argument("--sft-lr", type=float, default=1e-3)
-    g.add_argument("--rl-steps", type=int, default=30)
+    g.add_argument("--sft-epochs", type=float, default=6.0)
+    g.add_argument("--sft-lr", type=float, default=2e-3)
+    g.add_argument("--rl-steps", type=int, default=20)
     g.add_argument("--rl-lr", type=float, default=1e-4)
     g.add_argument("--group", type=int, default=8, help="rollouts per prompt (TAPO: half anchor, half positive)")
-    g.add_argument("--prompts-per-step", type=int, default=4)
+    g.add_argument("--prompts-per-step", type=int, default=2)
     g.add_argument("--length", type=int, default=192, help="new tokens per rollout and per answer")
     args = p.parse_args(argv)
     if args.quick:
@@ -107,7 +107,7 @@ def prepare(args: argparse.Namespace) -> Settings:
         )
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(os.cpu_count() or 1)  # the base trains alone: every core
     base = train_base(tiny, base_data, root / "base", args.base_steps, args.base_lr)
     return Settings(
         workdir=str(root), cot=str(sets["cot"]), direct=str(sets["direct"]), base=str(base),
@@ -125,19 +125,37 @@ def _quiet() -> None:
 
 
 def run_seeds(seeds: list[int], settings: Settings, jobs: int) -> dict[int, dict]:
-    """Every seed, `jobs` at a time in worker processes; results as they finish."""
-    results = {}
+    """Every model of every seed, `jobs` at a time in worker processes (one thread each).
+
+    The unit of work is one model of one seed (train + `finecot eval`), not a whole seed: the
+    RL variants of a seed start as soon as its CoT SFT is done, so the workers stay busy to
+    the end whatever the number of seeds. CoT SFT models go first (the RL runs wait on them).
+    """
+    per_seed: dict[int, dict] = {s: {"seed": s, "metrics": {}, "seconds": {}} for s in seeds}
+
+    def record(unit: dict) -> None:
+        entry = per_seed[unit["seed"]]
+        entry["metrics"][unit["model"]] = unit["metrics"]
+        entry["seconds"].update(unit["seconds"])
+        print(f"seed {unit['seed']} {unit['model']}: " + ", ".join(
+            f"{k} {v:.3f}" for k, v in unit["metrics"].items()), flush=True)
+
+    first = [(s, "sft-cot") for s in seeds] + [(s, "sft-direct") for s in seeds]
     if jobs <= 1:
-        for seed in seeds:
-            results[seed] = run_seed(seed, settings)
-            print(f"seed {seed} done", flush=True)
-        return results
+        for seed, name in first + [(s, v) for s in seeds for v in settings.variants]:
+            record(run_model(seed, name, settings))
+        return per_seed
     with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_quiet) as pool:
-        futures = {seed: pool.submit(run_seed, seed, settings) for seed in seeds}
-        for seed, future in futures.items():
-            results[seed] = future.result()
-            print(f"seed {seed} done", flush=True)
-    return results
+        pending = {pool.submit(run_model, seed, name, settings): (seed, name) for seed, name in first}
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                seed, name = pending.pop(future)
+                record(future.result())
+                if name == "sft-cot":
+                    for variant in settings.variants:
+                        pending[pool.submit(run_model, seed, variant, settings)] = (seed, variant)
+    return per_seed
 
 
 def report(args: argparse.Namespace, settings: Settings, results: dict[int, dict],

@@ -56,12 +56,12 @@ class Settings:
     cot: str  # the CoT training set (also the evaluation data)
     direct: str
     base: str  # the base model folder
-    sft_epochs: float = 2.0
-    sft_lr: float = 1e-3
-    rl_steps: int = 30
+    sft_epochs: float = 6.0
+    sft_lr: float = 2e-3
+    rl_steps: int = 20
     rl_lr: float = 1e-4
     group: int = 8  # rollouts per prompt (TAPO: half anchor, half positive)
-    prompts_per_step: int = 4
+    prompts_per_step: int = 2
     length: int = 192  # new tokens per rollout and per evaluation answer
     variants: list[str] = field(default_factory=lambda: list(VARIANTS))
     eval_batch: int = 64
@@ -166,43 +166,56 @@ def table_numbers(metrics: dict) -> dict[str, float]:
     return out
 
 
-def run_seed(seed: int, s: Settings) -> dict[str, Any]:
-    """Every model of one seed, trained and evaluated; {"metrics": {model: numbers},
-    "seconds": {step: [wall, cpu]}}. Cached in WORKDIR/seedN/result.json."""
+def sft_overrides(s: Settings) -> list[str]:
+    """The SFT settings both SFT models share (direct and CoT: same steps per epoch count)."""
+    # The vision tower stays as the base trained it (as the paper freezes Qwen2.5-VL's): SFT
+    # at this learning rate would otherwise wear away what the base learned to see.
+    return [f"num_train_epochs={s.sft_epochs}", f"learning_rate={s.sft_lr}",
+            "per_device_train_batch_size=16", "lr_scheduler_type=cosine", "warmup_steps=20",
+            "freeze_vision=true"]
+
+
+def run_model(seed: int, name: str, s: Settings) -> dict[str, Any]:
+    """Train one model of one seed (`sft-direct`, `sft-cot`, or an RL variant from that seed's
+    `sft-cot`, which must exist) and evaluate it; {"seed", "model", "metrics", "seconds":
+    {step: [wall, cpu]}}. Cached: WORKDIR/seedN/eval/NAME/ holds metrics.json and timing.json
+    (a step found done is not re-timed)."""
     import torch
 
-    root = Path(s.workdir) / f"seed{seed}"
-    result_file = root / "result.json"
-    if result_file.exists():
-        cached = json.loads(result_file.read_text())
-        if set(cached["metrics"]) >= {"sft-direct", "sft-cot", *s.variants}:
-            return cached
-    root.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)  # one thread per run: several small runs beat one spinning pool
-    timing_file = root / "timing.json"  # kept across resumes: a cached step is not re-timed
+    root = Path(s.workdir) / f"seed{seed}"
+    folder, out = root / name, root / "eval" / name
+    out.mkdir(parents=True, exist_ok=True)
+    timing_file = out / "timing.json"
     seconds: dict[str, list[float]] = json.loads(timing_file.read_text()) if timing_file.exists() else {}
 
-    def timed(name: str, cached: bool, step, *args):
+    def timed(step: str, cached: bool, fn, *args):
         wall, cpu = time.perf_counter(), time.process_time()
-        value = step(*args)
+        value = fn(*args)
         if not cached:
-            seconds[name] = [round(time.perf_counter() - wall, 1), round(time.process_time() - cpu, 1)]
+            seconds[step] = [round(time.perf_counter() - wall, 1), round(time.process_time() - cpu, 1)]
             timing_file.write_text(json.dumps(seconds, indent=1))
         return value
 
-    sft_args = [f"num_train_epochs={s.sft_epochs}", f"learning_rate={s.sft_lr}",
-                "per_device_train_batch_size=16", "lr_scheduler_type=cosine", "warmup_steps=10"]
-    models = {}
-    for name, data in (("sft-direct", s.direct), ("sft-cot", s.cot)):
-        models[name] = timed(name, done(root / name), sft, s.base, data, root / name, seed, sft_args)
-    for variant in s.variants:
-        models[variant] = timed(variant, done(root / variant), rl, variant, seed, models["sft-cot"],
-                                root / variant, s)
-    metrics = {}
-    for name, folder in models.items():
-        out = root / "eval" / name
-        metrics[name] = timed(f"eval {name}", (out / "metrics.json").exists(), evaluate, folder,
-                              s.cot, out, s)
-    result = {"seed": seed, "metrics": metrics, "seconds": seconds}
-    result_file.write_text(json.dumps(result, indent=1))
-    return result
+    if name in ("sft-direct", "sft-cot"):
+        data = s.direct if name == "sft-direct" else s.cot
+        timed(name, done(folder), sft, s.base, data, folder, seed, sft_overrides(s))
+    elif name in VARIANTS:
+        if not done(root / "sft-cot"):
+            raise RuntimeError(f"{name} seed {seed}: train sft-cot of this seed first")
+        timed(name, done(folder), rl, name, seed, root / "sft-cot", folder, s)
+    else:
+        raise ValueError(f"unknown model {name!r}; one of {MODELS}")
+    metrics = timed(f"eval {name}", (out / "metrics.json").exists(), evaluate, folder, s.cot, out, s)
+    return {"seed": seed, "model": name, "metrics": metrics, "seconds": seconds}
+
+
+def run_seed(seed: int, s: Settings) -> dict[str, Any]:
+    """Every model of one seed, one after the other: {"seed", "metrics": {model: numbers},
+    "seconds": {step: [wall, cpu]}}."""
+    metrics, seconds = {}, {}
+    for name in ["sft-direct", "sft-cot", *s.variants]:
+        done_model = run_model(seed, name, s)
+        metrics[name] = done_model["metrics"]
+        seconds.update(done_model["seconds"])
+    return {"seed": seed, "metrics": metrics, "seconds": seconds}

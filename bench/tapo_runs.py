@@ -3,12 +3,13 @@
 - `train_base`: the base model, once: the tiny Qwen2.5-VL (train/tiny.py) trained from
   scratch to describe birds (bench/tapo_data.py `base_set`), so that it sees before it is
   taught any class name, as the paper's Qwen2.5-VL did;
-- `run_seed`: for one seed, from the base: SFT on direct answers and CoT SFT on the
-  rationales (`sft_tiny_cpu`), then from the CoT SFT checkpoint each RL variant
-  (`tapo_tiny_cpu`: TRL's stock GRPOTrainer, TAPOTrainer with the paper's coefficients, and
-  TAPOTrainer without its two extra terms), each with the same rollouts, steps and learning
-  rate; then `finecot eval run` on every model (open and closed world, seen and unseen, THE
-  matcher), exactly as a user runs it.
+- `run_model`: one model of one seed, from the base: SFT on direct answers or CoT SFT on
+  the rationales (`sft_tiny_cpu`, vision tower frozen), or, from that seed's CoT SFT
+  checkpoint, an RL variant (`tapo_tiny_cpu`: TRL's stock GRPOTrainer, TAPOTrainer with the
+  paper's coefficients, TAPOTrainer without its two extra terms), each with the same
+  rollouts, steps and learning rate; then `finecot eval run` on it (open and closed world,
+  seen and unseen, THE matcher), exactly as a user runs it. `run_seed` runs every model of
+  a seed in turn.
 
 Every step writes its folder under a temporary name and renames it when done, so a killed
 run resumes with the same command and redoes only the step it was in.

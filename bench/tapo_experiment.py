@@ -1,24 +1,24 @@
-"""Experiment: tiny model on the synthetic world, SFT vs SFT+TAPO vs SFT+plain GRPO (same budget).
+"""Experiment: can a CPU-sized model tell TAPO from GRPO, and CoT SFT from direct answers?
 
-1. an exported-layout dataset from the synthetic world (tests/train_fixtures.py): seen classes
-   with SFT rationales and TAPO triplets, unseen classes only in the test split;
-2. a tiny Qwen2.5-VL, CoT SFT on the seen classes;
-3. from the same SFT checkpoint: TAPO (n anchor + n positive rollouts, negative-image term)
-   and plain GRPO (TRL's stock trainer, 2n anchor rollouts), same steps, rollouts per step,
-   learning rate, lengths and seeds; `--variants tapo-no-terms` adds TAPO without its
-   negative-image and entropy terms (an ablation);
-4. greedy decoding on the held-out test images, accuracy with THE matcher
-   (curation.core.labels.match: the <answer> must name exactly the gold class), seen and unseen
-   separately, plus the format rate. Repeated over --seeds (the RL runs' seeds).
+One command, on the synthetic world (24 compositional classes: 18 seen, 6 unseen that are new
+combinations of seen attribute values), with the same data and budget for every variant:
 
-One prompt (system + question + format instruction) serves SFT, RL and evaluation: a
-0.3M-parameter model cannot bridge the exported configs' different prompts (see the
-fixture's `uniform_prompt`).
+1. data (bench/tapo_data.py): the world through the curation pipeline with the scripted
+   teacher; CoT SFT rows are its accepted rationales, direct rows the same without them;
+2. the base model (bench/tapo_runs.py): a tiny Qwen2.5-VL (train/tiny.py) trained from
+   scratch to describe birds, once, so that it sees before it learns any class name;
+3. per seed, from the base: SFT on direct answers vs CoT SFT; from the CoT SFT checkpoint:
+   GRPO (TRL stock), TAPO (the paper's coefficients), TAPO without its two extra terms,
+   same rollouts, steps and learning rate;
+4. `finecot eval run` on every model: open and closed world, seen and unseen, THE matcher.
 
-Prints a table; docs/tapo_experiment.md records a run. Steps are cached in --workdir.
+Prints the table of means with 95% confidence intervals over seeds and the paired differences
+(* = the interval excludes 0); writes WORKDIR/results.json (every per-seed number, timings,
+machine load) and WORKDIR/results.md. Every step is cached in WORKDIR: rerun the same command
+to resume, or with more --seeds to add seeds. docs/tapo_experiment.md records a run.
 
-    .venv/bin/python bench/tapo_experiment.py --workdir runs/tapo-exp60 --rl-steps 60 \
-        --seeds 0 1 2 3 --variants grpo tapo tapo-no-terms
+    .venv/bin/python bench/tapo_experiment.py --workdir runs/tapo-exp --seeds 0 1 2 3 4
+    .venv/bin/python bench/tapo_experiment.py --quick --workdir runs/tapo-quick   # minutes
 """
 
 from __future__ import annotations
@@ -27,169 +27,182 @@ import argparse
 import json
 import logging
 import os
-import statistics
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from multiprocessing import get_context
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
-from train_fixtures import build_dataset  # noqa: E402
-from transformers import AutoModelForImageTextToText, PrinterCallback  # noqa: E402
+import tapo_stats  # noqa: E402
+from tapo_data import base_set, build_cot, describe, training_sets  # noqa: E402
+from tapo_runs import MODELS, VARIANTS, Settings, run_model, train_base  # noqa: E402
 
-from curation.export.stage import FINE_R1_SYSTEM  # noqa: E402
-from train.data import load_config, text_corpus  # noqa: E402
-from train.recipe import load_train_config  # noqa: E402
-from train.rewards import extract_answer, format_reward, make_accuracy_reward, registry_from_names  # noqa: E402
-from train.sft import SFTRecipe  # noqa: E402
-from train.sft import build_trainer as build_sft  # noqa: E402
-from train.tapo import TAPOConfig  # noqa: E402
-from train.tapo import build_trainer as build_rl  # noqa: E402
-from train.tiny import build_tiny_model, load_processor  # noqa: E402
+from train.data import text_corpus  # noqa: E402
+from train.tiny import build_tiny_model  # noqa: E402
 
-CPU = ["use_cpu=true", "bf16=false", "dtype=float32", "disable_tqdm=true"]
-# RL runs from the SFT checkpoint: name -> overrides of the tapo_tiny_cpu recipe.
-VARIANTS = {
-    "grpo": [],  # TRL's stock GRPOTrainer (build_rl(plain_grpo=True))
-    "tapo": [],  # the paper's coefficients
-    # TAPO's grouping (anchor + positive rollouts) and dynamic sampling, without the
-    # negative-image (gamma) and entropy (eta) terms: what the two terms add on their own.
-    "tapo-no-terms": ["tapo_gamma=0", "tapo_eta=0"],
-}
+# --quick: ~5 minutes on 2 cores (the test suite runs it): a smaller world and base, one
+# seed (its two SFT runs in parallel), two RL steps; the numbers are noise except that SFT
+# beats chance, but the chain is the full one.
+QUICK = {"world_per_class": 24, "test_per_class": 4, "base_per_class": 32, "base_steps": 500,
+         "rl_steps": 2, "prompts_per_step": 2, "seeds": [0]}
+# What the table compares (a - b, paired by seed).
+PAIRS = [("sft-cot", "sft-direct"), ("grpo", "sft-cot"), ("tapo", "sft-cot"),
+         ("tapo-no-terms", "sft-cot"), ("tapo", "grpo"), ("tapo", "tapo-no-terms")]
 
 
-def evaluate(model_dir: Path, data: Path, max_new_tokens: int, batch: int = 16) -> dict[str, float]:
-    """Greedy answers on eval_open; accuracy (matcher) per class_split and the format rate."""
-    rows = load_config(data, "eval_open", "test")
-    registry = registry_from_names(rows["answer"], dataset="synthetic")
-    accuracy = make_accuracy_reward(registry)
-    processor = load_processor(model_dir)
-    processor.tokenizer.padding_side = "left"
-    model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
-    texts, golds, splits, outputs = [], [], [], []
-    for row in rows:
-        messages = [
-            {"role": "system", "content": [{"type": "text", "text": FINE_R1_SYSTEM}]},
-            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": row["question"]}]},
-        ]
-        texts.append(processor.apply_chat_template(messages, add_generation_prompt=True))
-        golds.append(row["answer"])
-        splits.append(row["class_split"])
-    for start in range(0, len(rows), batch):
-        images = [r["images"] for r in rows.select(range(start, min(start + batch, len(rows))))]
-        inputs = processor(images=images, text=texts[start:start + batch], return_tensors="pt", padding=True)
-        with torch.no_grad():
-            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-        outputs += processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-    acc = accuracy(None, outputs, answer=golds, dataset=["synthetic"] * len(golds))
-    fmt = format_reward(None, outputs)
-    result = {}
-    for split in ("seen", "unseen"):
-        picked = [a for a, s in zip(acc, splits, strict=True) if s == split]
-        if picked:
-            result[f"acc_{split}"] = sum(picked) / len(picked)
-    result["format"] = sum(fmt) / len(fmt)
-    result["answered"] = sum(extract_answer(o) is not None for o in outputs) / len(outputs)
-    return result
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workdir", type=Path, default=Path("runs/tapo-exp"))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    p.add_argument("--jobs", type=int, default=2, help="seeds trained at once (one CPU thread each)")
+    p.add_argument("--quick", action="store_true", help="a small world, 2 seeds, few steps (minutes)")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    g = p.add_argument_group("data")
+    g.add_argument("--world-per-class", type=int, default=72, help="images drawn per class")
+    g.add_argument("--test-per-class", type=int, default=8, help="of which held out for evaluation")
+    g.add_argument("--base-per-class", type=int, default=100, help="images per class describing birds")
+    g = p.add_argument_group("model (train/tiny.py)")
+    g.add_argument("--hidden", type=int, default=128)
+    g.add_argument("--layers", type=int, default=4)
+    g.add_argument("--vision-hidden", type=int, default=64)
+    g.add_argument("--vision-depth", type=int, default=2)
+    g.add_argument("--patch", type=int, default=14)
+    g.add_argument("--image-size", type=int, default=140, help="pixels per side the processor resizes to")
+    g = p.add_argument_group("training")
+    g.add_argument("--base-steps", type=int, default=2000)
+    g.add_argument("--base-lr", type=float, default=1e-3)
+    g.add_argument("--sft-epochs", type=float, default=6.0)
+    g.add_argument("--sft-lr", type=float, default=2e-3)
+    g.add_argument("--rl-steps", type=int, default=20)
+    g.add_argument("--rl-lr", type=float, default=1e-4)
+    g.add_argument("--group", type=int, default=8, help="rollouts per prompt (TAPO: half anchor, half positive)")
+    g.add_argument("--prompts-per-step", type=int, default=2)
+    g.add_argument("--length", type=int, default=192, help="new tokens per rollout and per answer")
+    args = p.parse_args(argv)
+    if args.quick:
+        explicit = {a.dest for a in p._actions if any(f in (argv or sys.argv[1:]) for f in a.option_strings)}
+        for key, value in QUICK.items():
+            if key not in explicit:
+                setattr(args, key, value)
+    return args
 
 
-def train_sft(root: Path, data: Path, tiny: Path, args: argparse.Namespace) -> Path:
-    out = root / "sft"
-    if (out / "model.safetensors").exists():
-        return out
-    cfg = load_train_config(SFTRecipe, "sft_tiny_cpu", [
-        f"model_name_or_path={tiny}", f"dataset={data}", f"output_dir={out}",
-        f"num_train_epochs={args.sft_epochs}", f"learning_rate={args.sft_lr}", "logging_steps=20",
-        "rl_prompt=false", *CPU,  # the fixture's prompts are uniform already (system prompt kept)
-    ])
-    trainer = build_sft(cfg)
-    trainer.remove_callback(PrinterCallback)
-    trainer.train()
-    trainer.save_model(str(out))
-    trainer.processing_class.save_pretrained(str(out))
-    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-    print(f"SFT: {trainer.state.global_step} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f}")
-    return out
-
-
-def train_rl(kind: str, seed: int, root: Path, data: Path, sft: Path, args: argparse.Namespace) -> Path:
-    out = root / f"{kind}-seed{seed}"
-    if (out / "model.safetensors").exists():
-        return out
-    cfg = load_train_config(TAPOConfig, "tapo_tiny_cpu", [
-        f"model_name_or_path={sft}", f"dataset={data}", f"output_dir={out}", f"seed={seed}",
-        f"max_steps={args.rl_steps}", f"learning_rate={args.rl_lr}", f"num_generations={args.group}",
-        f"per_device_train_batch_size={args.batch}", f"max_completion_length={args.length}",
-        "logging_steps=1", *CPU, *VARIANTS[kind],
-    ])
-    trainer = build_rl(cfg, plain_grpo=(kind == "grpo"))
-    trainer.remove_callback(PrinterCallback)
-    start = time.perf_counter()
-    trainer.train()
-    trainer.save_model(str(out))
-    trainer.processing_class.save_pretrained(str(out))
-    history = [e for e in trainer.state.log_history if "reward" in e]
-    rewards = [e["reward"] for e in history]
-    third = max(1, len(rewards) // 3)
-    kept = [e.get("tapo/kept_fraction") for e in history if "tapo/kept_fraction" in e]
-    print(f"{kind} seed {seed}: {len(history)} steps in {time.perf_counter() - start:.0f} s, "
-          f"train reward first third {statistics.mean(rewards[:third]):.3f} -> last third "
-          f"{statistics.mean(rewards[-third:]):.3f}" + (f", kept groups {statistics.mean(kept):.2f}" if kept else ""))
-    (out / "history.json").write_text(json.dumps(history, indent=1))
-    return out
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", type=Path, default=Path("runs/tapo-exp"))
-    parser.add_argument("--classes", type=int, default=9)
-    parser.add_argument("--unseen", type=int, default=3, help="classes kept out of training")
-    parser.add_argument("--per-class", type=int, default=8)
-    parser.add_argument("--test-per-class", type=int, default=6)
-    parser.add_argument("--image-pixels", type=int, default=56 * 56)
-    parser.add_argument("--hidden", type=int, default=96)
-    parser.add_argument("--layers", type=int, default=3)
-    parser.add_argument("--sft-epochs", type=int, default=25)
-    parser.add_argument("--sft-lr", type=float, default=2e-3)
-    parser.add_argument("--rl-steps", type=int, default=30)
-    parser.add_argument("--rl-lr", type=float, default=2e-4)
-    parser.add_argument("--group", type=int, default=8, help="rollouts per prompt (TAPO: 4 anchor + 4 positive)")
-    parser.add_argument("--batch", type=int, default=16, help="rollouts per step")
-    parser.add_argument("--length", type=int, default=64)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--variants", nargs="+", default=["grpo", "tapo"], choices=list(VARIANTS),
-                        help="RL runs from the SFT checkpoint, each over --seeds")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    torch.set_num_threads(args.threads)
-
+def prepare(args: argparse.Namespace) -> Settings:
+    """Data, tiny model and base model (each built once); the settings every seed shares."""
     root = args.workdir
-    data = root / "dataset"
-    if not (data / "data").exists():
-        build_dataset(data, classes=args.classes, per_class=args.per_class, unseen=args.unseen,
-                      test_per_class=args.test_per_class, size=56, uniform_prompt=True)
+    export = build_cot(root / "run", args.world_per_class, args.test_per_class)
+    sets = training_sets(export, root / "data")
+    base_data = base_set(root / "run" / "world", root / "data" / "base", args.base_per_class)
     tiny = root / "tiny"
     if not (tiny / "model.safetensors").exists():
-        build_tiny_model(tiny, text_corpus(data), hidden=args.hidden, layers=args.layers,
-                         image_pixels=args.image_pixels)
-    sft = train_sft(root, data, tiny, args)
-    results: dict[str, list[dict[str, float]]] = {"SFT": [evaluate(sft, data, args.length)]}
-    for seed in args.seeds:
-        for kind in args.variants:
-            model = train_rl(kind, seed, root, data, sft, args)
-            results.setdefault(f"SFT+{kind.upper()}", []).append(evaluate(model, data, args.length))
+        build_tiny_model(
+            tiny, [*text_corpus(sets["cot"]), *text_corpus(base_data)], vocab_size=2000,
+            hidden=args.hidden, layers=args.layers, vision_hidden=args.vision_hidden,
+            vision_depth=args.vision_depth, patch=args.patch, window=args.image_size,
+            image_pixels=args.image_size ** 2,
+        )
+    import torch
 
-    print(f"\n{'model':18} {'runs':>4} {'acc seen':>9} {'acc unseen':>11} {'format':>7}")
-    for name, runs in results.items():
-        def mean(key: str, runs=runs) -> str:
-            values = [r[key] for r in runs if key in r]
-            return f"{statistics.mean(values):.3f}" if values else "-"
-        print(f"{name:18} {len(runs):4d} {mean('acc_seen'):>9} {mean('acc_unseen'):>11} {mean('format'):>7}")
-    (root / "results.json").write_text(json.dumps(results, indent=1))
+    torch.set_num_threads(os.cpu_count() or 1)  # the base trains alone: every core
+    base = train_base(tiny, base_data, root / "base", args.base_steps, args.base_lr)
+    return Settings(
+        workdir=str(root), cot=str(sets["cot"]), direct=str(sets["direct"]), base=str(base),
+        sft_epochs=args.sft_epochs, sft_lr=args.sft_lr, rl_steps=args.rl_steps, rl_lr=args.rl_lr,
+        group=args.group, prompts_per_step=args.prompts_per_step, length=args.length,
+        variants=args.variants,
+    )
+
+
+def _quiet() -> None:
+    logging.basicConfig(level=logging.WARNING)
+    for name in ("transformers", "datasets", "trl", "accelerate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    os.environ["TQDM_DISABLE"] = "1"
+
+
+def run_seeds(seeds: list[int], settings: Settings, jobs: int) -> dict[int, dict]:
+    """Every model of every seed, `jobs` at a time in worker processes (one thread each).
+
+    The unit of work is one model of one seed (train + `finecot eval`), not a whole seed: the
+    RL variants of a seed start as soon as its CoT SFT is done, so the workers stay busy to
+    the end whatever the number of seeds. CoT SFT models go first (the RL runs wait on them).
+    """
+    per_seed: dict[int, dict] = {s: {"seed": s, "metrics": {}, "seconds": {}} for s in seeds}
+
+    def record(unit: dict) -> None:
+        entry = per_seed[unit["seed"]]
+        entry["metrics"][unit["model"]] = unit["metrics"]
+        entry["seconds"].update(unit["seconds"])
+        print(f"seed {unit['seed']} {unit['model']}: " + ", ".join(
+            f"{k} {v:.3f}" for k, v in unit["metrics"].items()), flush=True)
+
+    first = [(s, "sft-cot") for s in seeds] + [(s, "sft-direct") for s in seeds]
+    if jobs <= 1:
+        for seed, name in first + [(s, v) for s in seeds for v in settings.variants]:
+            record(run_model(seed, name, settings))
+        return per_seed
+    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_quiet) as pool:
+        pending = {pool.submit(run_model, seed, name, settings): (seed, name) for seed, name in first}
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                seed, name = pending.pop(future)
+                record(future.result())
+                if name == "sft-cot":
+                    for variant in settings.variants:
+                        pending[pool.submit(run_model, seed, variant, settings)] = (seed, variant)
+    return per_seed
+
+
+def report(args: argparse.Namespace, settings: Settings, results: dict[int, dict],
+           timing: dict) -> str:
+    per_model = {m: {s: r["metrics"][m] for s, r in results.items() if m in r["metrics"]} for m in MODELS}
+    order = [m for m in MODELS if per_model[m]]
+    diff_text, diff_rows = tapo_stats.differences(per_model, PAIRS)
+    text = "\n\n".join([
+        f"Seeds {sorted(results)}; means with 95% t-intervals over seeds (finecot eval accuracy, "
+        "THE matcher; format = open-world answers in the think/answer format).",
+        tapo_stats.table(per_model, order),
+        "Paired differences (a - b, same seed); * = the 95% interval excludes 0.",
+        diff_text,
+    ])
+    summaries = {m: {k: tapo_stats.summary([r[k] for r in per_model[m].values()])
+                     for k in tapo_stats.METRICS} for m in order}
+    (args.workdir / "results.json").write_text(json.dumps({
+        "command": " ".join(sys.argv), "args": {k: str(v) if isinstance(v, Path) else v
+                                                  for k, v in vars(args).items()},
+        "settings": settings.to_json(), "data": describe(settings.cot), "timing": timing,
+        "per_seed": {str(s): r for s, r in sorted(results.items())},
+        "summary": summaries, "differences": diff_rows,
+    }, indent=1))
+    (args.workdir / "results.md").write_text(text + "\n")
+    return text
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    _quiet()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    start, cpu = time.perf_counter(), time.process_time()
+    load_before = os.getloadavg()
+    settings = prepare(args)
+    prepared = time.perf_counter() - start
+    print(f"data and base model ready in {prepared:.0f} s", flush=True)
+    results = run_seeds(args.seeds, settings, args.jobs)
+    timing = {
+        "wall_s": round(time.perf_counter() - start, 1), "prepare_wall_s": round(prepared, 1),
+        "main_process_cpu_s": round(time.process_time() - cpu, 1), "jobs": args.jobs,
+        "cores": os.cpu_count(), "load_before": load_before, "load_after": os.getloadavg(),
+    }
+    print("\n" + report(args, settings, results, timing))
+    print(f"\nwall {timing['wall_s']:.0f} s on {timing['cores']} cores, load average "
+          f"{load_before[0]:.1f} before, {timing['load_after'][0]:.1f} / "
+          f"{timing['load_after'][2]:.1f} (1 / 15 min) after; {args.workdir / 'results.json'}")
 
 
 if __name__ == "__main__":

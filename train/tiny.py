@@ -123,10 +123,24 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 600) -> PreTrainedTo
     )
 
 
-def tiny_config(tokenizer: PreTrainedTokenizerFast, hidden: int = 64, layers: int = 2) -> Qwen2_5_VLConfig:
-    """Qwen2.5-VL config shrunk to CPU size; token ids taken from `tokenizer`."""
+def tiny_config(
+    tokenizer: PreTrainedTokenizerFast,
+    hidden: int = 64,
+    layers: int = 2,
+    *,
+    heads: int = 4,
+    vision_hidden: int = 32,
+    vision_depth: int = 2,
+    patch: int = PATCH,
+    window: int = 56,
+) -> Qwen2_5_VLConfig:
+    """Qwen2.5-VL config shrunk to CPU size; token ids taken from `tokenizer`.
+
+    `patch` is the vision tower's patch side in pixels (Qwen2.5-VL: 14); 2x2 patches merge
+    into one image token. `window` is the windowed-attention side in pixels (the last vision
+    block always attends to the whole image).
+    """
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    heads = 4
     half_head = hidden // heads // 2
     # M-RoPE splits each head's rotary half into (time, height, width) sections.
     mrope = [half_head - 2 * (half_head // 3), half_head // 3, half_head // 3]
@@ -137,7 +151,7 @@ def tiny_config(tokenizer: PreTrainedTokenizerFast, hidden: int = 64, layers: in
             "intermediate_size": hidden * 2,
             "num_hidden_layers": layers,
             "num_attention_heads": heads,
-            "num_key_value_heads": 2,
+            "num_key_value_heads": max(1, heads // 2),
             "max_position_embeddings": 4096,
             "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope},
             "bos_token_id": ids["<|endoftext|>"],
@@ -145,16 +159,16 @@ def tiny_config(tokenizer: PreTrainedTokenizerFast, hidden: int = 64, layers: in
             "pad_token_id": ids["<|endoftext|>"],
         },
         vision_config={
-            "depth": 2,
-            "hidden_size": 32,
-            "intermediate_size": 64,
+            "depth": vision_depth,
+            "hidden_size": vision_hidden,
+            "intermediate_size": vision_hidden * 2,
             "num_heads": 2,
             "out_hidden_size": hidden,
-            "patch_size": PATCH,
+            "patch_size": patch,
             "spatial_merge_size": 2,
             "temporal_patch_size": 2,
-            "window_size": 56,
-            "fullatt_block_indexes": [1],
+            "window_size": window,
+            "fullatt_block_indexes": [vision_depth - 1],
         },
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
@@ -172,26 +186,38 @@ def build_tiny_model(
     layers: int = 2,
     image_pixels: int = 56 * 56,
     seed: int = 0,
+    heads: int = 4,
+    vision_hidden: int = 32,
+    vision_depth: int = 2,
+    patch: int = PATCH,
+    window: int = 56,
+    vocab_size: int = 600,
 ) -> Path:
     """Build, save and return the folder of a tiny Qwen2.5-VL model + processor.
 
-    `image_pixels` caps the processor's image size (min = max): every image becomes
-    `image_pixels / 28**2` image tokens, so 56*56 gives 4 tokens per image.
+    `image_pixels` fixes the processor's image size (min = max): every image becomes
+    `image_pixels / (2 * patch)**2` image tokens, so 56*56 with 14 px patches gives 4 tokens
+    per image. The defaults are the smallest model the tests need; bench/tapo_experiment.py
+    measures a shape that sees the synthetic world (hidden, layers, vision width and depth,
+    patch, image size); `window` is the vision tower's attention window in pixels.
     """
     import torch
 
-    if image_pixels < (2 * PATCH) ** 2:
-        raise ValueError(f"image_pixels must be at least {(2 * PATCH) ** 2} (one 28x28 merged patch)")
+    if patch < 1 or image_pixels < (2 * patch) ** 2:
+        raise ValueError(f"image_pixels must be at least {(2 * patch) ** 2} (one merged patch of "
+                         f"{2 * patch}x{2 * patch} pixels)")
     out = Path(out)
     torch.manual_seed(seed)
-    tokenizer = build_tokenizer(texts)
-    config = tiny_config(tokenizer, hidden=hidden, layers=layers)
+    tokenizer = build_tokenizer(texts, vocab_size)
+    config = tiny_config(tokenizer, hidden=hidden, layers=layers, heads=heads,
+                         vision_hidden=vision_hidden, vision_depth=vision_depth, patch=patch,
+                         window=window)
     model = Qwen2_5_VLForConditionalGeneration(config)
     model.generation_config.eos_token_id = config.text_config.eos_token_id
     model.generation_config.pad_token_id = config.text_config.pad_token_id
     model.generation_config.do_sample = True
     image_processor = Qwen2VLImageProcessorPil(
-        min_pixels=image_pixels, max_pixels=image_pixels, patch_size=PATCH, merge_size=2
+        min_pixels=image_pixels, max_pixels=image_pixels, patch_size=patch, merge_size=2
     )
     processor = FinecotQwenVLProcessor(
         image_processor=image_processor, tokenizer=tokenizer, chat_template=qwen2_5_vl_chat_template

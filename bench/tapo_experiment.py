@@ -15,7 +15,8 @@ combinations of seen attribute values), with the same data and budget for every 
 Prints the table of means with 95% confidence intervals over seeds and the paired differences
 (* = the interval excludes 0); writes WORKDIR/results.json (every per-seed number, timings,
 machine load) and WORKDIR/results.md. Every step is cached in WORKDIR: rerun the same command
-to resume, or with more --seeds to add seeds. docs/tapo_experiment.md records a run.
+to resume, or with more --seeds to add seeds (a rerun that changes any other setting is refused:
+WORKDIR/settings.json records what its cached models were built with). docs/tapo_experiment.md records a run.
 
     .venv/bin/python bench/tapo_experiment.py --workdir runs/tapo-exp --seeds 0 1 2 3 4
     .venv/bin/python bench/tapo_experiment.py --quick --workdir runs/tapo-quick   # minutes
@@ -184,10 +185,33 @@ def report(args: argparse.Namespace, settings: Settings, results: dict[int, dict
     return text
 
 
+# What the cached steps in WORKDIR were built with: seeds, jobs and variants may change
+# between runs of one WORKDIR (they add work), nothing else may.
+RESUMABLE = {"workdir", "seeds", "jobs", "variants", "quick"}
+
+
+def check_workdir(args: argparse.Namespace) -> None:
+    """Record the settings in WORKDIR/settings.json, or refuse a rerun that changes them:
+    its cached data and models would be reused under settings they were not built with."""
+    wanted = {k: v for k, v in sorted(vars(args).items()) if k not in RESUMABLE}
+    path = args.workdir / "settings.json"
+    if path.exists():
+        built = json.loads(path.read_text())
+        changed = {k: (built.get(k), v) for k, v in wanted.items() if built.get(k) != v}
+        if changed:
+            what = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items())
+            raise SystemExit(f"error: {args.workdir} was built with other settings ({what}); "
+                             "its cached models would not match them. Use another --workdir, "
+                             "or the settings it was built with.")
+        return
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(wanted, indent=1) + "\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     _quiet()
-    args.workdir.mkdir(parents=True, exist_ok=True)
+    check_workdir(args)
     start, cpu = time.perf_counter(), time.process_time()
     load_before = os.getloadavg()
     settings = prepare(args)

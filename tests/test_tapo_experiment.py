@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 SEEN_CLASSES = 18  # the world's compositional split: 18 seen, 6 unseen
 
@@ -31,3 +33,6 @@ def test_quick_experiment_completes_and_sft_beats_chance(tmp_path, monkeypatch):
     # Chance: naming one of the seen classes at random (open world, seen test images).
     best = max(results["summary"][m]["open_seen"]["mean"] for m in ("sft-direct", "sft-cot"))
     assert best > 1 / SEEN_CLASSES, results["summary"]
+    # a rerun of the same workdir with other settings would reuse models built without them
+    with pytest.raises(SystemExit, match="sft_epochs"):
+        tapo_experiment.main(["--quick", "--workdir", str(workdir), "--sft-epochs", "99"])

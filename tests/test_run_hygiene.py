@@ -73,6 +73,19 @@ def test_stage_outputs_are_readable_by_others_under_umask_022(tmp_path):
         assert stat.S_IMODE(run.path(name).stat().st_mode) == 0o644, name
 
 
+def test_the_dataset_card_keeps_a_private_umask(tmp_path):
+    """The card was once forced to 0644: a user who keeps runs private (umask 027) got a
+    world-readable card beside group-only data."""
+    old = os.umask(0o027)
+    try:
+        run, recipe = make_run(tmp_path)
+        export_stage(recipe, run)
+    finally:
+        os.umask(old)
+    for name in ("export.json", "dataset/README.md"):
+        assert stat.S_IMODE(run.path(name).stat().st_mode) == 0o640, name
+
+
 def test_a_stage_logs_progress_lines_when_stderr_is_not_a_terminal(tmp_path):
     run, recipe = make_run(tmp_path)
     run.save_recipe(recipe)

@@ -231,6 +231,5 @@ def write_card(
     if context["license_file"]:
         write_text_atomic(folder / LICENSE_FILE, render_card(context, "license.md.jinja"))
     path = folder / "README.md"
-    write_text_atomic(path, text)
-    path.chmod(0o644)  # a temp file is private; the card is meant to be read
+    write_text_atomic(path, text)  # with the user's umask, as every file of a run
     return path

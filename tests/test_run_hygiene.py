@@ -1,7 +1,8 @@
 """The smaller integrity points of issue 17 (point 6), through the real stages and commands:
 
 - an empty source folder is an error at ingest (nothing written);
-- files are written with the user's umask (0644 under 022), not mkstemp's 0600;
+- files are written with the user's umask (0644 under 022, 0640 under 027; the card too),
+  not mkstemp's 0600;
 - a long stage prints a progress line when stderr is not a terminal (a log keeps it);
 - `review apply` names the products it made stale and the command that refreshes each,
   and `report` warns (log and page) about tables older than their inputs;
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from export_fixtures import make_run
 from typer.testing import CliRunner
 
@@ -62,28 +64,18 @@ def test_files_follow_the_umask(tmp_path):
     assert stat.S_IMODE((tmp_path / "b.json").stat().st_mode) == 0o640
 
 
-def test_stage_outputs_are_readable_by_others_under_umask_022(tmp_path):
-    old = os.umask(0o022)
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640)])
+def test_stage_outputs_follow_the_umask(tmp_path, umask, mode):
+    """Readable by others under 022; private under 027 (the card was once forced to 0644:
+    a world-readable README.md beside group-only data)."""
+    old = os.umask(umask)
     try:
         run, recipe = make_run(tmp_path)
         export_stage(recipe, run)
     finally:
         os.umask(old)
     for name in ("triplets.parquet", "export.json", "manifest.json", "dataset/README.md"):
-        assert stat.S_IMODE(run.path(name).stat().st_mode) == 0o644, name
-
-
-def test_the_dataset_card_keeps_a_private_umask(tmp_path):
-    """The card was once forced to 0644: a user who keeps runs private (umask 027) got a
-    world-readable card beside group-only data."""
-    old = os.umask(0o027)
-    try:
-        run, recipe = make_run(tmp_path)
-        export_stage(recipe, run)
-    finally:
-        os.umask(old)
-    for name in ("export.json", "dataset/README.md"):
-        assert stat.S_IMODE(run.path(name).stat().st_mode) == 0o640, name
+        assert stat.S_IMODE(run.path(name).stat().st_mode) == mode, name
 
 
 def test_a_stage_logs_progress_lines_when_stderr_is_not_a_terminal(tmp_path):

@@ -14,12 +14,15 @@ import pytest
 import torch
 from train_fixtures import build_dataset
 from transformers import AutoModelForImageTextToText
+from transformers.trainer_pt_utils import LengthGroupedSampler
 from typer.testing import CliRunner
 
 from curation.cli import app
-from train.data import load_registry, load_rl
+from train.data import load_registry, load_rl, load_sft, text_length
 from train.recipe import load_train_config
 from train.rewards import format_reward, make_accuracy_reward
+from train.sft import SFTRecipe
+from train.sft import build_trainer as build_sft
 from train.tapo import TAPOConfig, TAPOTrainer
 from train.tiny import load_processor
 
@@ -67,6 +70,20 @@ def test_sft_loss_goes_down_and_checkpoint_reloads(pipeline_dirs, sft_dir):
     assert any("language_model" in k for k in changed)
     processor = load_processor(sft_dir)
     assert processor.tokenizer.decode(processor.tokenizer("<answer>")["input_ids"]) == "<answer>"
+
+
+def test_sft_batches_rows_of_like_length_when_asked(pipeline_dirs, tmp_path):
+    """group_by_length on conversational image rows: the trainer's sampler groups them by
+    their text length, and its collator accepts the length column."""
+    root, data = pipeline_dirs
+    cfg = load_train_config(SFTRecipe, "sft_tiny_cpu", [
+        f"model_name_or_path={root / 'tiny'}", f"dataset={data}", f"output_dir={tmp_path}",
+        "train_sampling_strategy=group_by_length", "per_device_train_batch_size=2", "max_steps=2"])
+    trainer = build_sft(cfg)
+    sampler = trainer._get_train_sampler(trainer.train_dataset)
+    assert isinstance(sampler, LengthGroupedSampler)
+    assert sampler.lengths == [text_length(m) for m in load_sft(data, rl_prompt=True)["messages"]]
+    assert trainer.train().global_step == 2
 
 
 def test_tapo_runs_from_the_cli_changes_parameters_and_saves(pipeline_dirs, sft_dir):

@@ -96,6 +96,17 @@ def load_sft(source: str | Path, split: str = "train", rl_prompt: bool = False) 
     return rows.map(as_rl_prompt) if rl_prompt else rows
 
 
+def text_length(messages: list[dict]) -> int:
+    """Characters of text in a conversation: the length `group_by_length` batches SFT rows by
+    (a row's image tokens are the same for every row, so text decides its padding).
+
+    >>> text_length([{"role": "user", "content": [{"type": "image", "text": None},
+    ...     {"type": "text", "text": "Q?"}]}, {"role": "assistant", "content": [{"type": "text", "text": "abc"}]}])
+    5
+    """
+    return sum(len(part["text"] or "") for m in messages for part in m["content"] if part["type"] == "text")
+
+
 def as_rl_prompt(row: dict) -> dict:
     """An SFT row asked as the `rl` config asks: system turn dropped, the question followed by
     a blank line and the format instruction (curation.export.stage.rl_prompt_text).

@@ -18,7 +18,7 @@ from typing import Any
 
 from trl import SFTConfig, SFTTrainer
 
-from train.data import load_sft
+from train.data import load_sft, text_length
 from train.tiny import load_processor, save_processor
 
 log = logging.getLogger(__name__)
@@ -82,10 +82,16 @@ def build_trainer(recipe: SFTRecipe, callbacks: list | None = None) -> SFTTraine
     if recipe.model_init_kwargs is None:
         recipe.model_init_kwargs = {}
     recipe.model_init_kwargs.setdefault("dtype", recipe.dtype)
+    rows = load_sft(recipe.dataset, recipe.dataset_split, recipe.rl_prompt)
+    if recipe.train_sampling_strategy == "group_by_length" and recipe.length_column_name not in rows.column_names:
+        # Conversational rows have no input_ids to measure until the collator runs: batch by text
+        # length, a column the trainer must not drop as unused (load_sft kept only what it needs)
+        rows = rows.add_column(recipe.length_column_name, [text_length(m) for m in rows["messages"]])
+        recipe.remove_unused_columns = False
     trainer = SFTTrainer(
         model=recipe.model_name_or_path,
         args=recipe,
-        train_dataset=load_sft(recipe.dataset, recipe.dataset_split, recipe.rl_prompt),
+        train_dataset=rows,
         processing_class=processor,
         peft_config=lora_config(recipe) if recipe.lora else None,
         callbacks=callbacks,

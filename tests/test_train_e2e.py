@@ -86,6 +86,21 @@ def test_sft_batches_rows_of_like_length_when_asked(pipeline_dirs, tmp_path):
     assert trainer.train().global_step == 2
 
 
+def test_full_logits_loss_is_trls_loss(pipeline_dirs, tmp_path):
+    """sft_tiny_cpu's loss from the whole logits equals TRL's chunked one, step for step."""
+    root, data = pipeline_dirs
+    losses = {}
+    for full in (True, False):
+        cfg = load_train_config(SFTRecipe, "sft_tiny_cpu", [
+            f"model_name_or_path={root / 'tiny'}", f"dataset={data}", f"output_dir={tmp_path / str(full)}",
+            f"full_logits_loss={str(full).lower()}", "max_steps=3", "logging_steps=1"])
+        trainer = build_sft(cfg)
+        trainer.train()
+        losses[full] = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    assert len(losses[True]) == 3 and losses[True][0] > losses[True][-1]
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+
+
 def test_tapo_runs_from_the_cli_changes_parameters_and_saves(pipeline_dirs, sft_dir):
     root, data = pipeline_dirs
     out = root / "tapo"

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from trl import SFTConfig, SFTTrainer
 
 from train.data import load_sft, text_length
@@ -49,6 +50,32 @@ class SFTRecipe(SFTConfig):
     warmup_steps: float = 6
     assistant_only_loss: bool = True
     max_length: int | None = None  # never cut image tokens or the answer
+    full_logits_loss: bool = field(default=False, metadata={"help": "loss from the model's whole "
+                                   "logits instead of TRL's chunked kernel: faster for tiny vocabularies "
+                                   "on a CPU (one process only)"})
+
+
+class FullLogitsSFTTrainer(SFTTrainer):
+    """SFTTrainer with the loss computed from the whole logits, as transformers computes it.
+
+    TRL scores tokens with a chunked kernel that never holds the [tokens, vocabulary] logits:
+    right for a 150k-token vocabulary, but with the tiny model's ~800 tokens on a CPU it costs
+    ~10% of every step (0.83 vs 0.93 s per step of 16 CoT rows; the same losses).
+    The loss is the same: summed over the assistant tokens, divided by the batch's count of
+    them. TRL's entropy and token-accuracy logs are not kept.
+    """
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.accelerator.num_processes > 1:
+            raise ValueError("full_logits_loss is for one process (the tiny CPU runs); drop it")
+        labels = inputs["labels"][:, 1:]
+        outputs = model(**{k: v for k, v in inputs.items() if k != "labels"}, use_cache=False)
+        logits = outputs.logits[:, :-1].float()
+        tokens = (labels != -100).sum() if num_items_in_batch is None else num_items_in_batch
+        loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100, reduction="sum"
+        ) / torch.as_tensor(tokens).clamp(min=1)
+        return (loss, outputs) if return_outputs else loss
 
 
 def lora_config(recipe: SFTRecipe):
@@ -88,7 +115,8 @@ def build_trainer(recipe: SFTRecipe, callbacks: list | None = None) -> SFTTraine
         # length, a column the trainer must not drop as unused (load_sft kept only what it needs)
         rows = rows.add_column(recipe.length_column_name, [text_length(m) for m in rows["messages"]])
         recipe.remove_unused_columns = False
-    trainer = SFTTrainer(
+    trainer_class = FullLogitsSFTTrainer if recipe.full_logits_loss else SFTTrainer
+    trainer = trainer_class(
         model=recipe.model_name_or_path,
         args=recipe,
         train_dataset=rows,

@@ -17,9 +17,10 @@ of the export (same rl, eval_open, eval_closed and registry.json):
 
 `base_set(world, out, per_class)` is the base model's pretraining data (bench/tapo_runs.py `train_base`):
 `per_class` newly drawn images of every class of the world, seen and unseen, each with the
-question "Describe this bird." and the world's one-sentence description of its attributes
-(curation/synthetic/world.py `describe`). No class name appears in it, and its images are
-drawn from another random stream than the world's, so none is a training or test image.
+question "Describe this bird." and a sentence naming all its attributes (`base_caption`: the
+world's description or a teacher's visual-analysis phrasing). No class name appears in it,
+and its images are drawn from another random stream than the world's, so none is a training
+or test image.
 
 In both, half of the SFT rows (seeded) ask the closed-world question `finecot eval` asks
 (train/eval/evaluate.py `prompt`: the release's option template, 4 options) instead of the
@@ -49,6 +50,7 @@ from curation.demo import DEMO_TEACHER, demo_recipe
 from curation.export.stage import IMAGES, MESSAGES
 from curation.pipeline import run_recipe
 from curation.synthetic.draw import render
+from curation.synthetic.rationale import visual_analysis
 from curation.synthetic.teacher import TeacherServer
 from curation.synthetic.world import describe as describe_class
 from curation.synthetic.world import make_world
@@ -187,6 +189,25 @@ def training_sets(export: str | Path, out: str | Path, closed_share: float = 0.5
 BASE_PROMPT = "Describe this bird."
 
 
+def base_caption(super_category: str, attributes: dict[str, str], rng: random.Random) -> str:
+    """What the base model learns to say of a bird: every attribute, in one of five
+    phrasings, the world's sentence or one of the four a teacher uses for its visual
+    analysis (curation/synthetic/rationale.py), never a class name. Taught one phrasing
+    only, the base's reading of an image did not carry over to the rationales' (see
+    docs/tapo_experiment.md).
+
+    >>> from curation.synthetic.world import world_classes
+    >>> c = world_classes(6)[0]
+    >>> base_caption(c["super_category"], c["attributes"], random.Random(1))
+    'A warbler with an olive body, a crimson crown, orange wings, a golden breast, a broad pale wing bar, a rounded tail and a long bill.'
+    >>> base_caption(c["super_category"], c["attributes"], random.Random(0))[:48]
+    'The image shows a perched bird; it has an olive '
+    """
+    if rng.random() < 0.2:
+        return describe_class(super_category, attributes)
+    return visual_analysis(attributes, rng)
+
+
 def base_set(world: str | Path, out: str | Path, per_class: int, seed: int = 0) -> Path:
     """The base model's pretraining set under `out` (see the module doc); written once."""
     world, out = Path(world), Path(out)
@@ -196,8 +217,8 @@ def base_set(world: str | Path, out: str | Path, per_class: int, seed: int = 0) 
     classes = json.loads((world / "classes.json").read_text(encoding="utf-8"))
     rows = []
     for index, info in enumerate(classes):
-        caption = describe_class(info["super_category"], info["attributes"])
         for j in range(per_class):
+            caption = base_caption(info["super_category"], info["attributes"], random.Random(f"{seed}/{index}/{j}"))
             # a 4-part seed: a random stream no make_world(seed, ...) image comes from
             image = render(info["attributes"], np.random.default_rng([seed, index, j, 1]), IMAGE_SIZE)
             buffer = io.BytesIO()

@@ -5,8 +5,10 @@ combinations of seen attribute values), with the same data and budget for every 
 
 1. data (bench/tapo_data.py): the world through the curation pipeline with the scripted
    teacher; CoT SFT rows are its accepted rationales, direct rows the same without them;
-2. the base model (bench/tapo_runs.py): a tiny Qwen2.5-VL (train/tiny.py) trained from
-   scratch to describe birds, once, so that it sees before it learns any class name;
+2. the base model (bench/tapo_runs.py), once: a tiny Qwen2.5-VL (train/tiny.py) from scratch,
+   its vision tower first trained to name the birds' attributes, then, with that tower
+   frozen, the model trained to describe birds, so that it sees before it learns any class
+   name;
 3. per seed, from the base: SFT on direct answers vs CoT SFT; from the CoT SFT checkpoint:
    GRPO (TRL stock), TAPO (the paper's coefficients), TAPO without its two extra terms,
    same rollouts, steps and learning rate;
@@ -41,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import tapo_stats  # noqa: E402
 from tapo_data import base_set, build_cot, describe, training_sets  # noqa: E402
-from tapo_runs import MODELS, VARIANTS, Settings, run_model, train_base  # noqa: E402
+from tapo_runs import MODELS, VARIANTS, Settings, pretrain_vision, run_model, train_base  # noqa: E402
 
 from train.data import text_corpus  # noqa: E402
 from train.tiny import build_tiny_model  # noqa: E402
@@ -49,8 +51,8 @@ from train.tiny import build_tiny_model  # noqa: E402
 # --quick: ~5 minutes on 2 cores (the test suite runs it): a smaller world and base, one
 # seed (its two SFT runs in parallel), two RL steps; the numbers are noise except that SFT
 # beats chance, but the chain is the full one.
-QUICK = {"world_per_class": 24, "test_per_class": 4, "base_per_class": 32, "base_steps": 500,
-         "rl_steps": 2, "prompts_per_step": 2, "seeds": [0]}
+QUICK = {"world_per_class": 24, "test_per_class": 4, "base_per_class": 32, "vision_steps": 200,
+         "base_steps": 500, "sft_epochs": 6.0, "rl_steps": 2, "prompts_per_step": 2, "seeds": [0]}
 # What the table compares (a - b, paired by seed).
 PAIRS = [("sft-cot", "sft-direct"), ("grpo", "sft-cot"), ("tapo", "sft-cot"),
          ("tapo-no-terms", "sft-cot"), ("tapo", "grpo"), ("tapo", "tapo-no-terms")]
@@ -61,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workdir", type=Path, default=Path("runs/tapo-exp"))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--jobs", type=int, default=2, help="seeds trained at once (one CPU thread each)")
-    p.add_argument("--quick", action="store_true", help="a small world, 2 seeds, few steps (minutes)")
+    p.add_argument("--quick", action="store_true", help="a small world, one seed, few steps (minutes)")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     g = p.add_argument_group("data")
     g.add_argument("--world-per-class", type=int, default=72, help="images drawn per class")
@@ -75,10 +77,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--patch", type=int, default=14)
     g.add_argument("--image-size", type=int, default=140, help="pixels per side the processor resizes to")
     g = p.add_argument_group("training")
+    g.add_argument("--vision-steps", type=int, default=1600,
+                   help="steps of training the vision tower to name attributes, before the base")
     g.add_argument("--base-steps", type=int, default=2000)
     g.add_argument("--base-lr", type=float, default=1e-3)
-    g.add_argument("--sft-epochs", type=float, default=6.0)
-    g.add_argument("--sft-lr", type=float, default=2e-3)
+    g.add_argument("--sft-epochs", type=float, default=10.0)
+    g.add_argument("--sft-lr", type=float, default=3e-3)
     g.add_argument("--rl-steps", type=int, default=20)
     g.add_argument("--rl-lr", type=float, default=1e-4)
     g.add_argument("--group", type=int, default=8, help="rollouts per prompt (TAPO: half anchor, half positive)")
@@ -110,7 +114,9 @@ def prepare(args: argparse.Namespace) -> Settings:
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)  # the base trains alone: every core
-    base = train_base(tiny, base_data, root / "base", args.base_steps, args.base_lr)
+    seeing = pretrain_vision(tiny, root / "run" / "world", root / "vision", args.vision_steps,
+                             per_class=args.base_per_class)
+    base = train_base(seeing, base_data, root / "base", args.base_steps, args.base_lr)
     return Settings(
         workdir=str(root), cot=str(sets["cot"]), direct=str(sets["direct"]), base=str(base),
         sft_epochs=args.sft_epochs, sft_lr=args.sft_lr, rl_steps=args.rl_steps, rl_lr=args.rl_lr,

@@ -90,6 +90,15 @@ def _features(attributes: dict[str, str]) -> str:
     return ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
+def visual_analysis(attributes: dict[str, str], rng: random.Random) -> str:
+    """The teacher's visual-analysis sentence: one of its openings, then every attribute.
+
+    >>> visual_analysis({"body_colour": "olive", "beak_shape": "hooked"}, random.Random(0))
+    'The image shows a perched bird; it has an olive body and a bill with a hooked tip.'
+    """
+    return rng.choice(_OPENINGS).format(features=_features(attributes))
+
+
 def _comparison(seen: dict[str, str], predicted: str, candidates: list[str]) -> str:
     known = all_classes()
     sentences = []
@@ -122,14 +131,13 @@ def write(
 ) -> str:
     """A rationale for a bird with attributes `seen`, predicting `predicted`."""
     style = rng.choice(list(_HEADINGS))
-    features = _features(seen)
-    analysis = rng.choice(_OPENINGS).format(features=features)
+    analysis = visual_analysis(seen, rng)
     if leak == "label_in_analysis":
         analysis += f" These are the field marks of the {predicted}."
     elif leak == "as_described":
         analysis = rng.choice(("As described, the bird has ",
                                "Consistent with the description provided, the bird has ")) \
-            + features + "."
+            + _features(seen) + "."
     if rng.random() < 0.5:
         listing = "; ".join(candidates)
     else:

@@ -66,8 +66,6 @@ class FullLogitsSFTTrainer(SFTTrainer):
     """
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if self.accelerator.num_processes > 1:
-            raise ValueError("full_logits_loss is for one process (the tiny CPU runs); drop it")
         labels = inputs["labels"][:, 1:]
         outputs = model(**{k: v for k, v in inputs.items() if k != "labels"}, use_cache=False)
         logits = outputs.logits[:, :-1].float()
@@ -105,6 +103,10 @@ def build_trainer(recipe: SFTRecipe, callbacks: list | None = None) -> SFTTraine
     """The SFTTrainer for `recipe` (model loaded, data loaded, vision frozen as asked)."""
     if not recipe.dataset:
         raise ValueError("no dataset: set `dataset` in the recipe or pass --dataset")
+    if recipe.full_logits_loss and recipe.world_size > 1:
+        # refused before any model loads: its loss is not averaged across processes
+        raise ValueError(f"full_logits_loss is for one process (the tiny CPU runs), not "
+                         f"{recipe.world_size}: drop it (--set full_logits_loss=false)")
     processor = load_processor(recipe.model_name_or_path, recipe.min_pixels, recipe.max_pixels)
     if recipe.model_init_kwargs is None:
         recipe.model_init_kwargs = {}
